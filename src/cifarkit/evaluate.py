@@ -1,0 +1,118 @@
+"""Test-set evaluation of a run: accuracy (plain and with test-time augmentation),
+classification report, confusion matrix and prediction gallery, saved in RUN/eval/."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import classification_report, confusion_matrix
+from torch import nn
+
+from cifarkit.data.dataset import CIFAR10
+from cifarkit.data.batches import to_tensor
+from cifarkit.errors import CifarkitError
+from cifarkit.plots import plot_confusion, plot_gallery
+from cifarkit.runs import atomic_write_bytes, load_model, read_config, read_json, write_csv, write_json
+from cifarkit.train import pick_device
+
+TTA_MODES = ("none", "flip", "flip_translate")
+
+
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate by (dy, dx) pixels, filling with the reflected border."""
+    p = max(abs(dy), abs(dx))
+    padded = nn.functional.pad(x, (p, p, p, p), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[..., p - dy:p - dy + h, p - dx:p - dx + w]
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
+    """Logits averaged over augmented views of ``x``.
+
+    - none: the plain forward pass.
+    - flip: mean of the image and its mirror.
+    - flip_translate: half the flip average, plus half the flip average of the
+      image shifted one pixel up-left and one pixel down-right (airbench's
+      strongest TTA), 6 forward passes.
+    """
+    if mode not in TTA_MODES:
+        raise CifarkitError(f"unknown TTA mode {mode!r}; choose one of {', '.join(TTA_MODES)}")
+    if mode == "none":
+        return model(x)
+    flip_avg = lambda v: 0.5 * (model(v) + model(v.flip(-1)))  # noqa: E731
+    if mode == "flip":
+        return flip_avg(x)
+    shifted = 0.5 * (flip_avg(_shift(x, -1, -1)) + flip_avg(_shift(x, 1, 1)))
+    return 0.5 * flip_avg(x) + 0.5 * shifted
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: np.ndarray, *, tta: str = "none", batch_size: int = 500,
+                  device: str = "auto") -> np.ndarray:
+    """Class probabilities (N, C) for uint8 images (N, 32, 32, 3)."""
+    dev = pick_device(device)
+    model = model.to(dev, memory_format=torch.channels_last).eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_tensor(images[start:start + batch_size]).to(dev).contiguous(memory_format=torch.channels_last)
+        out.append(torch.softmax(tta_logits(model, x, tta).float(), dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+def _text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, device: str = "auto",
+             gallery_size: int = 24, seed: int = 0) -> dict[str, Any]:
+    """Evaluate a run's best weights on the test set; write RUN/eval/ and update RUN/metrics.json.
+
+    ``tta`` defaults to the recipe's TTA mode; accuracy without TTA is always reported too.
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    if list(data.classes) != config["classes"]:
+        raise CifarkitError(f"the data's classes {list(data.classes)} differ from the run's {config['classes']}")
+    tta = tta or config.get("tta", "none")
+    model = load_model(run_dir)
+    probs = predict_proba(model, data.x_test, device=device)
+    arrays = {"probs": probs.astype(np.float32), "labels": data.y_test}
+    metrics: dict[str, Any] = {"test_acc": float((probs.argmax(1) == data.y_test).mean())}
+    if tta != "none":
+        probs_tta = predict_proba(model, data.x_test, tta=tta, device=device)
+        arrays["probs_tta"] = probs_tta.astype(np.float32)
+        metrics.update(test_acc_tta=float((probs_tta.argmax(1) == data.y_test).mean()), tta=tta)
+        probs = probs_tta  # the report and figures describe the model as it is best used
+
+    out = run_dir / "eval"
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(out / "predictions.npz", buf.getvalue())
+    pred = probs.argmax(1)
+    labels = list(range(len(data.classes)))
+    report = classification_report(data.y_test, pred, labels=labels, target_names=data.classes, digits=4,
+                                   zero_division=0)
+    _text(out / "classification_report.txt", report)
+    write_json(out / "classification_report.json",
+               classification_report(data.y_test, pred, labels=labels, target_names=data.classes,
+                                     output_dict=True, zero_division=0))
+    cm = confusion_matrix(data.y_test, pred, labels=labels)
+    write_csv(out / "confusion_matrix.csv",
+              [{"actual": c, **{p: int(v) for p, v in zip(data.classes, row)}} for c, row in zip(data.classes, cm)])
+    plot_confusion(cm, data.classes, out / "confusion_matrix.png")
+    plot_confusion(cm, data.classes, out / "confusion_matrix_normalized.png", normalize=True)
+    pick = np.random.default_rng(seed).choice(len(pred), size=min(gallery_size, len(pred)), replace=False)
+    plot_gallery(data.x_test[pick], [data.classes[i] for i in data.y_test[pick]],
+                 [data.classes[i] for i in pred[pick]], probs[pick, pred[pick]], out / "gallery.png")
+
+    off = cm - np.diag(np.diag(cm))
+    a, b = np.unravel_index(off.argmax(), off.shape)
+    metrics["most_confused"] = {"actual": data.classes[a], "predicted": data.classes[b], "count": int(off[a, b])}
+    metrics["report"] = report
+    summary_path = run_dir / "metrics.json"
+    summary = read_json(summary_path) if summary_path.is_file() else {}
+    write_json(summary_path, {**summary, **{k: v for k, v in metrics.items() if k != "report"}})
+    return metrics

@@ -1,0 +1,117 @@
+"""Named training configurations, as plain data.
+
+A recipe says everything about a run except the data: model, optimiser,
+schedule, augmentation, evaluation. Any field can be overridden from the
+command line (``--set lr=0.01``) or a JSON/TOML config file, and the run
+directory records the resolved result, so every run can be repeated exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cifarkit.errors import CifarkitError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    model: str
+    epochs: int
+    batch_size: int
+    optimizer: str = "adamax"            # adamax | adam | sgd | muon (see cifarkit.optim)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9                 # sgd / muon only
+    nesterov: bool = False
+    schedule: str = "constant"            # constant | linear | cosine (see cifarkit.optim)
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    val_fraction: float = 0.1
+    flip: bool = False
+    alternating_flip: bool = False
+    translate: int = 0                    # max shift in pixels (reflect padding)
+    cutout: int = 0                       # side of the zeroed square, 0 = off
+    ema: float = 0.0                      # decay of an exponential moving average of weights, 0 = off
+    tta: str = "none"                     # none | flip | flip_translate, used by evaluate
+    patience: int = 0                     # early stopping on validation accuracy, 0 = off
+    seed: int = 42
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> "Recipe":
+        """A copy with ``changes`` applied, type-checked against the field types."""
+        known = {f.name: f for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise CifarkitError(
+                f"unknown recipe field(s) {', '.join(unknown)}; valid fields: {', '.join(known)}"
+            )
+        return dataclasses.replace(self, **{k: _coerce(self, k, v) for k, v in changes.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(recipe: Recipe, key: str, value: Any) -> Any:
+    """Convert command-line strings to the type of the field they replace."""
+    current = getattr(recipe, key)
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(current, dict):
+            return json.loads(value)
+        return type(current)(value)
+    except ValueError:
+        raise CifarkitError(
+            f"recipe field {key!r} expects {type(current).__name__}, got {value!r}"
+        ) from None
+
+
+_NOTEBOOK = dict(optimizer="adamax", batch_size=32, val_fraction=0.1, seed=42)
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe("seed_cnn1", "notebook CNN 1 exactly as trained there", "seed_cnn1",
+               epochs=10, lr=0.005, **_NOTEBOOK),
+        Recipe("seed_cnn2", "notebook CNN 2 exactly as trained there", "seed_cnn2",
+               epochs=10, lr=0.005, **_NOTEBOOK),
+        Recipe("seed_cnn3", "notebook CNN 3 exactly as trained there (its best model)", "seed_cnn3",
+               epochs=15, lr=0.001, **_NOTEBOOK),
+    ]
+}
+
+DEFAULT_RECIPE = "seed_cnn3"
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise CifarkitError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)} (see `cifarkit recipes`)")
+    return RECIPES[name]
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Recipe overrides from a JSON or TOML file (a flat table of field = value)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CifarkitError(f"config file {path} does not exist")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(path.read_text())
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise CifarkitError(f"config file {path} is not valid {path.suffix[1:].upper() or 'JSON'}: {e}") from None

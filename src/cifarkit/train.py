@@ -1,0 +1,240 @@
+"""The one training loop: every recipe, from the notebook CNNs to fast nets and fine-tuning.
+
+Read top to bottom it is the whole recipe: prepare data, build model and
+optimiser, then for each epoch augment, step, validate, checkpoint. All
+randomness of an epoch is derived from (seed, epoch), so a run resumed from
+its last checkpoint retraces the uninterrupted run exactly.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cifarkit import __version__
+from cifarkit.data.dataset import CIFAR10
+from cifarkit.data.augment import augment
+from cifarkit.data.batches import balanced_subset, batches, stratified_split, to_tensor
+from cifarkit.errors import CifarkitError
+from cifarkit.models import count_parameters
+from cifarkit.optim import EMA, build_optimizer, lr_multiplier
+from cifarkit.plots import plot_history
+from cifarkit.recipes import Recipe
+from cifarkit.runs import (
+    build_model, load_torch, read_config, save_torch, save_weights, write_csv, write_json,
+)
+
+
+@dataclass
+class Split:
+    """Training and validation tensors, float in [0, 1], channels-last."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def prepare_split(data: CIFAR10, val_fraction: float, seed: int, subset: int | None) -> Split:
+    """The training images (optionally a class-balanced subset) split into train and validation."""
+    x, y = data.x_train, data.y_train
+    if subset:
+        idx = balanced_subset(y, subset, seed)
+        x, y = x[idx], y[idx]
+    keep, held = stratified_split(y, val_fraction, seed)
+    return Split(
+        to_tensor(x[keep]), torch.from_numpy(y[keep]).long(),
+        to_tensor(x[held]), torch.from_numpy(y[held]).long(),
+    )
+
+
+@torch.no_grad()
+def evaluate_loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                      batch_size: int = 500) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for xb, yb in batches(x, y, batch_size):
+        logits = model(_to_device(xb, device)).float()
+        yb = yb.to(device)
+        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    return loss_sum / max(1, len(x)), correct / max(1, len(x))
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast pays off on GPUs; on CPU it is slower than fp32 for these small convs.
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_one_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, split: Split, recipe: Recipe, epoch: int,
+    lr_at, first_step: int, device: torch.device, ema: EMA | None, progress: bool,
+) -> tuple[float, float]:
+    """One pass over the (augmented) training set; returns mean loss and accuracy."""
+    model.train()
+    torch.manual_seed(_epoch_seed(recipe.seed, epoch))  # dropout and any other in-model randomness
+    x = augment(split.x_train, epoch=epoch, seed=recipe.seed, flip=recipe.flip,
+                alternating_flip=recipe.alternating_flip, pad=recipe.translate, cutout_size=recipe.cutout)
+    steps = -(-len(x) // recipe.batch_size)
+    bar = tqdm(batches(x, split.y_train, recipe.batch_size, shuffle_seed=_epoch_seed(recipe.seed, epoch)),
+               total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for i, (xb, yb) in enumerate(bar):
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lr_at(first_step + i)
+        xb, yb = _to_device(xb, device), yb.to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(xb)
+        loss = nn.functional.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        loss_sum += loss.detach() * len(yb)
+        correct += (logits.argmax(1) == yb).sum()
+        seen += len(yb)
+        if progress and i % 50 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+def _model_for_eval(model: nn.Module, ema: EMA | None) -> nn.Module:
+    """The weights to validate and keep: the EMA average when the recipe uses one."""
+    if ema is None:
+        return model
+    averaged = copy.deepcopy(model)
+    averaged.load_state_dict(ema.shadow)
+    return averaged
+
+
+def _start_or_resume(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """The saved training state when resuming; refuses to overwrite a run otherwise."""
+    state_path = out / "resume.pt"
+    if resume:
+        if not state_path.is_file():
+            raise CifarkitError(f"--resume: {out} has no checkpoint (resume.pt) to continue from; drop --resume to start it")
+        saved = read_config(out)
+        if saved != config:
+            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            raise CifarkitError(
+                f"--resume: the run in {out} was started with different settings ({', '.join(changed)}); "
+                "resume with the same recipe and options, or train into a new --out"
+            )
+        return load_torch(state_path)
+    if (out / "config.json").exists():
+        raise CifarkitError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    return None
+
+
+def train(
+    recipe: Recipe,
+    data: CIFAR10,
+    out: str | Path,
+    *,
+    subset: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+) -> Path:
+    """Train ``recipe`` on ``data`` into the run directory ``out`` and return its path.
+
+    Writes checkpoints after every epoch (``resume=True`` continues from the
+    last one), keeps the weights with the best validation accuracy, stops
+    early after ``recipe.patience`` epochs without improvement, and saves
+    history, curves and a metrics summary.
+    """
+    out = Path(out)
+    dev = pick_device(device)
+    config = {**recipe.to_dict(), "subset": subset, "data_source": data.source, "classes": list(data.classes)}
+    state = _start_or_resume(out, config, resume)
+    write_json(out / "config.json", config)
+
+    torch.manual_seed(recipe.seed)
+    np.random.seed(recipe.seed)
+    split = prepare_split(data, recipe.val_fraction, recipe.seed, subset)
+    model = build_model(config)
+    if hasattr(model, "data_init"):  # data-dependent initialisation, e.g. patch whitening
+        model.data_init(split.x_train)
+    model = model.to(dev, memory_format=torch.channels_last)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = model.param_groups(recipe.lr) if hasattr(model, "param_groups") else [{"params": trainable}]
+    optimizer = build_optimizer(groups, recipe.optimizer, recipe.lr, weight_decay=recipe.weight_decay,
+                                momentum=recipe.momentum, nesterov=recipe.nesterov)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    steps_per_epoch = -(-len(split.x_train) // recipe.batch_size)
+    lr_at = lr_multiplier(recipe.schedule, recipe.epochs * steps_per_epoch,
+                          round(recipe.warmup_epochs * steps_per_epoch))
+    ema = EMA(model, recipe.ema) if recipe.ema else None
+
+    history: list[dict[str, Any]] = []
+    best_acc, best_epoch, start = -1.0, -1, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        history, best_acc, best_epoch, start = state["history"], state["best_acc"], state["best_epoch"], state["epoch"]
+
+    params = count_parameters(model)
+    for epoch in range(start, recipe.epochs):
+        if recipe.patience and epoch - best_epoch > recipe.patience:
+            break
+        t0 = time.perf_counter()
+        train_loss, train_acc = train_one_epoch(model, optimizer, split, recipe, epoch, lr_at,
+                                                epoch * steps_per_epoch, dev, ema, progress)
+        seconds = time.perf_counter() - t0
+        kept = _model_for_eval(model, ema)
+        val_loss, val_acc = (evaluate_loss_acc(kept, split.x_val, split.y_val, dev)
+                             if len(split.x_val) else (float("nan"), float("nan")))
+        row = dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
+                   val_acc=val_acc, lr=optimizer.param_groups[0]["lr"], seconds=seconds)
+        history.append(row)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1:3d}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}  "
+                       f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  {seconds:.1f}s")
+        # With no validation split (val_acc is NaN), the last epoch is the best one we can know of.
+        if not val_acc <= best_acc:
+            best_acc, best_epoch = val_acc, epoch
+            save_weights(kept.state_dict(), out / "best.safetensors")
+        save_weights(kept.state_dict(), out / "last.safetensors")
+        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "ema": ema.state_dict() if ema else None, "history": history,
+                    "best_acc": best_acc, "best_epoch": best_epoch, "epoch": epoch + 1}, out / "resume.pt")
+        write_json(out / "history.json", history)
+
+    write_csv(out / "history.csv", history)
+    plot_history(history, out / "curves.png", title=recipe.name)
+    write_json(out / "metrics.json", {
+        "params": params, "epochs_run": len(history),
+        "best_epoch": best_epoch + 1, "best_val_acc": best_acc,
+        "train_seconds": sum(r["seconds"] for r in history), "cifarkit_version": __version__,
+        "torch_version": torch.__version__, "device": str(dev),
+    })
+    return out
