@@ -43,9 +43,7 @@ def main() -> None:
     split = prepare_split(data, recipe.val_fraction, recipe.seed, subset=None)
     device = pick_device("cpu")
     model = build_model(recipe.to_dict()).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model.parameters(), recipe.optimizer, recipe.lr)
-    for group in optimizer.param_groups:
-        group["initial_lr"] = group["lr"]
+    optimizer = build_optimizer(model, recipe)
     lr_at = lr_multiplier("constant", 1)
 
     times = []

@@ -122,6 +122,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from cifarkit.report.command import run_report
+    from cifarkit.runs import load_model, read_config
+    from cifarkit.train import validation_set
+
+    data = None if args.no_data else _data(args)
+    out = run_report(args, data=data, model_loader=load_model,
+                     validation_loader=(lambda run: validation_set(data, read_config(run))) if data else None)
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarkit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cifarkit {__version__}")
@@ -177,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_predict)
+
+    from cifarkit.report.command import add_report_arguments
+
+    p = sub.add_parser("report", parents=[data_opts], help="self-contained HTML report comparing runs")
+    add_report_arguments(p)
+    p.add_argument("--no-data", action="store_true",
+                   help="build from the saved predictions alone (no galleries, Grad-CAM or robustness)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -8,6 +8,7 @@ its last checkpoint retraces the uninterrupted run exactly.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from cifarkit.data.augment import augment
 from cifarkit.data.batches import balanced_subset, batches, stratified_split, to_tensor
 from cifarkit.errors import CifarkitError
 from cifarkit.models import count_parameters
-from cifarkit.optim import EMA, build_optimizer, lr_multiplier
+from cifarkit.optim import EMA, OptimizerChain, build_optimizer, lr_multiplier
 from cifarkit.plots import plot_history
 from cifarkit.recipes import Recipe
 from cifarkit.runs import (
@@ -48,17 +49,26 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def split_indices(labels: np.ndarray, val_fraction: float, seed: int, subset: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the training images of a run's (train, validation) split."""
+    pool = balanced_subset(labels, subset, seed) if subset else np.arange(len(labels))
+    keep, held = stratified_split(labels[pool], val_fraction, seed)
+    return pool[keep], pool[held]
+
+
 def prepare_split(data: CIFAR10, val_fraction: float, seed: int, subset: int | None) -> Split:
     """The training images (optionally a class-balanced subset) split into train and validation."""
-    x, y = data.x_train, data.y_train
-    if subset:
-        idx = balanced_subset(y, subset, seed)
-        x, y = x[idx], y[idx]
-    keep, held = stratified_split(y, val_fraction, seed)
+    train_idx, val_idx = split_indices(data.y_train, val_fraction, seed, subset)
     return Split(
-        to_tensor(x[keep]), torch.from_numpy(y[keep]).long(),
-        to_tensor(x[held]), torch.from_numpy(y[held]).long(),
+        to_tensor(data.x_train[train_idx]), torch.from_numpy(data.y_train[train_idx]).long(),
+        to_tensor(data.x_train[val_idx]), torch.from_numpy(data.y_train[val_idx]).long(),
     )
+
+
+def validation_set(data: CIFAR10, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 images and labels a run held out for validation (model selection, calibration)."""
+    _, val_idx = split_indices(data.y_train, config["val_fraction"], config["seed"], config.get("subset"))
+    return data.x_train[val_idx], data.y_train[val_idx]
 
 
 @torch.no_grad()
@@ -83,13 +93,12 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast pays off on GPUs; on CPU it is slower than fp32 for these small convs.
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def train_one_epoch(
-    model: nn.Module, optimizer: torch.optim.Optimizer, split: Split, recipe: Recipe, epoch: int,
+    model: nn.Module, optimizer: OptimizerChain, split: Split, recipe: Recipe, epoch: int,
     lr_at, first_step: int, device: torch.device, ema: EMA | None, progress: bool,
 ) -> tuple[float, float]:
     """One pass over the (augmented) training set; returns mean loss and accuracy."""
@@ -100,7 +109,7 @@ def train_one_epoch(
     steps = -(-len(x) // recipe.batch_size)
     bar = tqdm(batches(x, split.y_train, recipe.batch_size, shuffle_seed=_epoch_seed(recipe.seed, epoch)),
                total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress,
-               leave=False, dynamic_ncols=True)
+               leave=False, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -108,7 +117,7 @@ def train_one_epoch(
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_at(first_step + i)
         xb, yb = _to_device(xb, device), yb.to(device, non_blocking=True)
-        with _autocast(device):
+        with _autocast(device, recipe.bf16):
             logits = model(xb)
         loss = nn.functional.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -182,12 +191,7 @@ def train(
     if hasattr(model, "data_init"):  # data-dependent initialisation, e.g. patch whitening
         model.data_init(split.x_train)
     model = model.to(dev, memory_format=torch.channels_last)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = model.param_groups(recipe.lr) if hasattr(model, "param_groups") else [{"params": trainable}]
-    optimizer = build_optimizer(groups, recipe.optimizer, recipe.lr, weight_decay=recipe.weight_decay,
-                                momentum=recipe.momentum, nesterov=recipe.nesterov)
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
+    optimizer = build_optimizer(model, recipe)
     steps_per_epoch = -(-len(split.x_train) // recipe.batch_size)
     lr_at = lr_multiplier(recipe.schedule, recipe.epochs * steps_per_epoch,
                           round(recipe.warmup_epochs * steps_per_epoch))

@@ -1,0 +1,121 @@
+"""Training-step throughput of the FastNet presets on this CPU.
+
+Times forward + backward + Nesterov-SGD step on random 32x32 images (pixel
+values do not change the work) for each preset, batch size and memory format,
+and prints images/s and ms/step (of the fastest timed step; the median step
+too), the model's forward GFLOP per image (conv and linear multiply-adds
+counted with forward hooks, x2) and the achieved GFLOP/s, taking a training
+step as 3x the forward FLOPs (forward, input grad, weight grad). Epoch
+seconds = 50,000 / (images/s), which is what sizes a recipe's width and epochs
+to a time budget. On a machine shared with other busy processes, compare
+``--threads 1`` with 2: OpenMP threads that wait for each other at every op
+can make 2 threads slower than 1.
+
+    python benchmarks/fastnet_step.py                        # full sweep (several minutes)
+    python benchmarks/fastnet_step.py --presets fastnet_s --batch-sizes 512 --steps 2
+    python benchmarks/fastnet_step.py --bf16                 # also time bfloat16 autocast
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cifarkit.models import create_model
+from cifarkit.models import fastnet  # noqa: F401  (registers the presets even before models/__init__ does)
+
+PRESETS = ("fastnet_xs", "fastnet_s", "fastnet_m", "fastnet_l")
+TRAIN_IMAGES = 50_000
+
+
+@contextmanager
+def count_macs(model: nn.Module) -> Iterator[list[int]]:
+    """Collect multiply-accumulates of every Conv2d and Linear run inside the block."""
+    macs: list[int] = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            per_output = module.in_features
+        macs.append(output.numel() * per_output)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        yield macs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward_gflop_per_image(model: nn.Module) -> float:
+    """Forward GFLOP (2 x MACs) for one 32x32 image."""
+    with torch.no_grad(), count_macs(model) as macs:
+        model.eval()(torch.rand(1, 3, 32, 32))
+    return 2 * sum(macs) / 1e9
+
+
+def time_steps(model: nn.Module, batch_size: int, steps: int, warmup: int, bf16: bool) -> tuple[float, float]:
+    """(median, fastest) seconds per training step, after ``warmup`` untimed steps (oneDNN picks kernels then).
+
+    On a machine shared with other processes the fastest step is the better
+    estimate of what an unloaded run gets; the median is what this run got.
+    """
+    model.train()
+    x = torch.rand(batch_size, 3, 32, 32)
+    y = torch.randint(0, 10, (batch_size,))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.85, nesterov=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        with autocast:
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2], min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[256, 512])
+    parser.add_argument("--formats", nargs="+", default=["channels_last", "contiguous"],
+                        choices=["channels_last", "contiguous"])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per setting")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="also time bfloat16 autocast (channels_last only)")
+    args = parser.parse_args()
+    # Explicit, so numbers are comparable between machines and with the 2-core target.
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'preset':<11} {'batch':>5} {'format':<18} {'img/s':>7} {'ms/step':>8} {'median':>7} "
+          f"{'fwd GFLOP/img':>13} {'GFLOP/s':>8} {'s/epoch':>8}")
+    for name in args.presets:
+        settings = [(fmt, False) for fmt in args.formats] + ([("channels_last", True)] if args.bf16 else [])
+        for batch_size in args.batch_sizes:
+            for fmt, bf16 in settings:
+                model = create_model(name, channels_last=fmt == "channels_last")
+                gflop = forward_gflop_per_image(model)
+                median, fastest = time_steps(model, batch_size, args.steps, args.warmup, bf16)
+                images_per_s = batch_size / fastest
+                label = fmt + ("+bf16" if bf16 else "")
+                print(f"{name:<11} {batch_size:>5} {label:<18} {images_per_s:>7.0f} {1e3 * fastest:>8.0f} "
+                      f"{1e3 * median:>7.0f} {gflop:>13.3f} {3 * gflop * images_per_s:>8.1f} "
+                      f"{TRAIN_IMAGES / images_per_s:>8.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""``load_cifar10``: find CIFAR-10 (argument, environment, cache, download) and load it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cifarkit.data.cache import cache_folder, default_cache_dir, fingerprint, load_cached, save_cached
+from cifarkit.data.dataset import CIFAR10
+from cifarkit.data.download import DEFAULT_URL, download_file
+from cifarkit.data.sources import LAYOUTS, PYTHON_ARCHIVE, PYTHON_MD5, detect_source, read_source
+from cifarkit.errors import DataError
+
+DATA_ENV = "CIFARKIT_DATA"
+
+
+def load_cifar10(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    url: str = DEFAULT_URL,
+    md5: str | None = None,
+) -> CIFAR10:
+    """Load CIFAR-10 from wherever it is, decoding it only the first time.
+
+    The data is looked for, in order, at ``path``; at ``$CIFARKIT_DATA``; as
+    ``cifar-10-python.tar.gz`` in the cache folder (``cache_dir``, else
+    ``$CIFARKIT_CACHE``, else ``~/.cache/cifarkit``); and, if ``download`` is
+    true, by downloading ``url`` into that cache folder. Any of the layouts of
+    :mod:`cifarkit.data.sources` is recognised; in a class-folder tree an image
+    that is not 32x32 is resized to 32x32 with a warning naming the file, so
+    that such a folder still loads. The decoded arrays are cached in the cache
+    folder, so a second load of the same, unchanged source reads them back
+    instead of decoding again.
+
+    Args:
+        path: an archive, an extracted batches folder, a folder containing one,
+            or a ``train/``+``test/`` class-folder tree.
+        cache_dir: the cache folder, overriding ``$CIFARKIT_CACHE``.
+        download: whether to download the archive when no data is found.
+        url: where to download ``cifar-10-python.tar.gz`` from.
+        md5: the expected MD5 of the archive downloaded or read; None means the
+            official checksum (either official archive, when reading one).
+
+    Raises:
+        DataError: the data is missing, malformed or corrupt, or the download
+            failed; the message says where to put the data.
+    """
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    source = detect_source(_locate(path, cache_root, download, url, md5))
+    cached_at = cache_folder(cache_root, source)
+    source_fingerprint = fingerprint(source)
+    data = load_cached(cached_at, source_fingerprint, str(source.path))
+    if data is None:
+        data = read_source(source, md5)
+        save_cached(cached_at, data, source_fingerprint)
+    return data
+
+
+def _locate(
+    path: str | os.PathLike[str] | None, cache_root: Path, download: bool, url: str, md5: str | None
+) -> Path:
+    """The path to load: the argument, $CIFARKIT_DATA, or the cached archive (downloaded if need be)."""
+    if path is not None:
+        return Path(path)
+    configured = os.environ.get(DATA_ENV)
+    if configured:
+        if not Path(configured).expanduser().exists():
+            raise DataError(
+                f"{DATA_ENV}={configured} does not exist: set it to CIFAR-10 data ({LAYOUTS}), "
+                f"or unset it to use the cache folder {cache_root}."
+            )
+        return Path(configured)
+    archive = cache_root / PYTHON_ARCHIVE
+    if archive.is_file():
+        return archive
+    if not download:
+        raise DataError(f"CIFAR-10 not found, and downloading is off. {_where_to_put(archive)}")
+    try:
+        return download_file(url, archive, md5 or PYTHON_MD5)
+    except DataError as exc:
+        raise DataError(f"{exc}\n{_where_to_put(archive)}") from exc
+
+
+def _where_to_put(archive: Path) -> str:
+    """How to give cifarkit the data by hand."""
+    return (
+        f"Set {DATA_ENV}=/path/to/cifar10 or pass --data PATH, where PATH is {LAYOUTS}; "
+        f"or save {PYTHON_ARCHIVE} as {archive}."
+    )

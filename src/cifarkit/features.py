@@ -1,0 +1,109 @@
+"""Frozen-backbone features of CIFAR-10 images, with a disk cache.
+
+Training a head on frozen features costs seconds once the features exist, but
+extracting them at ImageNet resolution is minutes of CPU time. So
+:func:`cached_features` keeps them as ``.npy`` files keyed by everything that
+changes them: the backbone's name, a digest of its weights, the input size,
+the caller's data key and a digest of the pixels themselves.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cifarkit.errors import CifarkitError
+from cifarkit.models.backbones import Backbone, create_backbone
+
+log = logging.getLogger(__name__)
+
+
+def extract_features(
+    backbone: Backbone, images_uint8: np.ndarray, *, batch_size: int = 64, progress: bool = True
+) -> np.ndarray:
+    """Pooled features (N, feature_dim) as float16 of uint8 RGB images (N, H, W, 3).
+
+    Runs an inference copy of the backbone (:meth:`Backbone.inference_copy`,
+    BatchNorm folded where possible) under ``torch.inference_mode`` with
+    channels-last tensors, much faster for convolutions on CPU, on the device
+    the backbone is on. The backbone itself is left as it was.
+    """
+    if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
+        raise CifarkitError(
+            f"expected uint8 RGB images (N, H, W, 3), got {images_uint8.dtype} {images_uint8.shape}"
+        )
+    model = backbone.inference_copy().to(memory_format=torch.channels_last)
+    device = next(model.parameters()).device
+    out = np.empty((len(images_uint8), model.feature_dim), dtype=np.float16)
+    with torch.inference_mode(), tqdm(total=len(images_uint8), disable=not progress, unit="img",
+                                      desc=f"features {model.name} @{model.input_size}px") as bar:
+        for start in range(0, len(images_uint8), batch_size):
+            # NHWC uint8 permuted to NCHW *is* channels-last memory; .float() keeps that layout.
+            batch = torch.from_numpy(images_uint8[start:start + batch_size]).to(device).permute(0, 3, 1, 2)
+            x01 = batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+            out[start:start + len(batch)] = model.forward_features(x01).float().cpu().numpy()
+            bar.update(len(batch))
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def feature_cache_path(backbone: Backbone, images: np.ndarray, data_key: str, cache_dir: str | Path) -> Path:
+    """Where :func:`cached_features` keeps the features of ``images`` under ``backbone``.
+
+    The name is readable (backbone, size, data key) and ends in a digest of
+    the full key, so different weights or pixels never share a file.
+    """
+    key = hashlib.sha256()
+    for part in (backbone.name, backbone.weights_digest(), str(backbone.input_size), data_key,
+                 f"{images.dtype}{images.shape}"):
+        key.update(part.encode() + b"\0")
+    key.update(np.ascontiguousarray(images).data)
+    name = f"{_slug(backbone.name)}-{backbone.input_size}px-{_slug(data_key)}-{key.hexdigest()[:16]}.npy"
+    return Path(cache_dir) / name
+
+
+def cached_features(
+    backbone_name: str,
+    images: np.ndarray,
+    input_size: int | None,
+    data_key: str,
+    cache_dir: str | Path,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """Features of ``images`` from the pretrained ``backbone_name`` at ``input_size``, from disk if cached.
+
+    ``data_key`` names the images for people (e.g. ``"cifar10-train"``);
+    ``input_size`` None means the backbone's native resolution. A miss
+    extracts and writes the file atomically (a temporary file, then
+    ``os.replace``), so an interrupted run never leaves a truncated cache.
+    """
+    backbone = create_backbone(backbone_name, pretrained=True, input_size=input_size)
+    path = feature_cache_path(backbone, images, data_key, cache_dir)
+    if path.exists():
+        features = np.load(path)
+        if features.shape == (len(images), backbone.feature_dim) and features.dtype == np.float16:
+            log.info("feature cache hit: %s", path)
+            return features
+        log.warning("feature cache %s has shape %s %s; recomputing", path, features.shape, features.dtype)
+    features = extract_features(backbone, images, batch_size=batch_size, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, features)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("feature cache written: %s", path)
+    return features

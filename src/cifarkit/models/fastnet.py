@@ -1,0 +1,243 @@
+"""FastNet: a small residual-free VGG-style CNN for fast CIFAR-10 training, in the airbench style.
+
+The design follows the ideas of Keller Jordan's airbench (arXiv 2404.00498),
+re-implemented here:
+
+* a frozen 2x2 "patch whitening" convolution whose filters are the eigenvectors
+  of the training patches' covariance, scaled to unit variance, kept in a
+  positive and a negative copy so the GELU after it loses no information;
+* three blocks of conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU,
+  with the convolutions initialised to (partial) identity, an implicit residual;
+* BatchNorm with a short memory (running statistics follow the last few batches,
+  which is what a run of a few hundred steps needs), a tiny eps, and the scale
+  fixed at 1 (only the shift is learned);
+* global max pooling and a bias-free linear head whose logits are scaled by a
+  fixed factor (1/9), which keeps the initial logits small.
+
+Every model takes float images in [0, 1], shape (N, 3, 32, 32), and normalises
+them inside (CIFAR-10 mean and std are buffers). Call ``model.data_init(images)``
+once with training images before training, to set the whitening filters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from cifarkit.models.registry import register_model
+
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class FastNetConfig:
+    """Shape and normalisation settings of a FastNet.
+
+    ``bn_momentum`` is in the airbench/Keras convention: the weight kept by the
+    *old* running statistic (running = 0.6 * running + 0.4 * batch). PyTorch's
+    ``momentum`` is the weight of the *new* batch, so the layers get
+    ``1 - bn_momentum``.
+    """
+
+    widths: tuple[int, int, int] = (64, 256, 256)
+    whiten_kernel: int = 2
+    bn_momentum: float = 0.6
+    bn_eps: float = 1e-12
+    train_bn_weight: bool = False
+    head_scale: float = 1 / 9
+
+    @property
+    def whiten_width(self) -> int:
+        """Output channels of the whitening layer: one filter per patch dimension, twice (+/-)."""
+        return 2 * 3 * self.whiten_kernel**2
+
+
+def _batch_norm(channels: int, cfg: FastNetConfig) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(channels, eps=cfg.bn_eps, momentum=1.0 - cfg.bn_momentum)
+    # With the scale frozen at 1 the following conv's weights alone set the scale,
+    # which removes a redundant degree of freedom that short runs cannot afford to tune.
+    bn.weight.requires_grad_(cfg.train_bn_weight)
+    return bn
+
+
+def _identity_conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
+    """A bias-free 3x3 'same' conv whose first min(c_in, c_out) filters start as the identity.
+
+    The identity part passes the input through at initialisation, a residual
+    connection without the extra memory traffic of an actual skip.
+    """
+    conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(c_in, c_out)])
+    return conv
+
+
+class ConvBlock(nn.Module):
+    """conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU; halves the resolution."""
+
+    def __init__(self, c_in: int, c_out: int, cfg: FastNetConfig) -> None:
+        super().__init__()
+        self.conv1 = _identity_conv3x3(c_in, c_out)
+        self.norm1 = _batch_norm(c_out, cfg)
+        self.conv2 = _identity_conv3x3(c_out, c_out)
+        self.norm2 = _batch_norm(c_out, cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Pooling before the norm lets BN see (and the activation run on) 4x fewer values.
+        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class FastNet(nn.Module):
+    """The airbench-style network; see the module docstring. Input (N,3,32,32) in [0,1], output logits."""
+
+    def __init__(self, cfg: FastNetConfig = FastNetConfig(), num_classes: int = 10) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+        # No padding: a padded border would add patches the whitening statistics never saw.
+        self.whiten = nn.Conv2d(3, cfg.whiten_width, cfg.whiten_kernel, padding=0, bias=True)
+        # The filters come from data_init(), not from gradients; the bias stays trainable.
+        self.whiten.weight.requires_grad_(False)
+        w1, w2, w3 = cfg.widths
+        self.blocks = nn.Sequential(
+            ConvBlock(cfg.whiten_width, w1, cfg),
+            ConvBlock(w1, w2, cfg),
+            ConvBlock(w2, w3, cfg),
+        )
+        self.head = nn.Linear(w3, num_classes, bias=False)
+
+    def normalize(self, images01: Tensor) -> Tensor:
+        """[0, 1] images -> per-channel standardised images (what the whitening layer sees)."""
+        x = (images01 - self.mean) / self.std
+        # Follow the weights' layout so oneDNN does not convert at every conv.
+        if self.whiten.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, images01: Tensor) -> Tensor:
+        # The whitening gains reach 1/sqrt(eps) ~ 45, which would amplify bf16/fp16
+        # rounding of the input into noise; in float32 it costs ~0.1% of the FLOPs.
+        with torch.autocast(images01.device.type, enabled=False):
+            x = F.gelu(self.whiten(self.normalize(images01.float())))
+        x = self.blocks(x)
+        x = torch.amax(x, dim=(2, 3))  # global max pool, whatever the remaining resolution
+        return self.head(x) * self.cfg.head_scale
+
+    @torch.no_grad()
+    def data_init(self, train_images01: Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening filters from training images in [0, 1]; call once before training."""
+        init_whitening(self, train_images01, eps=eps)
+
+    def parameter_roles(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by role, for optimizers that treat them differently (as airbench does).
+
+        ``filters``: 3x3 conv weights (Muon, or SGD at the base lr); ``norm``:
+        BatchNorm shifts (and scales if trainable), which want a much larger lr
+        than SGD-trained filters (airbench: 64x); ``whiten_bias``: airbench trains
+        it only for the first 3 epochs, then freezes it; ``head``: the classifier.
+        """
+        roles: dict[str, list[nn.Parameter]] = {"filters": [], "norm": [], "whiten_bias": [], "head": []}
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                roles["norm"] += [p for p in (module.weight, module.bias) if p.requires_grad]
+            elif isinstance(module, nn.Conv2d) and module is not self.whiten:
+                roles["filters"].append(module.weight)
+        roles["whiten_bias"].append(self.whiten.bias)
+        roles["head"].append(self.head.weight)
+        return roles
+
+
+def _patch_moments(images: Tensor, kernel: int, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+    """Mean (D,) and covariance (D, D) of all kernel x kernel patches, D = C*k*k, in float64.
+
+    Patches are flattened in (channel, row, col) order, the order of a conv
+    weight's ``view(out, -1)``. Works in chunks so 50,000 images need not be
+    unfolded at once (that would be ~2 GB).
+    """
+    dim = images.shape[1] * kernel * kernel
+    total = torch.zeros(dim, dtype=torch.float64, device=images.device)
+    outer = torch.zeros(dim, dim, dtype=torch.float64, device=images.device)
+    count = 0
+    for batch in images.split(chunk):
+        patches = F.unfold(batch.float(), kernel_size=kernel)  # (n, D, L)
+        flat = patches.transpose(1, 2).reshape(-1, dim).double()
+        total += flat.sum(0)
+        outer += flat.T @ flat
+        count += len(flat)
+    mean = total / count
+    return mean, outer / count - torch.outer(mean, mean)
+
+
+def whitening_filters(images: Tensor, kernel: int, eps: float) -> tuple[Tensor, Tensor]:
+    """PCA whitening of patches: filters (D, C, k, k) and biases (D,).
+
+    Filter i is the i-th eigenvector of the patch covariance divided by
+    sqrt(eigenvalue_i + eps), largest eigenvalue first, and its bias subtracts
+    the mean patch, so the outputs on these images have zero mean and
+    covariance diag(lambda / (lambda + eps)) ~ identity. ``eps`` caps the gain
+    of near-constant directions (in standardised units: 5e-4 ~ noise level).
+    """
+    mean, cov = _patch_moments(images, kernel)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
+    eigenvalues, eigenvectors = eigenvalues.flip(0).clamp_min(0), eigenvectors.flip(1)
+    filters = eigenvectors.T / torch.sqrt(eigenvalues + eps).unsqueeze(1)
+    bias = -filters @ mean
+    return filters.view(-1, images.shape[1], kernel, kernel).float(), bias.float()
+
+
+@torch.no_grad()
+def init_whitening(target: FastNet | nn.Conv2d, images: Tensor, eps: float = 5e-4) -> None:
+    """Set a whitening conv's weights and bias from the covariance of ``images``' patches.
+
+    ``target`` is a FastNet, in which case ``images`` are [0, 1] images (N,3,H,W)
+    and get the model's normalisation first, or a bare ``nn.Conv2d`` with
+    2*C*k*k output channels, in which case ``images`` are taken as its input.
+    The first half of the channels gets the whitening filters, the second half
+    their negatives, so that GELU(+z), GELU(-z) together keep both signs of z.
+    A few thousand images are plenty (airbench uses 5,000).
+    """
+    layer = target.whiten if isinstance(target, FastNet) else target
+    x = target.normalize(images) if isinstance(target, FastNet) else images
+    kh, kw = layer.kernel_size
+    if kh != kw or layer.out_channels != 2 * layer.in_channels * kh * kw:
+        raise ValueError(
+            f"whitening needs a square kernel and 2*C*k*k output channels, got {layer}"
+        )
+    filters, bias = whitening_filters(x, kh, eps)
+    layer.weight.copy_(torch.cat((filters, -filters)))
+    if layer.bias is not None:
+        layer.bias.copy_(torch.cat((bias, -bias)))
+
+
+def _build(widths: tuple[int, int, int], num_classes: int, channels_last: bool, **overrides) -> FastNet:
+    model = FastNet(FastNetConfig(widths=widths, **overrides), num_classes=num_classes)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+@register_model("fastnet_xs")
+def fastnet_xs(num_classes: int = 10, channels_last: bool = True, **overrides) -> FastNet:
+    """FastNet, widths 32/128/128 (~1/3.5 of fastnet_s's FLOPs): for CPU budgets of minutes."""
+    return _build((32, 128, 128), num_classes, channels_last, **overrides)
+
+
+@register_model("fastnet_s")
+def fastnet_s(num_classes: int = 10, channels_last: bool = True, **overrides) -> FastNet:
+    """FastNet, widths 64/256/256, the airbench94 network."""
+    return _build((64, 256, 256), num_classes, channels_last, **overrides)
+
+
+@register_model("fastnet_m")
+def fastnet_m(num_classes: int = 10, channels_last: bool = True, **overrides) -> FastNet:
+    """FastNet, widths 128/384/384, the airbench95 network."""
+    return _build((128, 384, 384), num_classes, channels_last, **overrides)
+
+
+@register_model("fastnet_l")
+def fastnet_l(num_classes: int = 10, channels_last: bool = True, **overrides) -> FastNet:
+    """FastNet, widths 128/512/512, airbench96's widths without its third conv and residuals."""
+    return _build((128, 512, 512), num_classes, channels_last, **overrides)

@@ -1,0 +1,128 @@
+"""The report's figures, drawn with matplotlib's object-oriented API.
+
+Figures are built as ``matplotlib.figure.Figure`` objects and rendered by the
+Agg renderer when saved (:func:`cifarkit.report.files.save_png`); pyplot is never
+imported, so no GUI backend, global figure registry or leaked memory is involved.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .analysis import Prediction
+from .calibration import ReliabilityBins
+from .metrics import normalize_rows
+from .robustness import RobustnessRow
+
+_GOOD, _BAD = "#1a7f37", "#cf222e"
+
+
+def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """Accuracy and loss per epoch of several runs overlaid: train dashed, validation solid, one colour per run."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    for i, (name, history) in enumerate(histories.items()):
+        color = f"C{i % 10}"
+        epochs = [row["epoch"] for row in history]
+        for ax, key in ((acc_ax, "acc"), (loss_ax, "loss")):
+            ax.plot(epochs, [row[f"train_{key}"] for row in history], "--", color=color, label=f"{name} train")
+            ax.plot(epochs, [row[f"val_{key}"] for row in history], "-", color=color, label=f"{name} val")
+    for ax, title in ((acc_ax, "accuracy"), (loss_ax, "loss")):
+        ax.set(title=title, xlabel="epoch")
+        ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def confusion_matrices(cm: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """Confusion-matrix heat maps side by side: counts, and rows normalised to 1 (recall on the diagonal)."""
+    fig = Figure(figsize=(13, 5.5), layout="constrained")
+    for ax, values, title, fmt in zip(
+        fig.subplots(1, 2), (cm, normalize_rows(cm)), ("counts", "row-normalised"), ("{:d}", "{:.2f}")
+    ):
+        image = ax.imshow(values, cmap="Blues")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ticks = np.arange(len(class_names))
+        ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(ticks, class_names, fontsize=8)
+        ax.set(title=title, xlabel="predicted", ylabel="actual")
+        threshold = values.max() / 2 if values.max() > 0 else 1
+        for (row, col), value in np.ndenumerate(values):
+            ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize=6,
+                    color="white" if value > threshold else "black")
+    return fig
+
+
+def reliability_diagrams(panels: Mapping[str, ReliabilityBins]) -> Figure:
+    """One reliability diagram per entry: accuracy per confidence bin against the diagonal of perfect calibration."""
+    fig = Figure(figsize=(4.5 * len(panels), 4.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (title, bins) in zip(axes, panels.items()):
+        width = np.diff(bins.edges)
+        filled = bins.counts > 0
+        ax.bar(bins.edges[:-1][filled], bins.accuracy[filled], width=width[filled], align="edge",
+               edgecolor="black", color="#4c72b0", label="accuracy")
+        ax.bar(bins.edges[:-1][filled], (bins.confidence - bins.accuracy)[filled], width=width[filled],
+               bottom=bins.accuracy[filled], align="edge", color=_BAD, alpha=0.3, label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+               title=f"{title}\nECE = {100 * bins.ece:.2f} %")
+        ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def prediction_grid(
+    images: np.ndarray, predictions: Sequence[Prediction], class_names: Sequence[str], show_loss: bool = False
+) -> Figure:
+    """Test images with actual / predicted class and probability (and loss); green if right, red if wrong."""
+    cols = min(8, max(1, len(predictions)))
+    rows = max(1, math.ceil(len(predictions) / cols))
+    fig = Figure(figsize=(1.6 * cols, 1.9 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, pred in zip(axes, predictions):
+        ax.imshow(images[pred.index], interpolation="nearest")
+        title = f"{class_names[pred.actual]}\n{class_names[pred.predicted]} {pred.probability:.2f}"
+        if show_loss:
+            title += f"\nloss {pred.loss:.2f}"
+        ax.set_title(title, fontsize=7, color=_GOOD if pred.correct else _BAD)
+    return fig
+
+
+def gradcam_grid(
+    images: np.ndarray, maps: np.ndarray, predictions: Sequence[Prediction], class_names: Sequence[str]
+) -> Figure:
+    """Per image a column: the image on top, its Grad-CAM map over it below, titled actual -> predicted."""
+    cols = max(1, len(predictions))
+    fig = Figure(figsize=(1.6 * cols, 3.6), layout="constrained")
+    axes = np.asarray(fig.subplots(2, cols)).reshape(2, cols)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for col, (image, heat, pred) in enumerate(zip(images, maps, predictions)):
+        axes[0, col].imshow(image, interpolation="nearest")
+        axes[0, col].set_title(f"{class_names[pred.actual]}\n-> {class_names[pred.predicted]} {pred.probability:.2f}",
+                               fontsize=7, color=_GOOD if pred.correct else _BAD)
+        axes[1, col].imshow(image, interpolation="nearest")
+        axes[1, col].imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    return fig
+
+
+def robustness_curves(rows: Sequence[RobustnessRow]) -> Figure:
+    """Accuracy against severity, one line per corruption, clean accuracy as a dashed line."""
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for name in dict.fromkeys(r.corruption for r in rows if r.severity > 0):
+        points = [(r.severity, r.accuracy) for r in rows if r.corruption == name]
+        ax.plot(*zip(*points), marker="o", label=name)
+    for row in rows:
+        if row.severity == 0:
+            ax.axhline(row.accuracy, color="black", linestyle="--", linewidth=1, label="clean")
+    ax.set(xlabel="severity", ylabel="accuracy", ylim=(0, 1), title="accuracy under corruption")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,306 @@
+"""The report's sections: each computes one analysis, writes its files and returns its HTML.
+
+Per-run sections take a :class:`RunContext` and write into ``RUN/insight/``;
+the comparison sections take all runs. A section that lacks an input (test
+images, a model, validation data) says so in a note instead of failing, so a
+report can always be made from the run directories alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import markup
+from .analysis import Prediction, confused_pairs, describe, random_predictions, sample_by_correctness, top_losses
+from .calibration import (
+    ReliabilityBins,
+    fit_temperature,
+    logits_from_probs,
+    negative_log_likelihood,
+    reliability_bins,
+    softmax,
+)
+from .corruptions import PARAMETERS, SEVERITIES
+from .files import figure_png, save_png, write_csv, write_json, write_text
+from .gradcam import find_target_layer, grad_cam
+from .inference import predict_logits, to_tensor
+from .metrics import (
+    classification_report,
+    classification_report_text,
+    confusion_matrix,
+    normalize_rows,
+    predicted_classes,
+)
+from .options import ReportOptions
+from .plots import (
+    confusion_matrices,
+    gradcam_grid,
+    prediction_grid,
+    reliability_diagrams,
+    robustness_curves,
+    training_curves,
+)
+from .robustness import evaluate_corruptions, mean_corruption_accuracy
+from .rundir import Run
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a per-run section may use. ``images`` are the test images in the order of ``run.labels``."""
+
+    run: Run
+    prefix: str
+    classes: tuple[str, ...]
+    images: np.ndarray | None
+    model: nn.Module | None
+    validation: tuple[np.ndarray, np.ndarray] | None
+    options: ReportOptions
+
+    def id(self, name: str) -> str:
+        """A page-unique HTML id for this run's section ``name``."""
+        return f"{self.prefix}-{name}"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f} %"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+# --- comparison of all runs -------------------------------------------------------------------------------------
+
+
+def comparison_section(runs: Sequence[Run]) -> str:
+    """The table of model, size, training time and accuracies, one row per run."""
+    header = ("run", "model", "parameters", "epochs", "training time", "best val acc", "test acc", "test acc (TTA)")
+    rows = [
+        (
+            run.name,
+            run.config.get("model", "?"),
+            f"{run.metrics['params']:,}" if "params" in run.metrics else "—",
+            run.metrics.get("epochs_run", run.config.get("epochs", "—")),
+            _duration(run.metrics.get("train_seconds")),
+            _percent(run.metrics.get("best_val_acc")),
+            _percent(run.metrics.get("test_acc")),
+            _percent(run.metrics.get("test_acc_tta")),
+        )
+        for run in runs
+    ]
+    return markup.section("comparison", "Comparison", markup.table(header, rows))
+
+
+def curves_section(runs: Sequence[Run]) -> str:
+    """Training and validation curves of all runs overlaid; each run also gets its own ``insight/curves.png``."""
+    for run in runs:
+        save_png(training_curves({run.name: run.history}), run.insight_dir / "curves.png")
+    png = figure_png(training_curves({run.name: run.history for run in runs}))
+    return markup.section("curves", "Training curves", markup.image(png, "training and validation curves"))
+
+
+# --- per run: predictions ------------------------------------------------------------------------------------------
+
+
+def classification_section(ctx: RunContext) -> str:
+    """sklearn's classification report (precision, recall, F1, support per class): JSON, text and a table."""
+    run, names = ctx.run, ctx.classes
+    preds = predicted_classes(run.probs)
+    report = classification_report(run.labels, preds, names)
+    write_json(run.insight_dir / "classification_report.json", report)
+    write_text(run.insight_dir / "classification_report.txt", classification_report_text(run.labels, preds, names))
+    rows = [
+        (key, f"{report[key]['precision']:.4f}", f"{report[key]['recall']:.4f}",
+         f"{report[key]['f1-score']:.4f}", int(report[key]["support"]))
+        for key in (*names, "macro avg", "weighted avg")
+    ]
+    body = markup.paragraph(f"Test accuracy: {_percent(report['accuracy'])} on {len(run.labels)} images.")
+    body += markup.table(("class", "precision", "recall", "F1", "support"), rows)
+    return markup.section(ctx.id("classification"), "Classification report", body, level=3)
+
+
+def confusion_section(ctx: RunContext) -> str:
+    """Confusion matrix as counts and row-normalised: CSV files and heat maps."""
+    run, names = ctx.run, ctx.classes
+    cm = confusion_matrix(run.labels, predicted_classes(run.probs), len(names))
+    for file, values in (("confusion_matrix.csv", cm), ("confusion_matrix_normalized.csv", normalize_rows(cm))):
+        write_csv(run.insight_dir / file,
+                  [{"actual": names[i], **{n: v for n, v in zip(names, row.tolist())}} for i, row in enumerate(values)])
+    png = save_png(confusion_matrices(cm, names), run.insight_dir / "confusion_matrix.png")
+    body = markup.image(png, "confusion matrix: counts and row-normalised")
+    return markup.section(ctx.id("confusion"), "Confusion matrix", body, level=3)
+
+
+def confused_pairs_section(ctx: RunContext) -> str:
+    """The most frequent (actual -> predicted) mistakes, with their share of the actual class."""
+    run, names = ctx.run, ctx.classes
+    cm = confusion_matrix(run.labels, predicted_classes(run.probs), len(names))
+    totals = cm.sum(axis=1)
+    rows = [
+        {"actual": names[p.actual], "predicted": names[p.predicted], "count": p.count,
+         "fraction_of_actual": round(p.count / totals[p.actual], 4)}
+        for p in confused_pairs(cm, ctx.options.confused_pairs)
+    ]
+    write_csv(run.insight_dir / "confused_pairs.csv", rows)
+    body = (markup.table(("actual", "predicted as", "count", "share of actual class"),
+                         [(r["actual"], r["predicted"], r["count"], _percent(r["fraction_of_actual"])) for r in rows])
+            if rows else markup.note("No mistakes: every test image is classified correctly."))
+    return markup.section(ctx.id("confused-pairs"), "Most confused classes", body, level=3)
+
+
+def _prediction_figure(ctx: RunContext, stem: str, predictions: list[Prediction], show_loss: bool) -> str:
+    """Write ``stem``.csv of the predictions and, when test images are available, ``stem``.png; return the HTML."""
+    write_csv(ctx.run.insight_dir / f"{stem}.csv",
+              [{**asdict(p), "actual_name": ctx.classes[p.actual], "predicted_name": ctx.classes[p.predicted]}
+               for p in predictions])
+    if ctx.images is None:
+        return markup.note(f"Test images were not given, so only {stem}.csv was written.")
+    figure = prediction_grid(ctx.images, predictions, ctx.classes, show_loss)
+    png = save_png(figure, ctx.run.insight_dir / f"{stem}.png")
+    return markup.image(png, stem.replace("_", " "))
+
+
+def gallery_section(ctx: RunContext) -> str:
+    """Random test predictions: image, actual class, predicted class and its probability."""
+    predictions = random_predictions(ctx.run.probs, ctx.run.labels, ctx.options.gallery_images, ctx.options.seed)
+    body = markup.paragraph("Title: actual class, then predicted class and its probability (green right, red wrong).")
+    body += _prediction_figure(ctx, "gallery", predictions, show_loss=False)
+    return markup.section(ctx.id("gallery"), "Random test predictions", body, level=3)
+
+
+def top_losses_section(ctx: RunContext) -> str:
+    """The test images with the highest loss: the most confidently wrong predictions."""
+    predictions = top_losses(ctx.run.probs, ctx.run.labels, ctx.options.top_losses)
+    body = markup.paragraph("Highest loss first: actual class, predicted class and its probability, loss.")
+    body += _prediction_figure(ctx, "top_losses", predictions, show_loss=True)
+    return markup.section(ctx.id("top-losses"), "Top losses", body, level=3)
+
+
+# --- per run: model-based ------------------------------------------------------------------------------------------
+
+
+def gradcam_section(ctx: RunContext) -> str:
+    """Grad-CAM maps of the predicted class over random correctly and wrongly classified test images."""
+    title = "Grad-CAM explanations"
+    if ctx.model is None or ctx.images is None:
+        return markup.section(ctx.id("gradcam"), title, markup.note("Needs the model and the test images."), level=3)
+    layer = find_target_layer(ctx.model, to_tensor(ctx.images[:1]))
+    if layer is None:
+        body = markup.note("The model has no convolution with a spatial output, so Grad-CAM does not apply.")
+        return markup.section(ctx.id("gradcam"), title, body, level=3)
+    run, opts = ctx.run, ctx.options
+    samples = sample_by_correctness(run.probs, run.labels, opts.gradcam_images, opts.seed)
+    groups = dict(zip(("correct", "wrong"), samples))
+    write_json(run.insight_dir / "gradcam.json", {"layer": layer, **{k: v.tolist() for k, v in groups.items()}})
+    body = markup.paragraph(f"Layer {layer}; heat maps explain the predicted class.")
+    for group, indices in groups.items():
+        body += markup.paragraph(f"{group.capitalize()} predictions")
+        if len(indices) == 0:
+            body += markup.note(f"No {group} predictions in the test set.")
+            continue
+        predictions = describe(run.probs, run.labels, indices)
+        maps = grad_cam(ctx.model, to_tensor(ctx.images[indices]), target_layer=layer,
+                        class_idx=torch.as_tensor([p.predicted for p in predictions]))
+        png = save_png(gradcam_grid(ctx.images[indices], maps, predictions, ctx.classes),
+                       run.insight_dir / f"gradcam_{group}.png")
+        body += markup.image(png, f"Grad-CAM on {group} predictions")
+    return markup.section(ctx.id("gradcam"), title, body, level=3)
+
+
+def _bins_record(bins: ReliabilityBins) -> list[dict[str, Any]]:
+    """Reliability bins as JSON-ready rows (empty bins get null means)."""
+    return [
+        {"lower": float(lo), "upper": float(hi), "count": int(n),
+         "accuracy": None if n == 0 else float(acc), "confidence": None if n == 0 else float(conf)}
+        for lo, hi, n, acc, conf in zip(bins.edges[:-1], bins.edges[1:], bins.counts, bins.accuracy, bins.confidence)
+    ]
+
+
+def _temperature_record(ctx: RunContext, test_logits: np.ndarray) -> dict[str, float]:
+    """Fit T on the validation logits of the model; NLL before and after on validation and test."""
+    val_x, val_y = ctx.validation
+    val_logits = predict_logits(ctx.model, val_x, ctx.options.batch_size)
+    temperature = fit_temperature(val_logits, val_y)
+    return {
+        "temperature": temperature,
+        "val_nll_before": negative_log_likelihood(val_logits, val_y),
+        "val_nll_after": negative_log_likelihood(val_logits, val_y, temperature),
+        "test_nll_after": negative_log_likelihood(test_logits, ctx.run.labels, temperature),
+    }
+
+
+def calibration_section(ctx: RunContext) -> str:
+    """Test-set ECE and reliability diagram; given the model and validation data, also after temperature scaling."""
+    run, n_bins = ctx.run, ctx.options.calibration_bins
+    test_logits = logits_from_probs(run.probs)
+    before = reliability_bins(run.probs, run.labels, n_bins)
+    record: dict[str, Any] = {"n_bins": n_bins, "ece": before.ece,
+                              "test_nll": negative_log_likelihood(test_logits, run.labels),
+                              "bins": _bins_record(before)}
+    panels = {"test, as trained": before}
+    rows = [("ECE", _percent(before.ece)), ("test NLL", f"{record['test_nll']:.4f}")]
+    if ctx.model is not None and ctx.validation is not None:
+        scaled = _temperature_record(ctx, test_logits)
+        temperature = scaled["temperature"]
+        after = reliability_bins(softmax(test_logits, temperature), run.labels, n_bins)
+        record["temperature_scaling"] = {**scaled, "ece_after": after.ece, "bins_after": _bins_record(after)}
+        panels[f"test, temperature T = {temperature:.3f}"] = after
+        rows += [("temperature T (fitted on validation)", f"{temperature:.4f}"),
+                 ("ECE after scaling", _percent(after.ece)),
+                 ("test NLL after scaling", f"{scaled['test_nll_after']:.4f}"),
+                 ("validation NLL before / after", f"{scaled['val_nll_before']:.4f} / {scaled['val_nll_after']:.4f}")]
+    write_json(run.insight_dir / "calibration.json", record)
+    png = save_png(reliability_diagrams(panels), run.insight_dir / "reliability.png")
+    body = markup.table(("metric", "value"), rows) + markup.image(png, "reliability diagram")
+    if "temperature_scaling" not in record:
+        body += markup.note("Temperature scaling needs the model and validation images.")
+    return markup.section(ctx.id("calibration"), f"Calibration ({n_bins} bins)", body, level=3)
+
+
+def robustness_section(ctx: RunContext) -> str:
+    """Accuracy on a random test subset under each corruption and severity: CSV, JSON, table and plot."""
+    title = "Robustness to common corruptions"
+    if ctx.model is None or ctx.images is None:
+        return markup.section(ctx.id("robustness"), title, markup.note("Needs the model and the test images."), level=3)
+    opts = ctx.options
+    rng = np.random.default_rng(opts.seed)
+    subset = np.sort(rng.choice(len(ctx.images), size=min(opts.robustness_images, len(ctx.images)), replace=False))
+    rows = evaluate_corruptions(ctx.model, ctx.images[subset], ctx.run.labels[subset], corruptions=opts.corruptions,
+                                severities=opts.severities, seed=opts.seed, batch_size=opts.batch_size)
+    means = mean_corruption_accuracy(rows)
+    out = ctx.run.insight_dir
+    write_csv(out / "robustness.csv", [asdict(r) for r in rows])
+    write_json(out / "robustness.json", {
+        "images": len(subset), "seed": opts.seed, "rows": [asdict(r) for r in rows], "mean_accuracy": means,
+        "parameters": {name: dict(zip(map(str, SEVERITIES), PARAMETERS[name])) for name in opts.corruptions},
+    })
+    png = save_png(robustness_curves(rows), out / "robustness.png")
+    accuracy = {(r.corruption, r.severity): r.accuracy for r in rows}
+    table = markup.table(
+        ("corruption", *(f"severity {s}" for s in opts.severities), "mean"),
+        [(name, *(_percent(accuracy[name, s]) for s in opts.severities), _percent(means[name])) for name in means],
+    )
+    body = markup.paragraph(f"{len(subset)} random test images; clean accuracy {_percent(accuracy['none', 0])}.")
+    return markup.section(ctx.id("robustness"), title, body + table + markup.image(png, "accuracy under corruption"),
+                          level=3)
+
+
+RUN_SECTIONS = (
+    classification_section,
+    confusion_section,
+    confused_pairs_section,
+    gallery_section,
+    top_losses_section,
+    gradcam_section,
+    calibration_section,
+    robustness_section,
+)
