@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default: $CIFARKIT_CACHE or ~/.cache/cifarkit)")
     device_opts = argparse.ArgumentParser(add_help=False)
     device_opts.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    device_opts.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: one per core); "
+                                                         "1 is fastest on a machine busy with other work")
 
     p = sub.add_parser("data", parents=[data_opts], help="describe or show the data set")
     p.add_argument("action", choices=["info", "show"])
@@ -201,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         args.func(args)
     except CifarkitError as e:

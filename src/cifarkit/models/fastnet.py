@@ -12,7 +12,8 @@ re-implemented here:
   which is what a run of a few hundred steps needs), a tiny eps, and the scale
   fixed at 1 (only the shift is learned);
 * global max pooling and a bias-free linear head whose logits are scaled by a
-  fixed factor (1/9), which keeps the initial logits small.
+  factor of 1/width over unit-variance weights (airbench94_muon), which keeps the
+  initial logits small and the head lr width-independent.
 
 Every model takes float images in [0, 1], shape (N, 3, 32, 32), and normalises
 them inside (CIFAR-10 mean and std are buffers). Call ``model.data_init(images)``
@@ -47,7 +48,7 @@ class FastNetConfig:
     bn_momentum: float = 0.6
     bn_eps: float = 1e-12
     train_bn_weight: bool = False
-    head_scale: float = 1 / 9
+    head_scale: float | None = None  # None: 1 / final width, as airbench94_muon
 
     @property
     def whiten_width(self) -> int:
@@ -110,6 +111,11 @@ class FastNet(nn.Module):
             ConvBlock(w2, w3, cfg),
         )
         self.head = nn.Linear(w3, num_classes, bias=False)
+        # Unit-variance head weights with outputs divided by the width (airbench94_muon): the
+        # head's learning rate then means the same at every width.
+        with torch.no_grad():
+            self.head.weight.div_(self.head.weight.std())
+        self.head_scale = cfg.head_scale if cfg.head_scale is not None else 1.0 / w3
 
     def normalize(self, images01: Tensor) -> Tensor:
         """[0, 1] images -> per-channel standardised images (what the whitening layer sees)."""
@@ -126,7 +132,7 @@ class FastNet(nn.Module):
             x = F.gelu(self.whiten(self.normalize(images01.float())))
         x = self.blocks(x)
         x = torch.amax(x, dim=(2, 3))  # global max pool, whatever the remaining resolution
-        return self.head(x) * self.cfg.head_scale
+        return self.head(x) * self.head_scale
 
     @torch.no_grad()
     def data_init(self, train_images01: Tensor, eps: float = 5e-4) -> None:
