@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import classification_report, confusion_matrix
 from torch import nn
 
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.data.batches import to_tensor
 from cifarkit.errors import CifarkitError
 from cifarkit.plots import plot_confusion, plot_gallery
+from cifarkit.report.metrics import classification_report, classification_report_text, confusion_matrix
 from cifarkit.runs import atomic_write_bytes, load_model, read_config, read_json, write_csv, write_json
 from cifarkit.train import pick_device
 
@@ -50,16 +50,21 @@ def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.T
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, images: np.ndarray, *, tta: str = "none", batch_size: int = 500,
-                  device: str = "auto") -> np.ndarray:
-    """Class probabilities (N, C) for uint8 images (N, 32, 32, 3)."""
+def predict_logits(model: nn.Module, images: np.ndarray, *, tta: str = "none", batch_size: int = 500,
+                   device: str = "auto") -> np.ndarray:
+    """Logits (N, C) float32 for uint8 images (N, 32, 32, 3), in eval mode, optionally with TTA."""
     dev = pick_device(device)
     model = model.to(dev, memory_format=torch.channels_last).eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = to_tensor(images[start:start + batch_size]).to(dev).contiguous(memory_format=torch.channels_last)
-        out.append(torch.softmax(tta_logits(model, x, tta).float(), dim=1).cpu())
+        out.append(tta_logits(model, x, tta).float().cpu())
     return torch.cat(out).numpy()
+
+
+def predict_proba(model: nn.Module, images: np.ndarray, **kwargs) -> np.ndarray:
+    """Class probabilities (N, C): the softmax of :func:`predict_logits` (same arguments)."""
+    return torch.softmax(torch.from_numpy(predict_logits(model, images, **kwargs)), dim=1).numpy()
 
 
 def _text(path: Path, text: str) -> None:
@@ -92,14 +97,10 @@ def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, devi
     np.savez(buf, **arrays)
     atomic_write_bytes(out / "predictions.npz", buf.getvalue())
     pred = probs.argmax(1)
-    labels = list(range(len(data.classes)))
-    report = classification_report(data.y_test, pred, labels=labels, target_names=data.classes, digits=4,
-                                   zero_division=0)
+    report = classification_report_text(data.y_test, pred, data.classes)
     _text(out / "classification_report.txt", report)
-    write_json(out / "classification_report.json",
-               classification_report(data.y_test, pred, labels=labels, target_names=data.classes,
-                                     output_dict=True, zero_division=0))
-    cm = confusion_matrix(data.y_test, pred, labels=labels)
+    write_json(out / "classification_report.json", classification_report(data.y_test, pred, data.classes))
+    cm = confusion_matrix(data.y_test, pred, len(data.classes))
     write_csv(out / "confusion_matrix.csv",
               [{"actual": c, **{p: int(v) for p, v in zip(data.classes, row)}} for c, row in zip(data.classes, cm)])
     plot_confusion(cm, data.classes, out / "confusion_matrix.png")

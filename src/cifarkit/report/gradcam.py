@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inference import model_device
 
 
 def find_target_layer(model: nn.Module, example: torch.Tensor) -> str | None:
@@ -37,7 +36,7 @@ def find_target_layer(model: nn.Module, example: torch.Tensor) -> str | None:
     ]
     try:
         with torch.no_grad():
-            model(example[:1].to(model_device(model)))
+            model(example[:1].to(next(model.parameters()).device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -67,7 +66,7 @@ def grad_cam(
     handle = layer.register_forward_hook(forward_hook)
     try:
         with torch.enable_grad():
-            x = images.detach().to(model_device(model)).requires_grad_(True)
+            x = images.detach().to(next(model.parameters()).device).requires_grad_(True)
             logits = model(x)
             score = logits.gather(1, _classes(logits, class_idx)[:, None]).sum()
             torch.autograd.grad(score, x)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from cifarkit.evaluate import predict_logits
+
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from .inference import predict_logits
 from .metrics import accuracy
 
 
@@ -39,7 +40,7 @@ def evaluate_corruptions(
     """Clean accuracy, then accuracy for each corruption at each severity, of an eval-mode model."""
 
     def score(images: np.ndarray) -> float:
-        return accuracy(y, predict_logits(model, images, batch_size).argmax(axis=1))
+        return accuracy(y, predict_logits(model, images, batch_size=batch_size).argmax(axis=1))
 
     rows = [RobustnessRow("none", 0, score(x_uint8))]
     for name in corruptions:

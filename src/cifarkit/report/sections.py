@@ -15,6 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cifarkit.data.batches import to_tensor
+from cifarkit.evaluate import predict_logits
+
 from . import markup
 from .analysis import Prediction, confused_pairs, describe, random_predictions, sample_by_correctness, top_losses
 from .calibration import (
@@ -28,7 +31,6 @@ from .calibration import (
 from .corruptions import PARAMETERS, SEVERITIES
 from .files import figure_png, save_png, write_csv, write_json, write_text
 from .gradcam import find_target_layer, grad_cam
-from .inference import predict_logits, to_tensor
 from .metrics import (
     classification_report,
     classification_report_text,
@@ -228,7 +230,7 @@ def _bins_record(bins: ReliabilityBins) -> list[dict[str, Any]]:
 def _temperature_record(ctx: RunContext, test_logits: np.ndarray) -> dict[str, float]:
     """Fit T on the validation logits of the model; NLL before and after on validation and test."""
     val_x, val_y = ctx.validation
-    val_logits = predict_logits(ctx.model, val_x, ctx.options.batch_size)
+    val_logits = predict_logits(ctx.model, val_x, batch_size=ctx.options.batch_size)
     temperature = fit_temperature(val_logits, val_y)
     return {
         "temperature": temperature,
