@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from cifarkit.optim import build_optimizer
+from cifarkit.recipes import get_recipe
 import torch.nn.functional as F
 from torch import nn
 
@@ -136,7 +139,7 @@ def test_imagenet_predictions_on_cifar_images_are_plausible() -> None:
     with torch.inference_mode():
         probs = classifier(backbone.forward_features(x01)).softmax(1)
     in_set_mass = []
-    for p, (rel, plausible) in zip(probs, CIFAR_TEST_IMAGES):
+    for p, (rel, plausible) in zip(probs, CIFAR_TEST_IMAGES, strict=True):
         top5 = p.topk(5).indices.tolist()
         assert top5[0] in plausible, f"{rel}: top-5 ImageNet classes {top5}"
         in_set_mass.append(p[sorted(plausible)].sum().item())
@@ -231,10 +234,16 @@ def _small_transfer_net(**kw) -> TransferNet:
     return create_model("efficientnet_lite0", input_size=32, **kw)
 
 
+def _optimizer(model: TransferNet):
+    """The optimiser a recipe builds: backbone at 1/100 of the head's learning rate."""
+    recipe = get_recipe("seed_cnn3").replace(model="efficientnet_lite0", lr=1e-2, lr_scale={"backbone": 0.01})
+    return build_optimizer(model, recipe)
+
+
 def _train_step(model: TransferNet, lr: float = 0.1) -> None:
     torch.manual_seed(0)
     model.train()
-    optimizer = torch.optim.SGD(model.param_groups(backbone_lr=lr, head_lr=lr), lr=lr)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     loss = F.cross_entropy(model(torch.rand(8, 3, 32, 32)), torch.arange(8) % 10)
     optimizer.zero_grad()
     loss.backward()
@@ -264,7 +273,8 @@ def test_frozen_backbone_stays_put_while_the_head_learns() -> None:
     assert _changed(backbone, model.backbone) == set()  # weights *and* BatchNorm running statistics
     assert _changed(head, model.head) == {"0.weight", "0.bias"}
     assert all(p.grad is None for p in model.backbone.parameters())
-    assert [g["lr"] for g in model.param_groups(1e-4, 1e-2)] == [1e-2]
+    groups = _optimizer(model).param_groups
+    assert [(g["role"], g["lr"]) for g in groups] == [("head", 1e-2)]
 
 
 def test_train_last_k_blocks_trains_only_those() -> None:
@@ -277,7 +287,9 @@ def test_train_last_k_blocks_trains_only_those() -> None:
     assert {k for k in _changed(before, model.backbone) if k.startswith("net._blocks")} <= {
         k for k in before if k.startswith("net._blocks.15.")
     }
-    n_trainable = sum(p.numel() for g in model.param_groups(1e-4, 1e-2) for p in g["params"])
+    groups = _optimizer(model).param_groups
+    assert [(g["role"], g["lr"]) for g in groups] == [("backbone", 1e-4), ("head", 1e-2)]
+    n_trainable = sum(p.numel() for g in groups for p in g["params"])
     assert n_trainable == count_parameters(model, trainable_only=True)
     with pytest.raises(CifarkitError, match="between 0 and 18"):
         model.freeze_backbone(train_last_k_blocks=19)

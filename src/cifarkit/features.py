@@ -9,8 +9,8 @@ the caller's data key and a digest of the pixels themselves.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cifarkit.data.cache import default_cache_dir
 from cifarkit.errors import CifarkitError
-from cifarkit.models.backbones import Backbone, create_backbone
+from cifarkit.models.backbones import Backbone
+from cifarkit.runs import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
+def feature_cache_dir() -> Path:
+    """Where features are cached: ``features/`` inside the data cache (``$CIFARKIT_CACHE``)."""
+    return default_cache_dir() / "features"
+
+
 def feature_cache_path(backbone: Backbone, images: np.ndarray, data_key: str, cache_dir: str | Path) -> Path:
     """Where :func:`cached_features` keeps the features of ``images`` under ``backbone``.
 
@@ -72,23 +79,20 @@ def feature_cache_path(backbone: Backbone, images: np.ndarray, data_key: str, ca
 
 
 def cached_features(
-    backbone_name: str,
+    backbone: Backbone,
     images: np.ndarray,
-    input_size: int | None,
     data_key: str,
     cache_dir: str | Path,
     *,
     batch_size: int = 64,
     progress: bool = True,
 ) -> np.ndarray:
-    """Features of ``images`` from the pretrained ``backbone_name`` at ``input_size``, from disk if cached.
+    """Features of ``images`` from ``backbone`` at its input size, from disk if cached.
 
-    ``data_key`` names the images for people (e.g. ``"cifar10-train"``);
-    ``input_size`` None means the backbone's native resolution. A miss
-    extracts and writes the file atomically (a temporary file, then
-    ``os.replace``), so an interrupted run never leaves a truncated cache.
+    ``data_key`` names the images for people (e.g. ``"cifar10-train"``). A
+    miss extracts and writes the file atomically, so an interrupted run never
+    leaves a truncated cache.
     """
-    backbone = create_backbone(backbone_name, pretrained=True, input_size=input_size)
     path = feature_cache_path(backbone, images, data_key, cache_dir)
     if path.exists():
         features = np.load(path)
@@ -97,13 +101,8 @@ def cached_features(
             return features
         log.warning("feature cache %s has shape %s %s; recomputing", path, features.shape, features.dtype)
     features = extract_features(backbone, images, batch_size=batch_size, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, features)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, features)
+    atomic_write_bytes(path, buf.getvalue())
     log.info("feature cache written: %s", path)
     return features

@@ -49,6 +49,7 @@ class Recipe:
     lr_scale: dict[str, float] = field(default_factory=dict)  # per parameter role, see cifarkit.optim
     muon_lr: float = 0.0                  # > 0: conv filters train with Muon at this lr
     muon_momentum: float = 0.6
+    frozen_features: bool = False         # transfer: train only the head, on cached backbone features
     bf16: bool = False                    # bfloat16 autocast (fast on GPUs and on CPUs with AVX512-BF16)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -117,6 +118,19 @@ RECIPES: dict[str, Recipe] = {
                epochs=10, lr=0.005, **_NOTEBOOK),
         Recipe("seed_cnn3", "notebook CNN 3 exactly as trained there (its best model)", "seed_cnn3",
                epochs=15, lr=0.001, **_NOTEBOOK),
+        Recipe("lite0_frozen", "EfficientNet-Lite0 ImageNet features at 128 px (cached) + MLP head",
+               "efficientnet_lite0", epochs=30, batch_size=256, optimizer="adamw", lr=1e-3, weight_decay=0.05,
+               schedule="cosine", label_smoothing=0.1, frozen_features=True, patience=8,
+               model_kwargs={"input_size": 128, "head": "mlp", "hidden": 1024, "dropout": 0.5,
+                             "trainable_blocks": 0}),
+        Recipe("lite0_frozen_notebook", "EfficientNet-Lite0 features + the notebook's VGG16 head and settings",
+               "efficientnet_lite0", epochs=10, batch_size=250, optimizer="adamax", lr=0.0005,
+               frozen_features=True, model_kwargs={"input_size": 128, "head": "notebook", "trainable_blocks": 0}),
+        Recipe("lite0_finetune", "EfficientNet-Lite0 fine-tuned end to end at 224 px (hours on a CPU)",
+               "efficientnet_lite0", epochs=6, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9,
+               nesterov=True, weight_decay=5e-5, lr_scale={"backbone": 0.2}, schedule="cosine",
+               warmup_epochs=0.3, label_smoothing=0.1, flip=True, translate=2, tta="flip",
+               model_kwargs={"input_size": 224, "head": "linear", "dropout": 0.2}),
         *[_fast(name, model, epochs, description) for name, model, epochs, description in [
             ("fast90", "fastnet_xs", 4, "fast from-scratch training, about 90% (see README for time)"),
             ("fast93", "fastnet_s", 5, "fast from-scratch training, about 93%: the recommended start"),

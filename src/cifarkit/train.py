@@ -24,6 +24,7 @@ from cifarkit.data.dataset import CIFAR10
 from cifarkit.data.augment import augment
 from cifarkit.data.batches import balanced_subset, batches, stratified_split, to_tensor
 from cifarkit.errors import CifarkitError
+from cifarkit.features import cached_features, feature_cache_dir
 from cifarkit.models import count_parameters
 from cifarkit.optim import EMA, OptimizerChain, build_optimizer, lr_multiplier
 from cifarkit.plots import plot_history
@@ -86,7 +87,8 @@ def evaluate_loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device
 
 
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -142,6 +144,31 @@ def _model_for_eval(model: nn.Module, ema: EMA | None) -> nn.Module:
     return averaged
 
 
+def _full_state(model: nn.Module, net: nn.Module, kept: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights of the whole model, with the trained part ``net`` (the model, or its head) taken from ``kept``."""
+    if net is model:
+        return kept.state_dict()
+    return {**model.state_dict(), **{f"head.{k}": v for k, v in kept.state_dict().items()}}
+
+
+def frozen_feature_split(model: nn.Module, data: CIFAR10, recipe: Recipe, subset: int | None) -> Split:
+    """Train/validation split of backbone features instead of images, read from (or written to) the cache.
+
+    Features are computed for the union of both splits in data order, so runs
+    with other seeds or validation fractions reuse the same cache file.
+    """
+    if recipe.flip or recipe.translate or recipe.cutout:
+        raise CifarkitError("frozen_features trains on fixed features: set flip, translate and cutout off")
+    train_idx, val_idx = split_indices(data.y_train, recipe.val_fraction, recipe.seed, subset)
+    used = np.union1d(train_idx, val_idx)
+    features = torch.from_numpy(
+        cached_features(model.backbone, data.x_train[used], f"{Path(data.source).name}-train", feature_cache_dir())
+    ).float()
+    position = np.searchsorted(used, train_idx), np.searchsorted(used, val_idx)
+    labels = torch.from_numpy(data.y_train).long()
+    return Split(features[position[0]], labels[train_idx], features[position[1]], labels[val_idx])
+
+
 def _start_or_resume(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """The saved training state when resuming; refuses to overwrite a run otherwise."""
     state_path = out / "resume.pt"
@@ -191,11 +218,16 @@ def train(
     if hasattr(model, "data_init"):  # data-dependent initialisation, e.g. patch whitening
         model.data_init(split.x_train)
     model = model.to(dev, memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, recipe)
+    # Frozen-feature transfer: the backbone runs once (features cached on disk) and
+    # only the head trains, on feature vectors instead of images.
+    net = model
+    if recipe.frozen_features:
+        split, net = frozen_feature_split(model, data, recipe, subset), model.head
+    optimizer = build_optimizer(net, recipe)
     steps_per_epoch = -(-len(split.x_train) // recipe.batch_size)
     lr_at = lr_multiplier(recipe.schedule, recipe.epochs * steps_per_epoch,
                           round(recipe.warmup_epochs * steps_per_epoch))
-    ema = EMA(model, recipe.ema) if recipe.ema else None
+    ema = EMA(net, recipe.ema) if recipe.ema else None
 
     history: list[dict[str, Any]] = []
     best_acc, best_epoch, start = -1.0, -1, 0
@@ -211,10 +243,10 @@ def train(
         if recipe.patience and epoch - best_epoch > recipe.patience:
             break
         t0 = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(model, optimizer, split, recipe, epoch, lr_at,
+        train_loss, train_acc = train_one_epoch(net, optimizer, split, recipe, epoch, lr_at,
                                                 epoch * steps_per_epoch, dev, ema, progress)
         seconds = time.perf_counter() - t0
-        kept = _model_for_eval(model, ema)
+        kept = _model_for_eval(net, ema)
         val_loss, val_acc = (evaluate_loss_acc(kept, split.x_val, split.y_val, dev)
                              if len(split.x_val) else (float("nan"), float("nan")))
         row = dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
@@ -226,8 +258,8 @@ def train(
         # With no validation split (val_acc is NaN), the last epoch is the best one we can know of.
         if not val_acc <= best_acc:
             best_acc, best_epoch = val_acc, epoch
-            save_weights(kept.state_dict(), out / "best.safetensors")
-        save_weights(kept.state_dict(), out / "last.safetensors")
+            save_weights(_full_state(model, net, kept), out / "best.safetensors")
+        save_weights(_full_state(model, net, kept), out / "last.safetensors")
         save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "ema": ema.state_dict() if ema else None, "history": history,
                     "best_acc": best_acc, "best_epoch": best_epoch, "epoch": epoch + 1}, out / "resume.pt")
@@ -236,7 +268,7 @@ def train(
     write_csv(out / "history.csv", history)
     plot_history(history, out / "curves.png", title=recipe.name)
     write_json(out / "metrics.json", {
-        "params": params, "epochs_run": len(history),
+        "params": params, "trainable_params": count_parameters(net, trainable_only=True), "epochs_run": len(history),
         "best_epoch": best_epoch + 1, "best_val_acc": best_acc,
         "train_seconds": sum(r["seconds"] for r in history), "cifarkit_version": __version__,
         "torch_version": torch.__version__, "device": str(dev),

@@ -104,7 +104,7 @@ class EfficientNetLiteBackbone(Backbone):
         return self.net.forward_features(x)
 
     def inference_copy(self) -> Backbone:
-        """Copy with BatchNorm folded into the convolutions: same features, about a third faster on CPU."""
+        """Copy with BatchNorm folded into the convolutions: same features, 25-40% faster on CPU."""
         fused = super().inference_copy()
         fused.net.fold_batchnorm()
         return fused
@@ -189,13 +189,9 @@ class TransferNet(nn.Module):
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone.forward_features(x01))
 
-    def param_groups(self, backbone_lr: float, head_lr: float) -> list[dict]:
-        """Optimizer parameter groups of the trainable parameters: backbone and head at their own rates."""
-        groups = [
-            {"params": [p for p in self.backbone.parameters() if p.requires_grad], "lr": backbone_lr},
-            {"params": [p for p in self.head.parameters() if p.requires_grad], "lr": head_lr},
-        ]
-        return [g for g in groups if g["params"]]
+    def parameter_roles(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by role, so a recipe can train the backbone slower than the head (``lr_scale``)."""
+        return {"backbone": list(self.backbone.parameters()), "head": list(self.head.parameters())}
 
     def freeze_backbone(self, train_last_k_blocks: int | None = None) -> None:
         """Stop training the backbone, except its last ``train_last_k_blocks`` blocks (None or 0: all frozen).
@@ -244,10 +240,18 @@ def _register_lite(name: str) -> None:
         pretrained: bool = True,
         input_size: int | None = None,
         head: str = "linear",
+        trainable_blocks: int | None = None,
+        freeze_bn_stats: bool = False,
         **head_kw,
     ) -> TransferNet:
+        """``trainable_blocks``: None trains the whole backbone, k only its last k blocks (0: frozen)."""
         backbone = create_backbone(name, pretrained=pretrained, input_size=input_size)
-        return TransferNet(backbone, create_head(head, backbone.feature_dim, num_classes, **head_kw))
+        model = TransferNet(backbone, create_head(head, backbone.feature_dim, num_classes, **head_kw))
+        if trainable_blocks is not None:
+            model.freeze_backbone(trainable_blocks)
+        if freeze_bn_stats:
+            model.freeze_bn_stats()
+        return model
 
     description = (
         f"{name.replace('_', '-')} pretrained on ImageNet ({variant.resolution} px, input upsampled) "

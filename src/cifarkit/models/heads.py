@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -68,5 +68,7 @@ def create_head(name: str, in_features: int, num_classes: int = 10, **kw) -> nn.
     options = [p for p in inspect.signature(builder).parameters if p not in ("in_features", "num_classes")]
     unknown = sorted(set(kw) - set(options))
     if unknown:
-        raise CifarkitError(f"head {name!r} has no option {', '.join(unknown)}; its options: {', '.join(options) or 'none'}")
+        raise CifarkitError(
+            f"head {name!r} has no option {', '.join(unknown)}; its options: {', '.join(options) or 'none'}"
+        )
     return builder(in_features, num_classes, **kw)

@@ -1,0 +1,93 @@
+"""Time to accuracy: train a recipe on the full data several times, with different seeds.
+
+For each run it prints the wall time (training plus test-set evaluation with
+the recipe's TTA), the test accuracy with and without TTA, then the mean and
+spread over runs, and writes everything, with the machine it ran on, to JSON.
+
+    python benchmarks/time_to_accuracy.py --recipe fast93 --runs 2 --threads 2 \
+        --data ../shared/data/cifar10 --json benchmarks/results/fast93.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cifarkit.data import load_cifar10
+from cifarkit.evaluate import evaluate
+from cifarkit.recipes import get_recipe
+from cifarkit.train import train
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="fast93")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", help="CIFAR-10 location (default $CIFARKIT_DATA)")
+    parser.add_argument("--out", help="keep the run directories here (default: a temporary folder)")
+    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    data = load_cifar10(args.data)
+    base = get_recipe(args.recipe).replace(**dict(item.split("=", 1) for item in args.set))
+    root = Path(args.out or tempfile.mkdtemp(prefix="tta-bench-"))
+    runs = []
+    for i in range(args.runs):
+        recipe = base.replace(seed=args.first_seed + i)
+        t0 = time.perf_counter()
+        run_dir = train(recipe, data, root / f"{recipe.name}-seed{recipe.seed}", progress=False)
+        metrics = evaluate(run_dir, data)
+        wall = time.perf_counter() - t0
+        row = {"seed": recipe.seed, "wall_seconds": wall, "test_acc": metrics["test_acc"],
+               "test_acc_tta": metrics.get("test_acc_tta"), "run_dir": str(run_dir)}
+        runs.append(row)
+        tta = f"{row['test_acc_tta']:.4f}" if row["test_acc_tta"] is not None else "n/a"
+        print(f"run {i + 1}/{args.runs} seed {recipe.seed}: {wall / 60:.1f} min, "
+              f"test acc {row['test_acc']:.4f}, with TTA {tta}", flush=True)
+
+    def summary(key: str) -> dict[str, float]:
+        values = [r[key] for r in runs if r[key] is not None]
+        if not values:
+            return {}
+        return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "min": min(values), "max": max(values)}
+
+    result = {
+        "recipe": base.to_dict(), "runs": runs,
+        "wall_seconds": summary("wall_seconds"), "test_acc": summary("test_acc"),
+        "test_acc_tta": summary("test_acc_tta"),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
+                    "torch": torch.__version__, "python": platform.python_version()},
+    }
+    for key in ("wall_seconds", "test_acc", "test_acc_tta"):
+        if result[key]:
+            s = result[key]
+            print(f"{key}: mean {s['mean']:.4f}  std {s['std']:.4f}  range {s['min']:.4f}-{s['max']:.4f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
