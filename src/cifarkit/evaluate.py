@@ -13,7 +13,7 @@ from torch import nn
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.data.batches import to_tensor
 from cifarkit.errors import CifarkitError
-from cifarkit.features import cached_features, feature_cache_dir
+from cifarkit.features import cached_features
 from cifarkit.plots import plot_confusion, plot_gallery
 from cifarkit.report.metrics import classification_report, classification_report_text, confusion_matrix
 from cifarkit.runs import atomic_write_bytes, load_model, read_config, read_json, write_csv, write_json
@@ -72,7 +72,7 @@ def _test_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device:
     """Test-set probabilities without TTA; frozen-feature runs read the backbone's features from the cache."""
     if not config.get("frozen_features"):
         return predict_proba(model, data.x_test, device=device)
-    features = cached_features(model.backbone, data.x_test, f"{Path(data.source).name}-test", feature_cache_dir())
+    features = cached_features(model.backbone, data.x_test, f"{Path(data.source).name}-test")
     with torch.no_grad():
         return torch.softmax(model.head(torch.from_numpy(features).float()), dim=1).numpy()
 

@@ -82,18 +82,19 @@ def cached_features(
     backbone: Backbone,
     images: np.ndarray,
     data_key: str,
-    cache_dir: str | Path,
+    cache_dir: str | Path | None = None,
     *,
     batch_size: int = 64,
     progress: bool = True,
 ) -> np.ndarray:
     """Features of ``images`` from ``backbone`` at its input size, from disk if cached.
 
-    ``data_key`` names the images for people (e.g. ``"cifar10-train"``). A
-    miss extracts and writes the file atomically, so an interrupted run never
-    leaves a truncated cache.
+    ``data_key`` names the images for people (e.g. ``"cifar10-train"``);
+    ``cache_dir`` defaults to :func:`feature_cache_dir`. A miss extracts and
+    writes the file atomically, so an interrupted run never leaves a
+    truncated cache.
     """
-    path = feature_cache_path(backbone, images, data_key, cache_dir)
+    path = feature_cache_path(backbone, images, data_key, cache_dir or feature_cache_dir())
     if path.exists():
         features = np.load(path)
         if features.shape == (len(images), backbone.feature_dim) and features.dtype == np.float16:

@@ -24,7 +24,7 @@ from cifarkit.data.dataset import CIFAR10
 from cifarkit.data.augment import augment
 from cifarkit.data.batches import balanced_subset, batches, stratified_split, to_tensor
 from cifarkit.errors import CifarkitError
-from cifarkit.features import cached_features, feature_cache_dir
+from cifarkit.features import cached_features
 from cifarkit.models import count_parameters
 from cifarkit.optim import EMA, OptimizerChain, build_optimizer, lr_multiplier
 from cifarkit.plots import plot_history
@@ -162,7 +162,7 @@ def frozen_feature_split(model: nn.Module, data: CIFAR10, recipe: Recipe, subset
     train_idx, val_idx = split_indices(data.y_train, recipe.val_fraction, recipe.seed, subset)
     used = np.union1d(train_idx, val_idx)
     features = torch.from_numpy(
-        cached_features(model.backbone, data.x_train[used], f"{Path(data.source).name}-train", feature_cache_dir())
+        cached_features(model.backbone, data.x_train[used], f"{Path(data.source).name}-train")
     ).float()
     position = np.searchsorted(used, train_idx), np.searchsorted(used, val_idx)
     labels = torch.from_numpy(data.y_train).long()
