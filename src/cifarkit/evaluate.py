@@ -16,7 +16,8 @@ from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
 from cifarkit.plots import plot_confusion, plot_gallery
 from cifarkit.report.metrics import classification_report, classification_report_text, confusion_matrix
-from cifarkit.runs import atomic_write_bytes, load_model, read_config, read_json, write_csv, write_json
+from cifarkit.files import atomic_write_bytes, read_json, write_csv, write_json, write_text
+from cifarkit.runs import load_model, read_config
 from cifarkit.train import pick_device
 
 TTA_MODES = ("none", "flip", "flip_translate")
@@ -77,10 +78,6 @@ def _test_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device:
         return torch.softmax(model.head(torch.from_numpy(features).float()), dim=1).numpy()
 
 
-def _text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
 def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, device: str = "auto",
              gallery_size: int = 24, seed: int = 0) -> dict[str, Any]:
     """Evaluate a run's best weights on the test set; write RUN/eval/ and update RUN/metrics.json.
@@ -108,7 +105,7 @@ def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, devi
     atomic_write_bytes(out / "predictions.npz", buf.getvalue())
     pred = probs.argmax(1)
     report = classification_report_text(data.y_test, pred, data.classes)
-    _text(out / "classification_report.txt", report)
+    write_text(out / "classification_report.txt", report)
     write_json(out / "classification_report.json", classification_report(data.y_test, pred, data.classes))
     cm = confusion_matrix(data.y_test, pred, len(data.classes))
     write_csv(out / "confusion_matrix.csv",

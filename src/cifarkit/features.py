@@ -21,7 +21,7 @@ from tqdm import tqdm
 from cifarkit.data.cache import default_cache_dir
 from cifarkit.errors import CifarkitError
 from cifarkit.models.backbones import Backbone
-from cifarkit.runs import atomic_write_bytes
+from cifarkit.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

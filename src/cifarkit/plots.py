@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only: no display needed, none assumed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cifarkit.runs import atomic_write_bytes  # noqa: E402
+from cifarkit.files import atomic_write_bytes  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:

@@ -11,11 +11,7 @@
 """
 from __future__ import annotations
 
-import csv
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,39 +20,8 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from cifarkit.errors import CifarkitError
+from cifarkit.files import atomic_write_bytes, read_json
 from cifarkit.models import create_model
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:

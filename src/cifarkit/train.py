@@ -25,13 +25,12 @@ from cifarkit.data.augment import augment
 from cifarkit.data.batches import balanced_subset, batches, stratified_split, to_tensor
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
+from cifarkit.files import write_csv, write_json
 from cifarkit.models import count_parameters
 from cifarkit.optim import EMA, OptimizerChain, build_optimizer, lr_multiplier
 from cifarkit.plots import plot_history
 from cifarkit.recipes import Recipe
-from cifarkit.runs import (
-    build_model, load_torch, read_config, save_torch, save_weights, write_csv, write_json,
-)
+from cifarkit.runs import build_model, load_torch, read_config, save_torch, save_weights
 
 
 @dataclass

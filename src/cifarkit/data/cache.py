@@ -14,8 +14,8 @@ files that are missing, corrupt or malformed are ignored and rebuilt.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from cifarkit.data.dataset import CIFAR10, CLASSES
 from cifarkit.data.sources import IMAGE_SIZE, Source
+from cifarkit.files import atomic_write_bytes
 
 CACHE_ENV = "CIFARKIT_CACHE"
 DECODED_SUBDIR = "decoded"
@@ -132,12 +133,7 @@ def save_cached(folder: Path, data: CIFAR10, source_fingerprint: str) -> None:
 
 
 def _save_atomically(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` as ``path`` via a temp file and os.replace: readers never see half a file."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, array, allow_pickle=False)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    """Write ``array`` as ``path`` atomically: readers never see half a file."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())

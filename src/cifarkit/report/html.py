@@ -17,7 +17,7 @@ from cifarkit.data.dataset import CIFAR10, CLASSES
 from cifarkit.errors import CifarkitError
 
 from . import markup
-from .files import write_text
+from cifarkit.files import write_text
 from .options import ReportOptions
 from .rundir import Run, load_run
 from .sections import RUN_SECTIONS, RunContext, comparison_section, curves_section

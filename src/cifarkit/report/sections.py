@@ -29,7 +29,9 @@ from .calibration import (
     softmax,
 )
 from .corruptions import PARAMETERS, SEVERITIES
-from .files import figure_png, save_png, write_csv, write_json, write_text
+from cifarkit.files import write_csv, write_json, write_text
+
+from .files import figure_png, save_png
 from .gradcam import find_target_layer, grad_cam
 from .metrics import (
     classification_report,
