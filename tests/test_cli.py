@@ -72,3 +72,18 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch, tiny_d
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "cifarkit.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and __version__ in out.stdout
+
+
+def test_data_info_and_show(tmp_path, capsys, monkeypatch, tiny_data):
+    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
+    code, out, _ = run_cli(capsys, "data", "info")
+    assert code == 0 and "train: images (300, 32, 32, 3) uint8" in out and "test: images (100, 32, 32, 3)" in out
+    assert out.count("airplane") == 2 and "30" in out  # 30 training images per class
+    png = tmp_path / "grid.png"
+    code, out, _ = run_cli(capsys, "data", "show", "-o", str(png), "--count", "8")
+    assert code == 0 and Image.open(png).size[0] > 100
+
+
+def test_data_from_a_missing_path_says_where_to_put_it(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "data", "info", "--data", str(tmp_path / "nope"))
+    assert code == 2 and "nope" in err and "Traceback" not in err

@@ -96,14 +96,16 @@ def _fast(name: str, model: str, epochs: int, description: str, batch_size: int 
     BatchNorm biases at the base lr, the head 12.6x faster; label smoothing
     0.2; alternating flip and 2-pixel translation; linear decay to zero;
     flip+translate test-time augmentation. A 2% validation split is held out
-    to watch training (airbench trains on all 50,000 images).
+    to watch training (airbench trains on all 50,000 images). bfloat16
+    autocast: 3x faster on CPUs with AVX512-BF16 (measured: 27 s against
+    75-108 s per fastnet_xs epoch); on older CPUs use ``--set bf16=false``.
     """
     return Recipe(
         name, description, model, epochs=epochs, batch_size=batch_size,
         optimizer="sgd", lr=0.053 * batch_size, momentum=0.85, nesterov=True,
         weight_decay=2e-6 * batch_size / (0.053 * batch_size), lr_scale={"head": 0.67 / 0.053},
         muon_lr=0.24, muon_momentum=0.6, schedule="linear", label_smoothing=0.2, val_fraction=0.02,
-        flip=True, alternating_flip=True, translate=2, tta="flip_translate", seed=0,
+        flip=True, alternating_flip=True, translate=2, tta="flip_translate", seed=0, bf16=True,
     )
 
 
@@ -132,9 +134,9 @@ RECIPES: dict[str, Recipe] = {
                warmup_epochs=0.3, label_smoothing=0.1, flip=True, translate=2, tta="flip",
                model_kwargs={"input_size": 224, "head": "linear", "dropout": 0.2}),
         *[_fast(name, model, epochs, description) for name, model, epochs, description in [
-            ("fast90", "fastnet_xs", 4, "fast from-scratch training, about 90% (see README for time)"),
-            ("fast93", "fastnet_s", 5, "fast from-scratch training, about 93%: the recommended start"),
-            ("fast94", "fastnet_s", 9, "fast from-scratch training, about 94%"),
+            ("fast90", "fastnet_xs", 10, "fast from-scratch training: 90%+ in about 5 minutes on 2 CPU cores"),
+            ("fast93", "fastnet_s", 6, "fast from-scratch training: 93%+, the recommended start"),
+            ("fast94", "fastnet_s", 12, "fast from-scratch training: 94%+"),
         ]],
     ]
 }
