@@ -68,6 +68,15 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch, tiny_d
     assert code == 1  # one file failed, and the exit status says so
     assert len(results[0]["predictions"]) == 2 and "error" in results[1]
 
+    html = tmp_path / "report.html"
+    code, out, err = run_cli(capsys, "report", str(run), "-o", str(html), "--robustness-images", "20",
+                             "--gradcam-images", "2")
+    assert code == 0, err
+    page = html.read_text()
+    # temperature scaling ran on the run's own validation split, handed over by the CLI
+    assert "temperature T (fitted on validation)" in page and "recipe seed_cnn3" in page
+    assert (run / "insight" / "calibration.json").is_file()
+
 
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "cifarkit.cli", "--version"], capture_output=True, text=True)

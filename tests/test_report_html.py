@@ -51,7 +51,7 @@ def _write_run(path: Path, model: nn.Module, data: CIFAR10, name: str, tta: bool
     epochs = 3
     history = [{"epoch": e, "train_loss": 2.3 - 0.3 * e, "train_acc": 0.1 + 0.1 * e, "val_loss": 2.3 - 0.2 * e,
                 "val_acc": 0.1 + 0.08 * e, "lr": 0.1, "seconds": 1.5} for e in range(1, epochs + 1)]
-    (path / "config.json").write_text(json.dumps({"recipe": "fake", "model": name, "epochs": epochs}))
+    (path / "config.json").write_text(json.dumps({"name": "fake", "model": name, "epochs": epochs}))
     (path / "history.json").write_text(json.dumps(history))
     with torch.no_grad():
         probs = torch.softmax(model(torch.from_numpy(data.x_test).permute(0, 3, 1, 2).float() / 255), 1).numpy()

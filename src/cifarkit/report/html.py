@@ -72,7 +72,7 @@ def build_report(
 def _run_section(context: RunContext) -> str:
     """All per-run sections of one run, under a heading with the run's model and path."""
     run = context.run
-    intro = markup.paragraph(f"Model {run.config.get('model', '?')}, recipe {run.config.get('recipe', '?')}, "
+    intro = markup.paragraph(f"Model {run.config.get('model', '?')}, recipe {run.config.get('name', '?')}, "
                              f"directory {run.path}; files in {run.insight_dir}.")
     body = intro + "".join(section(context) for section in RUN_SECTIONS)
     return markup.section(context.prefix, f"Run {run.name}", body, css_class="run")

@@ -2,7 +2,7 @@
 
 Layout (written by ``cifarkit train`` / evaluation):
 
-* ``config.json``   {"recipe", "model", "epochs", ...}
+* ``config.json``   {"name" (the recipe), "model", "epochs", ...}
 * ``history.json``  per-epoch dicts {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
 * ``metrics.json``  {"params", "best_val_acc", "train_seconds", "epochs_run", "test_acc", "test_acc_tta"?}
 * ``eval/predictions.npz``  probs (N, 10) test softmax, labels (N,), optionally probs_tta
