@@ -73,7 +73,8 @@ def _test_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device:
     """Test-set probabilities without TTA; frozen-feature runs read the backbone's features from the cache."""
     if not config.get("frozen_features"):
         return predict_proba(model, data.x_test, device=device)
-    features = cached_features(model.backbone, data.x_test, f"{Path(data.source).name}-test")
+    features = cached_features(model.backbone, data.x_test, f"{Path(data.source).name}-test",
+                               bf16=config["bf16"])
     with torch.no_grad():
         return torch.softmax(model.head(torch.from_numpy(features).float()), dim=1).numpy()
 

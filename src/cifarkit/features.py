@@ -27,14 +27,17 @@ log = logging.getLogger(__name__)
 
 
 def extract_features(
-    backbone: Backbone, images_uint8: np.ndarray, *, batch_size: int = 64, progress: bool = True
+    backbone: Backbone, images_uint8: np.ndarray, *, batch_size: int = 64, progress: bool = True,
+    bf16: bool = False,
 ) -> np.ndarray:
     """Pooled features (N, feature_dim) as float16 of uint8 RGB images (N, H, W, 3).
 
     Runs an inference copy of the backbone (:meth:`Backbone.inference_copy`,
     BatchNorm folded where possible) under ``torch.inference_mode`` with
     channels-last tensors, much faster for convolutions on CPU, on the device
-    the backbone is on. The backbone itself is left as it was.
+    the backbone is on. The backbone itself is left as it was. ``bf16`` runs
+    it under bfloat16 autocast: about twice as fast on CPUs with AVX512-BF16,
+    features within a few percent of float32's.
     """
     if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
         raise CifarkitError(
@@ -43,8 +46,9 @@ def extract_features(
     model = backbone.inference_copy().to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
     out = np.empty((len(images_uint8), model.feature_dim), dtype=np.float16)
-    with torch.inference_mode(), tqdm(total=len(images_uint8), disable=not progress, unit="img",
-                                      desc=f"features {model.name} @{model.input_size}px") as bar:
+    bar = tqdm(total=len(images_uint8), disable=not progress, unit="img",
+               desc=f"features {model.name} @{model.input_size}px")
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16), bar:
         for start in range(0, len(images_uint8), batch_size):
             # NHWC uint8 permuted to NCHW *is* channels-last memory; .float() keeps that layout.
             batch = torch.from_numpy(images_uint8[start:start + batch_size]).to(device).permute(0, 3, 1, 2)
@@ -63,7 +67,8 @@ def feature_cache_dir() -> Path:
     return default_cache_dir() / "features"
 
 
-def feature_cache_path(backbone: Backbone, images: np.ndarray, data_key: str, cache_dir: str | Path) -> Path:
+def feature_cache_path(backbone: Backbone, images: np.ndarray, data_key: str, cache_dir: str | Path,
+                       bf16: bool = False) -> Path:
     """Where :func:`cached_features` keeps the features of ``images`` under ``backbone``.
 
     The name is readable (backbone, size, data key) and ends in a digest of
@@ -71,10 +76,11 @@ def feature_cache_path(backbone: Backbone, images: np.ndarray, data_key: str, ca
     """
     key = hashlib.sha256()
     for part in (backbone.name, backbone.weights_digest(), str(backbone.input_size), data_key,
-                 f"{images.dtype}{images.shape}"):
+                 f"{images.dtype}{images.shape}", "bf16" if bf16 else "fp32"):
         key.update(part.encode() + b"\0")
     key.update(np.ascontiguousarray(images).data)
-    name = f"{_slug(backbone.name)}-{backbone.input_size}px-{_slug(data_key)}-{key.hexdigest()[:16]}.npy"
+    precision = "-bf16" if bf16 else ""
+    name = f"{_slug(backbone.name)}-{backbone.input_size}px{precision}-{_slug(data_key)}-{key.hexdigest()[:16]}.npy"
     return Path(cache_dir) / name
 
 
@@ -86,6 +92,7 @@ def cached_features(
     *,
     batch_size: int = 64,
     progress: bool = True,
+    bf16: bool = False,
 ) -> np.ndarray:
     """Features of ``images`` from ``backbone`` at its input size, from disk if cached.
 
@@ -94,14 +101,14 @@ def cached_features(
     writes the file atomically, so an interrupted run never leaves a
     truncated cache.
     """
-    path = feature_cache_path(backbone, images, data_key, cache_dir or feature_cache_dir())
+    path = feature_cache_path(backbone, images, data_key, cache_dir or feature_cache_dir(), bf16)
     if path.exists():
         features = np.load(path)
         if features.shape == (len(images), backbone.feature_dim) and features.dtype == np.float16:
             log.info("feature cache hit: %s", path)
             return features
         log.warning("feature cache %s has shape %s %s; recomputing", path, features.shape, features.dtype)
-    features = extract_features(backbone, images, batch_size=batch_size, progress=progress)
+    features = extract_features(backbone, images, batch_size=batch_size, progress=progress, bf16=bf16)
     buf = io.BytesIO()
     np.save(buf, features)
     atomic_write_bytes(path, buf.getvalue())

@@ -51,6 +51,7 @@ class Recipe:
     muon_momentum: float = 0.6
     frozen_features: bool = False         # transfer: train only the head, on cached backbone features
     bf16: bool = False                    # bfloat16 autocast (fast on GPUs and on CPUs with AVX512-BF16)
+    compile: bool = False                 # torch.compile the model, on CUDA only (slower on CPU here)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> "Recipe":
@@ -135,8 +136,8 @@ RECIPES: dict[str, Recipe] = {
                model_kwargs={"input_size": 224, "head": "linear", "dropout": 0.2}),
         *[_fast(name, model, epochs, description) for name, model, epochs, description in [
             ("fast90", "fastnet_xs", 10, "fast from-scratch training: 90%+ in about 5 minutes on 2 CPU cores"),
-            ("fast93", "fastnet_s", 6, "fast from-scratch training: 93%+, the recommended start"),
-            ("fast94", "fastnet_s", 12, "fast from-scratch training: 94%+"),
+            ("fast93", "fastnet_s", 10, "fast from-scratch training: 93%+, the recommended start"),
+            ("fast94", "fastnet_s", 18, "fast from-scratch training: 94%+"),
         ]],
     ]
 }

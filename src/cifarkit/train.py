@@ -160,9 +160,8 @@ def frozen_feature_split(model: nn.Module, data: CIFAR10, recipe: Recipe, subset
         raise CifarkitError("frozen_features trains on fixed features: set flip, translate and cutout off")
     train_idx, val_idx = split_indices(data.y_train, recipe.val_fraction, recipe.seed, subset)
     used = np.union1d(train_idx, val_idx)
-    features = torch.from_numpy(
-        cached_features(model.backbone, data.x_train[used], f"{Path(data.source).name}-train")
-    ).float()
+    key = f"{Path(data.source).name}-train"
+    features = torch.from_numpy(cached_features(model.backbone, data.x_train[used], key, bf16=recipe.bf16)).float()
     position = np.searchsorted(used, train_idx), np.searchsorted(used, val_idx)
     labels = torch.from_numpy(data.y_train).long()
     return Split(features[position[0]], labels[train_idx], features[position[1]], labels[val_idx])
@@ -223,6 +222,8 @@ def train(
     if recipe.frozen_features:
         split, net = frozen_feature_split(model, data, recipe, subset), model.head
     optimizer = build_optimizer(net, recipe)
+    if recipe.compile and dev.type == "cuda":
+        net.compile()  # in place: parameter names, and so checkpoints, stay as they are
     steps_per_epoch = -(-len(split.x_train) // recipe.batch_size)
     lr_at = lr_multiplier(recipe.schedule, recipe.epochs * steps_per_epoch,
                           round(recipe.warmup_epochs * steps_per_epoch))
