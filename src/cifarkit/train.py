@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,13 +95,13 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def _autocast(device: torch.device, enabled: bool):
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def train_one_epoch(
     model: nn.Module, optimizer: OptimizerChain, split: Split, recipe: Recipe, epoch: int,
-    lr_at, first_step: int, device: torch.device, ema: EMA | None, progress: bool,
+    lr_at: Callable[[int], float], first_step: int, device: torch.device, ema: EMA | None, progress: bool,
 ) -> tuple[float, float]:
     """One pass over the (augmented) training set; returns mean loss and accuracy."""
     model.train()
