@@ -138,7 +138,7 @@ RECIPES: dict[str, Recipe] = {
         *[_fast(name, model, epochs, description) for name, model, epochs, description in [
             ("fast90", "fastnet_xs", 10, "fast from-scratch training: 90%+ in about 5 minutes on 2 CPU cores"),
             ("fast93", "fastnet_s", 10, "fast from-scratch training: 93%+, the recommended start"),
-            ("fast94", "fastnet_s", 18, "fast from-scratch training: 94%+"),
+            ("fast94", "fastnet_s", 14, "fast from-scratch training: 94%+"),
         ]],
     ]
 }
