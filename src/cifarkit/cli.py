@@ -93,8 +93,9 @@ def _print_eval(metrics: dict, run_dir: Path) -> None:
     if "test_acc_tta" in metrics:
         line += f"   with TTA ({metrics['tta']}) {metrics['test_acc_tta']:.4f}"
     print(line)
-    mc = metrics["most_confused"]
-    print(f"most confused: {mc['actual']} -> {mc['predicted']} ({mc['count']} images)")
+    if "most_confused" in metrics:
+        mc = metrics["most_confused"]
+        print(f"most confused: {mc['actual']} -> {mc['predicted']} ({mc['count']} images)")
     print(f"figures and reports in {run_dir / 'eval'}")
 
 

@@ -15,6 +15,7 @@ from cifarkit.data.batches import to_tensor
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
 from cifarkit.plots import plot_confusion, plot_gallery
+from cifarkit.report.analysis import confused_pairs
 from cifarkit.report.metrics import classification_report, classification_report_text, confusion_matrix
 from cifarkit.files import atomic_write_bytes, read_json, write_csv, write_json, write_text
 from cifarkit.runs import load_model, read_config
@@ -74,7 +75,7 @@ def _test_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device:
     if not config.get("frozen_features"):
         return predict_proba(model, data.x_test, device=device)
     features = cached_features(model.backbone, data.x_test, f"{Path(data.source).name}-test",
-                               bf16=config["bf16"])
+                               bf16=config.get("bf16", False))
     with torch.no_grad():
         return torch.softmax(model.head(torch.from_numpy(features).float()), dim=1).numpy()
 
@@ -117,9 +118,9 @@ def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, devi
     plot_gallery(data.x_test[pick], [data.classes[i] for i in data.y_test[pick]],
                  [data.classes[i] for i in pred[pick]], probs[pick, pred[pick]], out / "gallery.png")
 
-    off = cm - np.diag(np.diag(cm))
-    a, b = np.unravel_index(off.argmax(), off.shape)
-    metrics["most_confused"] = {"actual": data.classes[a], "predicted": data.classes[b], "count": int(off[a, b])}
+    for pair in confused_pairs(cm, 1):
+        metrics["most_confused"] = {"actual": data.classes[pair.actual], "predicted": data.classes[pair.predicted],
+                                    "count": pair.count}
     metrics["report"] = report
     summary_path = run_dir / "metrics.json"
     summary = read_json(summary_path) if summary_path.is_file() else {}
