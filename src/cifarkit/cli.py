@@ -49,9 +49,12 @@ def cmd_models(args: argparse.Namespace) -> None:
 def cmd_recipes(args: argparse.Namespace) -> None:
     from cifarkit.recipes import DEFAULT_RECIPE, RECIPES
 
+    name_width = max(len(r.name) for r in RECIPES.values()) + 2
+    model_width = max(len(r.model) for r in RECIPES.values()) + 2
     for r in RECIPES.values():
         mark = "*" if r.name == DEFAULT_RECIPE else " "
-        print(f"{mark} {r.name:<18}{r.model:<20}{r.epochs:>4} ep  {r.optimizer:<7} lr {r.lr:<8g} {r.description}")
+        print(f"{mark} {r.name:<{name_width}}{r.model:<{model_width}}{r.epochs:>3} ep  {r.optimizer:<7} "
+              f"lr {r.lr:<8g} {r.description}")
     if args.verbose:
         for r in RECIPES.values():
             print(json.dumps(r.to_dict()))
