@@ -14,8 +14,7 @@ Modules:
 * ``robustness``   accuracy of a model under those corruptions
 * ``plots``        the matplotlib figures (Agg, no pyplot state)
 * ``rundir``       reading a run directory
-* ``inference``    running a model on uint8 images
-* ``files``        atomic writes (temporary file + ``os.replace``)
+* ``files``        figures as PNG bytes, saved atomically
 * ``markup``       escaped HTML pieces; ``sections`` one function per report section
 * ``options``      ``ReportOptions``: sample sizes and seed
 * ``html``         ``build_report``; ``command`` holds the CLI arguments
