@@ -117,7 +117,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         for r in results:
             if r.error:
-                print(f"{r.source}: ERROR {r.error}")
+                print(f"ERROR {r.error}")  # the message names the file
             else:
                 print(f"{r.source}:")
                 for name, p in r.top:
