@@ -1,7 +1,7 @@
-"""Training-step throughput of the FastNet presets on this CPU.
+"""Training-step throughput of registered models on this CPU (FastNet presets by default).
 
 Times forward + backward + Nesterov-SGD step on random 32x32 images (pixel
-values do not change the work) for each preset, batch size and memory format,
+values do not change the work) for each model, batch size and memory format,
 and prints images/s and ms/step (of the fastest timed step; the median step
 too), the model's forward GFLOP per image (conv and linear multiply-adds
 counted with forward hooks, x2) and the achieved GFLOP/s, taking a training
@@ -11,9 +11,10 @@ to a time budget. On a machine shared with other busy processes, compare
 ``--threads 1`` with 2: OpenMP threads that wait for each other at every op
 can make 2 threads slower than 1.
 
-    python benchmarks/fastnet_step.py                        # full sweep (several minutes)
-    python benchmarks/fastnet_step.py --presets fastnet_s --batch-sizes 512 --steps 2
-    python benchmarks/fastnet_step.py --bf16                 # also time bfloat16 autocast
+    python benchmarks/train_step.py                        # FastNet sweep (several minutes)
+    python benchmarks/train_step.py --models fastnet_s --batch-sizes 512 --steps 2
+    python benchmarks/train_step.py --bf16                 # also time bfloat16 autocast
+    python benchmarks/train_step.py --models efficientnet_lite0 --input-size 160 --batch-sizes 32 --bf16
 """
 from __future__ import annotations
 
@@ -26,8 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cifarkit.models import create_model
-from cifarkit.models import fastnet  # noqa: F401  (registers the presets even before models/__init__ does)
+from cifarkit.models import create_model, list_models
 
 PRESETS = ("fastnet_xs", "fastnet_s", "fastnet_m", "fastnet_l")
 TRAIN_IMAGES = 50_000
@@ -87,7 +87,8 @@ def time_steps(model: nn.Module, batch_size: int, steps: int, warmup: int, bf16:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--models", nargs="+", default=list(PRESETS), choices=[m.name for m in list_models()])
+    parser.add_argument("--input-size", type=int, help="input_size for transfer models (upsampling inside)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--formats", nargs="+", default=["channels_last", "contiguous"],
                         choices=["channels_last", "contiguous"])
@@ -101,18 +102,20 @@ def main() -> None:
     torch.manual_seed(0)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'preset':<11} {'batch':>5} {'format':<18} {'img/s':>7} {'ms/step':>8} {'median':>7} "
+    print(f"{'model':<18} {'batch':>5} {'format':<18} {'img/s':>7} {'ms/step':>8} {'median':>7} "
           f"{'fwd GFLOP/img':>13} {'GFLOP/s':>8} {'s/epoch':>8}")
-    for name in args.presets:
+    kwargs = {"input_size": args.input_size} if args.input_size else {}
+    for name in args.models:
         settings = [(fmt, False) for fmt in args.formats] + ([("channels_last", True)] if args.bf16 else [])
         for batch_size in args.batch_sizes:
             for fmt, bf16 in settings:
-                model = create_model(name, channels_last=fmt == "channels_last")
+                model = create_model(name, **kwargs)
+                model = model.to(memory_format=getattr(torch, fmt.replace("contiguous", "contiguous_format")))
                 gflop = forward_gflop_per_image(model)
                 median, fastest = time_steps(model, batch_size, args.steps, args.warmup, bf16)
                 images_per_s = batch_size / fastest
                 label = fmt + ("+bf16" if bf16 else "")
-                print(f"{name:<11} {batch_size:>5} {label:<18} {images_per_s:>7.0f} {1e3 * fastest:>8.0f} "
+                print(f"{name:<18} {batch_size:>5} {label:<18} {images_per_s:>7.0f} {1e3 * fastest:>8.0f} "
                       f"{1e3 * median:>7.0f} {gflop:>13.3f} {3 * gflop * images_per_s:>8.1f} "
                       f"{TRAIN_IMAGES / images_per_s:>8.0f}", flush=True)
 
