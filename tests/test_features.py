@@ -13,13 +13,6 @@ from cifarkit.errors import CifarkitError
 from cifarkit.models.backbones import create_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def images() -> np.ndarray:

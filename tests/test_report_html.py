@@ -67,14 +67,6 @@ def _write_run(path: Path, model: nn.Module, data: CIFAR10, name: str, tta: bool
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny batches gain nothing from threads, and on a shared 2-core machine two threads can stall each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):

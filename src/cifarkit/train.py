@@ -36,7 +36,7 @@ from cifarkit.runs import build_model, load_torch, read_config, save_torch, save
 
 @dataclass
 class Split:
-    """Training and validation tensors, float in [0, 1], channels-last."""
+    """Training and validation inputs: images in [0, 1] (channels-last), or frozen-backbone features."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
