@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cifarkit.models import create_model, list_models
+from cifarkit.runtime import keep_freed_memory
 
 PRESETS = ("fastnet_xs", "fastnet_s", "fastnet_m", "fastnet_l")
 TRAIN_IMAGES = 50_000
@@ -96,12 +97,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also time bfloat16 autocast (channels_last only)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator as it is, to measure what cifarkit.runtime gains")
     args = parser.parse_args()
+    malloc = "glibc default" if args.default_malloc else f"tuned: {keep_freed_memory()}"
     # Explicit, so numbers are comparable between machines and with the 2-core target.
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, malloc {malloc}")
     print(f"{'model':<18} {'batch':>5} {'format':<18} {'img/s':>7} {'ms/step':>8} {'median':>7} "
           f"{'fwd GFLOP/img':>13} {'GFLOP/s':>8} {'s/epoch':>8}")
     kwargs = {"input_size": args.input_size} if args.input_size else {}

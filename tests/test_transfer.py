@@ -78,6 +78,14 @@ def test_finetuning_changes_the_backbone(tiny_data, tmp_path):
     assert len(changed) > 100  # conv and BatchNorm weights throughout the network moved
 
 
+def test_gpu_recipe_runs_anywhere_at_224_px(tiny_data, tmp_path):
+    recipe = get_recipe("lite0_finetune_gpu").replace(epochs=1, batch_size=16)
+    run = train(recipe, tiny_data, tmp_path / "gpu", subset=32, progress=False, device="cpu")
+    history = json.loads((run / "history.json").read_text())
+    assert json.loads((run / "config.json").read_text())["model_kwargs"]["input_size"] == 224
+    assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+
+
 @pytest.mark.integration
 def test_frozen_features_on_real_images_beat_chance(real_data_path, tmp_path, extractions):
     data = load_cifar10(real_data_path)

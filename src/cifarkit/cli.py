@@ -11,6 +11,7 @@ import numpy as np
 
 from cifarkit import __version__
 from cifarkit.errors import CifarkitError
+from cifarkit.runtime import keep_freed_memory
 
 
 def _data(args: argparse.Namespace):
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     if getattr(args, "threads", None):
         import torch
 

@@ -32,6 +32,7 @@ from cifarkit.optim import EMA, OptimizerChain, build_optimizer, lr_multiplier
 from cifarkit.plots import plot_history
 from cifarkit.recipes import Recipe
 from cifarkit.runs import build_model, load_torch, read_config, save_torch, save_weights
+from cifarkit.runtime import keep_freed_memory
 
 
 @dataclass
@@ -206,6 +207,7 @@ def train(
     """
     out = Path(out)
     dev = pick_device(device)
+    keep_freed_memory()  # reuse activation memory between steps (see runtime.py)
     config = {**recipe.to_dict(), "subset": subset, "data_source": data.source, "classes": list(data.classes)}
     state = _start_or_resume(out, config, resume)
     write_json(out / "config.json", config)
