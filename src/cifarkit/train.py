@@ -214,16 +214,17 @@ def train(
 
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
-    split = prepare_split(data, recipe.val_fraction, recipe.seed, subset)
-    model = build_model(config)
-    if hasattr(model, "data_init"):  # data-dependent initialisation, e.g. patch whitening
-        model.data_init(split.x_train)
-    model = model.to(dev, memory_format=torch.channels_last)
-    # Frozen-feature transfer: the backbone runs once (features cached on disk) and
-    # only the head trains, on feature vectors instead of images.
-    net = model
     if recipe.frozen_features:
+        # Frozen-feature transfer: the backbone runs once (features cached on disk) and
+        # only the head trains, on feature vectors instead of images.
+        model = build_model(config).to(dev, memory_format=torch.channels_last)
         split, net = frozen_feature_split(model, data, recipe, subset), model.head
+    else:
+        split = prepare_split(data, recipe.val_fraction, recipe.seed, subset)
+        model = build_model(config)
+        if hasattr(model, "data_init"):  # data-dependent initialisation, e.g. patch whitening
+            model.data_init(split.x_train)
+        model = net = model.to(dev, memory_format=torch.channels_last)
     optimizer = build_optimizer(net, recipe)
     if recipe.compile and dev.type == "cuda":
         net.compile()  # in place: parameter names, and so checkpoints, stay as they are
@@ -259,10 +260,11 @@ def train(
             tqdm.write(f"epoch {epoch + 1:3d}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}  "
                        f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  {seconds:.1f}s")
         # With no validation split (val_acc is NaN), the last epoch is the best one we can know of.
+        weights = _full_state(model, net, kept)
         if not val_acc <= best_acc:
             best_acc, best_epoch = val_acc, epoch
-            save_weights(_full_state(model, net, kept), out / "best.safetensors")
-        save_weights(_full_state(model, net, kept), out / "last.safetensors")
+            save_weights(weights, out / "best.safetensors")
+        save_weights(weights, out / "last.safetensors")
         save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "ema": ema.state_dict() if ema else None, "history": history,
                     "best_acc": best_acc, "best_epoch": best_epoch, "epoch": epoch + 1}, out / "resume.pt")
