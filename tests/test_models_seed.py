@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from cifarkit.errors import CifarkitError
 from cifarkit.models import count_parameters, create_model, list_models
 
 
@@ -58,8 +59,8 @@ def test_keras_initialisation_zero_bias_glorot_range():
     assert conv.weight.abs().max() <= limit and conv.weight.abs().max() > 0.8 * limit
 
 
-def test_unknown_model_names_known_ones():
-    with pytest.raises(KeyError, match="seed_cnn3"):
+def test_unknown_model_is_a_clear_error_naming_known_ones():
+    with pytest.raises(CifarkitError, match=r"unknown model 'resnet9000'; known models: .*seed_cnn3"):
         create_model("resnet9000")
 
 

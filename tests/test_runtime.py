@@ -1,4 +1,4 @@
-"""The allocator setting that keeps freed tensor memory in the process (cifarkit.runtime).
+"""cifarkit.runtime: the device and precision chosen by the hardware, and the allocator setting.
 
 What it gains is measured by ``benchmarks/train_step.py --default-malloc`` against the
 same command without the flag; page-fault counts in a test were not deterministic.
@@ -10,6 +10,11 @@ import ctypes
 import ctypes.util
 import platform
 
+import pytest
+import torch
+
+from cifarkit import runtime
+from cifarkit.errors import CifarkitError
 from cifarkit.runtime import keep_freed_memory
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
@@ -45,3 +50,67 @@ def test_is_a_no_op_where_the_c_library_has_no_mallopt(monkeypatch):
 
 def test_applies_on_this_machine_when_it_runs_glibc():
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+# --- device and precision, chosen by the hardware ---------------------------------------------
+
+
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: False)
+    assert runtime.pick_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(runtime, "_mps_available", lambda: True)
+    assert runtime.pick_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.pick_device("auto") == torch.device("cuda")
+
+
+def test_unavailable_or_unknown_device_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CifarkitError, match="no CUDA GPU.*--device cpu"):
+        runtime.pick_device("cuda")
+    with pytest.raises(CifarkitError, match="not a device name"):
+        runtime.pick_device("gpu0")
+    assert runtime.pick_device("cpu") == torch.device("cpu")
+
+
+def test_auto_precision_is_bf16_only_where_native(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.resolve_bf16("auto", cpu) is False
+    assert runtime.resolve_bf16(False, cpu) is False
+    with pytest.warns(UserWarning, match="emulated.*20x slower"):
+        assert runtime.resolve_bf16(True, cpu) is True
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_bf16("auto", cpu) is True
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert runtime.resolve_bf16("auto", torch.device("cuda")) is True
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert runtime.resolve_bf16("auto", torch.device("cuda")) is False
+    assert runtime.resolve_bf16("auto", torch.device("mps")) is False
+
+
+def test_native_bf16_follows_the_cpu_features_pytorch_reports(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert runtime.cpu_has_native_bf16() is False
+    assert "no native bf16" in runtime.cpu_kind()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert runtime.cpu_has_native_bf16() is True and runtime.cpu_kind() == "native bf16 (AMX)"
+
+
+def test_autocast_runs_bf16_only_when_asked():
+    layer = torch.nn.Linear(4, 2)
+    x = torch.ones(1, 4)
+    with runtime.autocast(torch.device("cpu"), True):
+        assert layer(x).dtype == torch.bfloat16
+    with runtime.autocast(torch.device("cpu"), False):
+        assert layer(x).dtype == torch.float32
+
+
+def test_machine_info_names_what_a_figure_needs():
+    info = runtime.machine_info("cpu")
+    assert {"cifarkit", "torch", "device", "cpu_model", "cpu_kind", "cpu_features", "cores", "torch_threads",
+            "bf16_auto"} <= set(info)
+    assert set(info["cpu_features"]) == {"avx2", "avx512", "avx512_bf16", "amx"}
+    assert info["bf16_auto"] is runtime.cpu_has_native_bf16()

@@ -31,10 +31,22 @@ def test_run_directory_contents_and_learning(tiny_data, tmp_path):
     assert (run / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc,val_loss,val_acc")
 
 
-def test_best_weights_are_from_best_epoch(tiny_data, tmp_path):
-    run = train(quick(epochs=3), tiny_data, tmp_path / "run", progress=False)
-    model = load_model(run)
-    assert set(model.state_dict()) == set(load_file(run / "best.safetensors"))
+def test_best_weights_are_from_best_epoch(tiny_data, tmp_path, monkeypatch):
+    # Validation says epoch 1 was best, epoch 2 worse: best.safetensors must hold epoch 1's weights,
+    # which a one-epoch run of the same recipe (constant lr, same seed) reproduces exactly.
+    scripted = iter([(0.5, 0.9), (0.6, 0.4)])
+    monkeypatch.setattr(train_module, "evaluate_loss_acc", lambda *a, **k: next(scripted))
+    two = train(quick(epochs=2), tiny_data, tmp_path / "two", progress=False)
+    monkeypatch.undo()
+    one = train(quick(epochs=1), tiny_data, tmp_path / "one", progress=False)
+    best, epoch1, last = (load_file(p) for p in (two / "best.safetensors", one / "last.safetensors",
+                                                  two / "last.safetensors"))
+    assert set(best) == set(epoch1)
+    assert all(torch.equal(best[k], epoch1[k]) for k in best)
+    assert not all(torch.equal(best[k], last[k]) for k in best)
+    loaded = load_model(two).state_dict()
+    assert all(torch.equal(loaded[k], best[k]) for k in best)
+    assert json.loads((two / "metrics.json").read_text())["best_epoch"] == 1
 
 
 def test_same_seed_same_numbers(tiny_data, tmp_path):
@@ -79,13 +91,14 @@ def test_refuses_to_overwrite_and_checks_resume(tiny_data, tmp_path):
         train(quick(epochs=1), tiny_data, tmp_path / "run", progress=False)
     with pytest.raises(CifarkitError, match="different settings.*lr"):
         train(quick(epochs=1, lr=0.1), tiny_data, tmp_path / "run", resume=True, progress=False)
-    with pytest.raises(CifarkitError, match="no checkpoint"):
+    with pytest.raises(CifarkitError, match="holds no run to continue"):
         train(quick(epochs=1), tiny_data, tmp_path / "new", resume=True, progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_early_stopping(tiny_data, tmp_path):
-    # lr 0 never improves on the first epoch's validation accuracy
-    run = train(quick(epochs=10, lr=0.0, patience=2), tiny_data, tmp_path / "run", progress=False)
+    # a vanishing lr never improves on the first epoch's validation accuracy
+    run = train(quick(epochs=10, lr=1e-12, patience=2), tiny_data, tmp_path / "run", progress=False)
     assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 3
 
 
@@ -101,7 +114,7 @@ def test_recipe_overrides_are_type_checked():
     assert r.replace(lr="0.01", epochs="3", flip="true").lr == 0.01
     with pytest.raises(CifarkitError, match="unknown recipe field"):
         r.replace(lr_typo=1)
-    with pytest.raises(CifarkitError, match="expects int"):
+    with pytest.raises(CifarkitError, match="'epochs' expects an integer, got 'many'"):
         r.replace(epochs="many")
 
 
@@ -109,3 +122,117 @@ def test_notebook_recipes():
     for name, lr, epochs in [("seed_cnn1", 0.005, 10), ("seed_cnn2", 0.005, 10), ("seed_cnn3", 0.001, 15)]:
         r = get_recipe(name)
         assert (r.optimizer, r.lr, r.epochs, r.batch_size, r.val_fraction, r.seed) == ("adamax", lr, epochs, 32, 0.1, 42)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model": "nope"}, "unknown model 'nope'"),
+    ({"model_kwargs": {"bogus": 1}}, "model_kwargs"),
+    ({"epochs": 0}, "'epochs' must be >= 1"),
+    ({"lr": -1.0}, "'lr' must be > 0"),
+    ({"val_fraction": 1.0}, "'val_fraction' must be in"),
+    ({"optimizer": "rmsprop"}, "choose one of adamax"),
+    ({"schedule": "step"}, "choose one of constant"),
+    ({"tta": "all"}, "choose one of none"),
+])
+def test_bad_recipe_is_refused_before_anything_is_written(tiny_data, tmp_path, changes, message):
+    with pytest.raises(CifarkitError, match=message):
+        train(quick(**changes), tiny_data, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_field_types_and_dict_merge():
+    r = get_recipe("lite0_frozen")
+    with pytest.raises(CifarkitError, match="expects an integer"):
+        r.replace(epochs=1.5)
+    with pytest.raises(CifarkitError, match="expects true or false"):
+        r.replace(flip=1)
+    assert r.replace(epochs=3.0).epochs == 3
+    merged = r.replace(model_kwargs='{"dropout": 0.1}').model_kwargs
+    assert merged == {**r.model_kwargs, "dropout": 0.1}
+    assert [r.replace(bf16=v).bf16 for v in ("auto", "true", "0", True)] == ["auto", True, False, True]
+    with pytest.raises(CifarkitError, match="auto, true or false"):
+        r.replace(bf16="fast")
+
+
+@pytest.mark.parametrize("subset, message", [(0, "between 10"), (5, "between 10"), (20, "val_fraction=0")])
+def test_subset_too_small_is_an_error(tiny_data, tmp_path, subset, message):
+    with pytest.raises(CifarkitError, match=message):
+        train(quick(epochs=1), tiny_data, tmp_path / "run", subset=subset, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_validation_split_writes_null_not_nan(tiny_data, tmp_path):
+    run = train(quick(epochs=2, val_fraction=0.0), tiny_data, tmp_path / "run", subset=50, progress=False)
+    strict = lambda f: json.loads((run / f).read_text(), parse_constant=pytest.fail)  # noqa: E731  NaN -> failure
+    assert [r["val_acc"] for r in strict("history.json")] == [None, None]
+    metrics = strict("metrics.json")
+    assert metrics["best_val_acc"] is None and metrics["best_epoch"] == 2
+
+
+def test_run_killed_before_its_first_checkpoint_starts_again(tiny_data, tmp_path, monkeypatch):
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_one_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train(quick(epochs=1), tiny_data, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "config.json").is_file() and not (tmp_path / "run" / "resume.pt").exists()
+    monkeypatch.undo()
+    with pytest.raises(KeyboardInterrupt):  # same state again, then both ways of restarting work
+        monkeypatch.setattr(train_module, "train_one_epoch", dies)
+        train(quick(epochs=1), tiny_data, tmp_path / "run2", progress=False)
+    monkeypatch.undo()
+    train(quick(epochs=1), tiny_data, tmp_path / "run", progress=False)
+    train(quick(epochs=1), tiny_data, tmp_path / "run2", resume=True, progress=False)
+    for run in ("run", "run2"):
+        assert json.loads((tmp_path / run / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def test_resuming_a_finished_run_keeps_its_results(tiny_data, tmp_path):
+    run = train(quick(epochs=1), tiny_data, tmp_path / "run", progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "test_acc": 0.5}))
+    train(quick(epochs=1), tiny_data, run, resume=True, progress=False)
+    assert json.loads((run / "metrics.json").read_text())["test_acc"] == 0.5
+
+
+def test_out_that_is_a_file_or_a_foreign_folder_is_refused(tiny_data, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CifarkitError, match="is a file"):
+        train(quick(epochs=1), tiny_data, tmp_path / "file", progress=False)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_text("x")
+    with pytest.raises(CifarkitError, match="other files"):
+        train(quick(epochs=1), tiny_data, tmp_path / "photos", progress=False)
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["cat.jpg"]
+
+
+def test_fast_recipe_resume_retraces_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    """fast90's machinery (whitening init, Muon + SGD chain, alternating flip, linear decay) resumes exactly."""
+    recipe = get_recipe("fast90").replace(epochs=3, batch_size=100, val_fraction=0.1, bf16=False)
+    full = train(recipe, tiny_data, tmp_path / "full", progress=False)
+    real_epoch = train_module.train_one_epoch
+
+    def dies_in_third_epoch(*args, **kwargs):
+        if args[4] == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", dies_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tiny_data, tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    cut = train(recipe, tiny_data, tmp_path / "cut", resume=True, progress=False)
+    wf, wc = load_file(full / "last.safetensors"), load_file(cut / "last.safetensors")
+    assert set(wf) == set(wc) and all(torch.equal(wf[k], wc[k]) for k in wf)
+    hist = lambda r: [(h["train_loss"], h["val_acc"], h["lr"]) for h in json.loads((r / "history.json").read_text())]  # noqa: E731
+    assert hist(cut) == hist(full)
+
+
+def test_precision_is_resolved_and_recorded(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr("cifarkit.runtime.cpu_has_native_bf16", lambda: False)
+    run = train(quick(epochs=1), tiny_data, tmp_path / "auto", subset=100, device="cpu", progress=False)
+    assert json.loads((run / "config.json").read_text())["bf16"] is False
+    monkeypatch.setattr("cifarkit.runtime.cpu_has_native_bf16", lambda: True)
+    run = train(quick(epochs=1), tiny_data, tmp_path / "native", subset=100, device="cpu", progress=False)
+    assert json.loads((run / "config.json").read_text())["bf16"] is True

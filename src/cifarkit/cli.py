@@ -20,7 +20,33 @@ def _data(args: argparse.Namespace):
     return load_cifar10(args.data, cache_dir=args.cache_dir)
 
 
+def _output_file(path: str) -> Path:
+    """An output file path; a directory there is an error (the file would replace nothing sensible)."""
+    out = Path(path)
+    if out.is_dir():
+        raise CifarkitError(f"-o {out} is a directory; name the file to write, e.g. {out / 'samples.png'}")
+    return out
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from cifarkit.runtime import machine_info, precision_name
+
+    info = machine_info(args.device)
+    features = ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in info["cpu_features"].items())
+    lines = [("cifarkit", info["cifarkit"]), ("torch", info["torch"]), ("python", info["python"]),
+             ("device", info["device"] + (f" ({info['gpu']})" if "gpu" in info else "")),
+             ("CPU", info["cpu_model"]), ("CPU kind", info["cpu_kind"]), ("ISA", features),
+             ("cores", info["cores"]), ("torch threads", info["torch_threads"]),
+             ("bf16=auto means", precision_name(info["bf16_auto"]))]
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    for name, value in lines:
+        print(f"{name + ':':<18}{value}")
+
+
 def cmd_data(args: argparse.Namespace) -> None:
+    output = _output_file(args.output) if args.action == "show" else None
     data = _data(args)
     if args.action == "info":
         print(f"source: {data.source}")
@@ -32,19 +58,21 @@ def cmd_data(args: argparse.Namespace) -> None:
     from cifarkit.plots import image_grid
 
     pick = np.random.default_rng(args.seed).choice(len(data.x_train), size=args.count, replace=False)
-    image_grid(data.x_train[pick], [data.classes[i] for i in data.y_train[pick]], Path(args.output))
+    image_grid(data.x_train[pick], [data.classes[i] for i in data.y_train[pick]], output)
     print(f"wrote {args.output}")
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from cifarkit.models import count_parameters, create_model, list_models
+    from cifarkit.models import count_parameters, create_model, get_model_info, list_models
+    from cifarkit.models.summary import summarize
 
+    # pretrained=False: counting and summarising need no weights, so no weight file is read.
+    if args.name:
+        print(f"{args.name}: {get_model_info(args.name).description}")
+        print(summarize(create_model(args.name, pretrained=False)))
+        return
     for info in list_models():
-        try:
-            params = f"{count_parameters(create_model(info.name)):,}"
-        except CifarkitError:  # e.g. pretrained weights not installed
-            params = "n/a"
-        print(f"{info.name:<22}{params:>12}  {info.description}")
+        print(f"{info.name:<22}{count_parameters(create_model(info.name, pretrained=False)):>12,}  {info.description}")
 
 
 def cmd_recipes(args: argparse.Namespace) -> None:
@@ -77,16 +105,42 @@ def _overrides(args: argparse.Namespace) -> dict:
     return changes
 
 
+def _recipe_and_subset(args: argparse.Namespace):
+    """The recipe and subset to train: named on the command line, or, with --resume, read from the run."""
+    from cifarkit.recipes import DEFAULT_RECIPE, get_recipe, recipe_from_config, validate
+
+    if not args.resume:
+        return validate(get_recipe(args.recipe or DEFAULT_RECIPE).replace(**_overrides(args))), args.subset
+    if not args.out:
+        raise CifarkitError("--resume needs --out RUN, the run directory to continue")
+    from cifarkit.runs import read_config
+
+    config = read_config(args.out)
+    recipe = recipe_from_config(config)
+    if args.recipe and args.recipe != recipe.name:
+        raise CifarkitError(f"--resume: {args.out} trains recipe {recipe.name!r}, not {args.recipe!r}; "
+                            f"drop --recipe (the run directory knows its recipe)")
+    args.data = args.data or config.get("data_source")
+    return validate(recipe.replace(**_overrides(args))), args.subset if args.subset is not None else config.get("subset")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from cifarkit.evaluate import evaluate
-    from cifarkit.recipes import get_recipe
+    from cifarkit.runtime import pick_device
     from cifarkit.train import train
 
-    recipe = get_recipe(args.recipe).replace(**_overrides(args))
+    recipe, subset = _recipe_and_subset(args)
+    pick_device(args.device)  # an unavailable device is an error before the data is loaded
     out = Path(args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     data = _data(args)
     print(f"training {recipe.name} ({recipe.model}) into {out}")
-    train(recipe, data, out, subset=args.subset, resume=args.resume, device=args.device)
+    try:
+        train(recipe, data, out, subset=subset, resume=args.resume, device=args.device)
+    except KeyboardInterrupt:
+        hint = (f"`cifarkit train --resume --out {out}` continues from the last finished epoch"
+                if (out / "resume.pt").is_file() else f"no epoch finished; `cifarkit train --out {out}` starts it again")
+        print(f"cifarkit: interrupted; {hint}", file=sys.stderr)
+        sys.exit(130)
     if not args.no_eval:
         _print_eval(evaluate(out, data, device=args.device), out)
 
@@ -149,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_opts.add_argument("--cache-dir", help="where downloads and decoded arrays are kept "
                                                "(default: $CIFARKIT_CACHE or ~/.cache/cifarkit)")
     device_opts = argparse.ArgumentParser(add_help=False)
-    device_opts.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    device_opts.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: one per core); "
+    device_opts.add_argument("--device", default="auto", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    device_opts.add_argument("--threads", type=_positive_int, help="CPU threads for PyTorch (default: one per core); "
                                                          "1 is fastest on a machine busy with other work")
 
     p = sub.add_parser("data", parents=[data_opts], help="describe or show the data set")
@@ -160,7 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("models", help="list registered models with parameter counts")
+    p = sub.add_parser("info", parents=[device_opts], help="version, device, CPU features and the precision "
+                                                           "bf16=auto picks here")
+    p.add_argument("--json", action="store_true", help="print JSON (what the benchmarks record)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", help="list registered models with parameter counts, or summarise one")
+    p.add_argument("name", nargs="?", help="print this model's layers, output shapes and parameters")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("recipes", help="list named training configurations")
@@ -170,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cifarkit.recipes import DEFAULT_RECIPE
 
     p = sub.add_parser("train", parents=[data_opts, device_opts], help="train a recipe, then evaluate it")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe name (default {DEFAULT_RECIPE}; see `cifarkit recipes`)")
+    p.add_argument("--recipe", help=f"recipe name (default {DEFAULT_RECIPE}; see `cifarkit recipes`)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int)
@@ -180,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON or TOML file of recipe fields to override")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override one recipe field (repeatable)")
     p.add_argument("--out", help="run directory (default runs/RECIPE-TIMESTAMP)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (its recipe and data come from the run)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
     p.set_defaults(func=cmd_train)
 
@@ -206,9 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    keep_freed_memory()
+    keep_freed_memory()  # reuse activation memory between training steps (see runtime.py)
     if getattr(args, "threads", None):
         import torch
 
@@ -219,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cifarkit: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("cifarkit: interrupted; `cifarkit train --resume --out RUN` continues a training run", file=sys.stderr)
+        print("cifarkit: interrupted", file=sys.stderr)
         sys.exit(130)
 
 

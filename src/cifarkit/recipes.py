@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,18 +50,24 @@ class Recipe:
     lr_scale: dict[str, float] = field(default_factory=dict)  # per parameter role, see cifarkit.optim
     muon_lr: float = 0.0                  # > 0: conv filters train with Muon at this lr
     muon_momentum: float = 0.6
+    whiten_bias_epochs: float = 0.0       # > 0: fastnet's whitening bias trains only this long; 0 = throughout
     frozen_features: bool = False         # transfer: train only the head, on cached backbone features
-    bf16: bool = False                    # bfloat16 autocast (fast on GPUs and on CPUs with AVX512-BF16)
+    bf16: bool | str = "auto"             # bfloat16 autocast: auto (where native: GPUs, CPUs with AVX512-BF16/AMX) | true | false
     compile: bool = False                 # torch.compile the model, on CUDA only (slower on CPU here)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def replace(self, **changes: Any) -> "Recipe":
-        """A copy with ``changes`` applied, type-checked against the field types."""
-        known = {f.name: f for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - set(known))
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with ``changes`` applied, each converted and type-checked against its field.
+
+        Strings (from ``--set``) are parsed to the field's type; dict fields
+        (``model_kwargs``, ``lr_scale``) merge into the recipe's dict instead of
+        replacing it. Ranges and names are checked by :func:`validate`.
+        """
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
         if unknown:
             raise CifarkitError(
-                f"unknown recipe field(s) {', '.join(unknown)}; valid fields: {', '.join(known)}"
+                f"unknown recipe field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}"
             )
         return dataclasses.replace(self, **{k: _coerce(self, k, v) for k, v in changes.items()})
 
@@ -68,23 +75,146 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+def _field_type(key: str) -> str:
+    """The annotation of field ``key`` as written (annotations are strings here)."""
+    return {f.name: f.type for f in dataclasses.fields(Recipe)}[key]
+
+
 def _coerce(recipe: Recipe, key: str, value: Any) -> Any:
-    """Convert command-line strings to the type of the field they replace."""
-    current = getattr(recipe, key)
-    if not isinstance(value, str) or isinstance(current, str):
-        return value
+    """``value`` as the type of field ``key``: strings from the command line are parsed, others checked."""
+    kind, current = _field_type(key), getattr(recipe, key)
+    if key == "bf16":
+        return _bf16_setting(value)
+    if isinstance(value, str) and kind != "str":
+        value = _parse(key, kind, value)
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    expected = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, dict)
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise CifarkitError(f"recipe field {key!r} expects {_describe(kind)}, got {value!r}")
+    if expected is dict:
+        return {**current, **value}
+    return value
+
+
+def _parse(key: str, kind: str, text: str) -> Any:
     try:
-        if isinstance(current, bool):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(current, dict):
-            return json.loads(value)
-        return type(current)(value)
+        if kind == "bool":
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        return json.loads(text)
     except ValueError:
-        raise CifarkitError(
-            f"recipe field {key!r} expects {type(current).__name__}, got {value!r}"
-        ) from None
+        raise CifarkitError(f"recipe field {key!r} expects {_describe(kind)}, got {text!r}") from None
+
+
+def _describe(kind: str) -> str:
+    return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
+        kind, 'a JSON object such as {"key": 1}'
+    )
+
+
+def _bf16_setting(value: Any) -> bool | str:
+    """``auto``, true or false, from a bool or any spelling of them."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text == "auto":
+        return "auto"
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise CifarkitError(f"recipe field 'bf16' expects auto, true or false, got {value!r}")
+
+
+# Allowed values of the named fields, and numeric ranges: (low, high, low inclusive, high inclusive).
+CHOICES = {
+    "optimizer": ("adamax", "adam", "adamw", "sgd"),
+    "schedule": ("constant", "linear", "cosine"),
+    "tta": ("none", "flip", "flip_translate"),
+}
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "epochs": (1, math.inf, True, False),
+    "batch_size": (1, math.inf, True, False),
+    "lr": (0, math.inf, False, False),
+    "weight_decay": (0, math.inf, True, False),
+    "momentum": (0, 1, True, False),
+    "warmup_epochs": (0, math.inf, True, False),
+    "label_smoothing": (0, 1, True, False),
+    "val_fraction": (0, 1, True, False),
+    "translate": (0, 16, True, True),
+    "cutout": (0, 32, True, True),
+    "ema": (0, 1, True, False),
+    "patience": (0, math.inf, True, False),
+    "muon_lr": (0, math.inf, True, False),
+    "muon_momentum": (0, 1, True, False),
+}
+
+
+def _range_text(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    if high == math.inf:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def validate(recipe: Recipe) -> Recipe:
+    """Check every field before anything is written or trained; returns the recipe.
+
+    Names (model, optimizer, schedule, tta), numeric ranges and the model's
+    keyword arguments (by building the model once, without pretrained weights)
+    are checked; the first problem is a :class:`CifarkitError` naming the
+    field and the allowed values.
+    """
+    for key, allowed in CHOICES.items():
+        if getattr(recipe, key) not in allowed:
+            raise CifarkitError(f"recipe field {key!r} is {getattr(recipe, key)!r}; choose one of {', '.join(allowed)}")
+    for key, (low, high, low_in, high_in) in RANGES.items():
+        value = getattr(recipe, key)
+        above = value >= low if low_in else value > low
+        below = value <= high if high_in else value < high
+        if not (above and below):
+            raise CifarkitError(f"recipe field {key!r} must be {_range_text(low, high, low_in, high_in)}, got {value!r}")
+    if recipe.warmup_epochs > recipe.epochs:
+        raise CifarkitError(f"warmup_epochs ({recipe.warmup_epochs:g}) must not exceed epochs ({recipe.epochs})")
+    bad_scales = {k: v for k, v in recipe.lr_scale.items() if not isinstance(v, (int, float)) or v < 0}
+    if bad_scales:
+        raise CifarkitError(f"lr_scale values must be numbers >= 0, got {bad_scales}")
+    _check_model(recipe)
+    return recipe
+
+
+def _check_model(recipe: Recipe) -> None:
+    """The model exists and accepts the recipe's ``model_kwargs`` (imports torch: only called before training)."""
+    from cifarkit.models import create_model, get_model_info
+
+    get_model_info(recipe.model)
+    try:
+        create_model(recipe.model, pretrained=False, **recipe.model_kwargs)
+    except CifarkitError as e:
+        raise CifarkitError(f"model_kwargs {recipe.model_kwargs} for {recipe.model}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise CifarkitError(f"model_kwargs {recipe.model_kwargs} do not fit {recipe.model} ({e}); "
+                            f"see `cifarkit recipes -v` for the keyword arguments recipes use") from None
+
+
+def recipe_from_config(config: dict[str, Any]) -> Recipe:
+    """The recipe a run directory's config.json recorded (its extra keys, such as the data source, ignored)."""
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    missing = sorted(f.name for f in dataclasses.fields(Recipe)
+                     if f.name not in config and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise CifarkitError(f"the run's config.json lacks recipe field(s) {', '.join(missing)}; it was not written "
+                            "by `cifarkit train`")
+    base = Recipe(**{k: config[k] for k in ("name", "description", "model", "epochs", "batch_size")})
+    return base.replace(**{k: v for k, v in config.items() if k in known and k not in ("name", "description")})
 
 
 def _fast(name: str, model: str, epochs: int, description: str, batch_size: int = 2000) -> Recipe:
@@ -97,16 +227,16 @@ def _fast(name: str, model: str, epochs: int, description: str, batch_size: int 
     BatchNorm biases at the base lr, the head 12.6x faster; label smoothing
     0.2; alternating flip and 2-pixel translation; linear decay to zero;
     flip+translate test-time augmentation. A 2% validation split is held out
-    to watch training (airbench trains on all 50,000 images). bfloat16
-    autocast: 3x faster on CPUs with AVX512-BF16 (measured: 27 s against
-    75-108 s per fastnet_xs epoch); on older CPUs use ``--set bf16=false``.
+    to watch training (airbench trains on all 50,000 images). Precision is
+    ``auto`` like every recipe's: bfloat16 autocast where the hardware has it
+    (3x faster on an AVX512-BF16 CPU), float32 elsewhere.
     """
     return Recipe(
         name, description, model, epochs=epochs, batch_size=batch_size,
         optimizer="sgd", lr=0.053 * batch_size, momentum=0.85, nesterov=True,
         weight_decay=2e-6 * batch_size / (0.053 * batch_size), lr_scale={"head": 0.67 / 0.053},
         muon_lr=0.24, muon_momentum=0.6, schedule="linear", label_smoothing=0.2, val_fraction=0.02,
-        flip=True, alternating_flip=True, translate=2, tta="flip_translate", seed=0, bf16=True,
+        flip=True, alternating_flip=True, translate=2, tta="flip_translate", seed=0,
     )
 
 
@@ -134,18 +264,18 @@ RECIPES: dict[str, Recipe] = {
                epochs=15, lr=0.001, **_NOTEBOOK),
         Recipe("lite0_frozen", "EfficientNet-Lite0 ImageNet features at 160 px (cached, bf16) + MLP head",
                "efficientnet_lite0", epochs=20, batch_size=256, optimizer="adamw", lr=1e-3, weight_decay=0.05,
-               schedule="cosine", label_smoothing=0.1, frozen_features=True, patience=8, bf16=True,
+               schedule="cosine", label_smoothing=0.1, frozen_features=True, patience=8,
                model_kwargs={"input_size": 160, "head": "mlp", "hidden": 1024, "dropout": 0.5,
                              "trainable_blocks": 0}),
         Recipe("lite0_frozen_notebook", "EfficientNet-Lite0 features + the notebook's VGG16 head and settings",
                "efficientnet_lite0", epochs=10, batch_size=250, optimizer="adamax", lr=0.0005,
-               frozen_features=True, bf16=True,
+               frozen_features=True,
                model_kwargs={"input_size": 160, "head": "notebook", "trainable_blocks": 0}),
         LITE0_FINETUNE,
         # Not measured: no GPU was lent while it was written; `--set compile=true` for more speed.
         LITE0_FINETUNE.replace(
             name="lite0_finetune_gpu", description="EfficientNet-Lite0 fine-tuned at 224 px, for a CUDA GPU",
-            epochs=15, batch_size=128, lr=0.1, warmup_epochs=1.0, bf16=True,
+            epochs=15, batch_size=128, lr=0.1, warmup_epochs=1.0,
             model_kwargs={**LITE0_FINETUNE.model_kwargs, "input_size": 224}),
         *[_fast(name, model, epochs, description) for name, model, epochs, description in [
             ("fast90", "fastnet_xs", 10, "fast from-scratch training: 90%+ in about 5 minutes on 2 CPU cores"),
@@ -159,19 +289,25 @@ DEFAULT_RECIPE = "fast93"
 
 
 def get_recipe(name: str) -> Recipe:
+    """The built-in recipe ``name``; an unknown name lists the known ones."""
     if name not in RECIPES:
         raise CifarkitError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)} (see `cifarkit recipes`)")
     return RECIPES[name]
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Recipe overrides from a JSON or TOML file (a flat table of field = value)."""
+    """Recipe overrides from a JSON or TOML file: one table of field = value (``.toml`` in any case is TOML)."""
     path = Path(path)
     if not path.is_file():
         raise CifarkitError(f"config file {path} does not exist")
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
-        if path.suffix == ".toml":
-            return tomllib.loads(path.read_text())
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise CifarkitError(f"config file {path} is not valid {path.suffix[1:].upper() or 'JSON'}: {e}") from None
+        text = path.read_text(encoding="utf-8")
+        table = tomllib.loads(text) if kind == "TOML" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CifarkitError(f"config file {path} is not valid {kind} ({e}); "
+                            "name TOML files *.toml and anything else JSON") from None
+    if not isinstance(table, dict):
+        raise CifarkitError(f"config file {path} holds a {type(table).__name__}; it must be one table of "
+                            'field = value, e.g. {"lr": 0.01, "epochs": 5}')
+    return table

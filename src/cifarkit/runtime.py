@@ -1,26 +1,50 @@
-"""Process-wide settings that make PyTorch fast on a CPU.
+"""The machine a run is on: device, precision, CPU features, and process-wide CPU settings.
 
-PyTorch allocates every CPU tensor with ``malloc``. glibc serves blocks above its
-mmap threshold (128 KiB, growing adaptively to at most 32 MiB) with fresh ``mmap``
-calls and gives them back to the kernel when they are freed, so a training step
-that allocates hundreds of megabytes of activations page-faults and zero-fills all
-of it again on every step. On the 2-core machine a quarter of the CPU time went to
-the kernel, and EfficientNet-Lite0 at 160 px trained at about 70 instead of 105
-images/s (``python benchmarks/train_step.py --models efficientnet_lite0
---input-size 160 --batch-sizes 64 --formats channels_last`` with and without
+Everything here is decided by the hardware, once, and said out loud: the
+device ``auto`` picks, whether bfloat16 is fast here, what the CPU can do.
+The rest of cifarkit asks this module instead of guessing.
+
+This module imports torch only inside its functions, so ``cifarkit --help``
+stays fast.
+
+``keep_freed_memory``: PyTorch allocates every CPU tensor with ``malloc``. glibc
+serves blocks above its mmap threshold (128 KiB, growing adaptively to at most
+32 MiB) with fresh ``mmap`` calls and gives them back to the kernel when they
+are freed, so a training step that allocates hundreds of megabytes of
+activations page-faults and zero-fills all of it again on every step. On the
+2-core machine a quarter of the CPU time went to the kernel, and
+EfficientNet-Lite0 at 160 px trained at about 70 instead of 105 images/s
+(``python benchmarks/train_step.py --models efficientnet_lite0 --input-size 160
+--batch-sizes 64 --formats channels_last`` with and without
 ``--default-malloc``). Raising the thresholds keeps freed memory in the process
 for the next step; the price is that peak memory is not returned to the system
-until the process ends.
+until the process ends. The CLI applies it; API users call it explicitly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cifarkit.errors import CifarkitError
+
+if TYPE_CHECKING:
+    import torch
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 1 << 30  # blocks up to 1 GiB are reused instead of mapped afresh
+
+BF16_CHOICES = ("auto", True, False)
+# Measured on a 2-core AMD EPYC with AVX2 only (benchmarks/train_step.py, fastnet_xs and
+# fastnet_s, batch 500): bfloat16 autocast ran 19-21x slower than float32 there.
+EMULATED_BF16_SLOWDOWN = "about 20x"
 
 
 def keep_freed_memory() -> bool:
@@ -35,3 +59,136 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _THRESHOLD))
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The torch device ``name`` means here: ``auto`` is CUDA, then Apple's MPS, then the CPU.
+
+    An explicit device that this machine lacks (``cuda`` without a GPU, a
+    misspelt name) is a :class:`CifarkitError` naming what is available.
+    """
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CifarkitError(f"--device {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CifarkitError(f"--device {name}: this machine has no CUDA GPU visible to PyTorch; "
+                                "use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CifarkitError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here; "
+                                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps" and not _mps_available():
+        raise CifarkitError(f"--device {name}: Apple's MPS is not available here; use --device cpu (or auto)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise CifarkitError(f"--device {name}: cifarkit runs on cpu, cuda or mps; use --device auto")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when PyTorch reports native bfloat16 arithmetic on this CPU (AVX512-BF16 or AMX)."""
+    import torch
+
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast is fast on ``device`` (a GPU that supports it, or a CPU with native bf16)."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False  # MPS: float32 until measured
+
+
+def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
+    """The precision a recipe's ``bf16`` field means on ``device``: ``auto`` is bf16 where it is native.
+
+    An explicit ``True`` where bf16 is only emulated is kept (the user asked
+    for it) with a warning that says how much slower it is likely to be.
+    """
+    if setting == "auto":
+        return native_bf16(device)
+    if setting is True and not native_bf16(device):
+        kind = "this CPU has neither AVX512-BF16 nor AMX" if device.type == "cpu" else f"{device} lacks native bf16"
+        warnings.warn(f"bf16=true but {kind}: bfloat16 is emulated, likely {EMULATED_BF16_SLOWDOWN} slower than "
+                      "float32; use bf16=auto (or false)", stacklevel=2)
+    return bool(setting)
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``bf16``, otherwise a no-op context."""
+    import torch
+
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def precision_name(bf16: bool) -> str:
+    return "bfloat16 autocast" if bf16 else "float32"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_features() -> dict[str, bool]:
+    """The instruction-set features that decide CPU speed here, as PyTorch sees them."""
+    import torch
+
+    cpu = torch.cpu
+    probe = lambda name: bool(getattr(cpu, name, lambda: False)())  # noqa: E731
+    return {"avx2": probe("_is_avx2_supported"), "avx512": probe("_is_avx512_supported"),
+            "avx512_bf16": probe("_is_avx512_bf16_supported"), "amx": probe("_is_amx_tile_supported")}
+
+
+def cpu_kind() -> str:
+    """One phrase for figures: ``native bf16 (AVX512-BF16)``, ``native bf16 (AMX)`` or ``float32 only (AVX2)``."""
+    f = cpu_features()
+    if f["amx"]:
+        return "native bf16 (AMX)"
+    if f["avx512_bf16"]:
+        return "native bf16 (AVX512-BF16)"
+    return f"float32 only ({'AVX-512' if f['avx512'] else 'AVX2' if f['avx2'] else 'no AVX2'}, no native bf16)"
+
+
+def machine_info(device: str = "auto") -> dict[str, Any]:
+    """Everything a figure needs beside it: versions, device, CPU model and kind, threads, precision."""
+    import torch
+
+    from cifarkit import __version__
+
+    dev = pick_device(device)
+    info: dict[str, Any] = {
+        "cifarkit": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "device": str(dev), "cpu_model": _cpu_model(), "cpu_kind": cpu_kind(), "cpu_features": cpu_features(),
+        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "bf16_auto": resolve_bf16("auto", dev),
+    }
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info

@@ -7,7 +7,6 @@ its last checkpoint retraces the uninterrupted run exactly.
 """
 from __future__ import annotations
 
-import copy
 import sys
 import time
 from collections.abc import Callable
@@ -18,21 +17,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from cifarkit import __version__
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.data.augment import augment
-from cifarkit.data.batches import balanced_subset, batches, stratified_split, to_tensor
+from cifarkit.data.batches import batches, to_tensor
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
 from cifarkit.files import write_csv, write_json
 from cifarkit.models import count_parameters
-from cifarkit.optim import EMA, OptimizerChain, build_optimizer, lr_multiplier
+from cifarkit.optim import OptimizerChain, build_optimizer, lr_multiplier, set_learning_rates, weight_ema
 from cifarkit.plots import plot_history
-from cifarkit.recipes import Recipe
-from cifarkit.runs import build_model, load_torch, read_config, save_torch, save_weights
-from cifarkit.runtime import keep_freed_memory
+from cifarkit.recipes import Recipe, validate
+from cifarkit.runs import build_model, load_torch, read_config, save_torch, save_weights, split_indices
+from cifarkit.runtime import autocast, cpu_kind, pick_device, precision_name, resolve_bf16
 
 
 @dataclass
@@ -45,19 +45,6 @@ class Split:
     y_val: torch.Tensor
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def split_indices(labels: np.ndarray, val_fraction: float, seed: int, subset: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Indices into the training images of a run's (train, validation) split."""
-    pool = balanced_subset(labels, subset, seed) if subset else np.arange(len(labels))
-    keep, held = stratified_split(labels[pool], val_fraction, seed)
-    return pool[keep], pool[held]
-
-
 def prepare_split(data: CIFAR10, val_fraction: float, seed: int, subset: int | None) -> Split:
     """The training images (optionally a class-balanced subset) split into train and validation."""
     train_idx, val_idx = split_indices(data.y_train, val_fraction, seed, subset)
@@ -67,20 +54,15 @@ def prepare_split(data: CIFAR10, val_fraction: float, seed: int, subset: int | N
     )
 
 
-def validation_set(data: CIFAR10, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 images and labels a run held out for validation (model selection, calibration)."""
-    _, val_idx = split_indices(data.y_train, config["val_fraction"], config["seed"], config.get("subset"))
-    return data.x_train[val_idx], data.y_train[val_idx]
-
-
 @torch.no_grad()
 def evaluate_loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                      batch_size: int = 500) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode."""
+                      batch_size: int = 500, bf16: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode, in the training precision."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for xb, yb in batches(x, y, batch_size):
-        logits = model(_to_device(xb, device)).float()
+        with autocast(device, bf16):
+            logits = model(_to_device(xb, device)).float()
         yb = yb.to(device)
         loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
@@ -96,13 +78,10 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def train_one_epoch(
     model: nn.Module, optimizer: OptimizerChain, split: Split, recipe: Recipe, epoch: int,
-    lr_at: Callable[[int], float], first_step: int, device: torch.device, ema: EMA | None, progress: bool,
+    lr_at: Callable[[float], float], first_step: int, device: torch.device, ema: AveragedModel | None,
+    progress: bool,
 ) -> tuple[float, float]:
     """One pass over the (augmented) training set; returns mean loss and accuracy."""
     model.train()
@@ -117,17 +96,16 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for i, (xb, yb) in enumerate(bar):
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * lr_at(first_step + i)
+        set_learning_rates(optimizer, lr_at, first_step + i)
         xb, yb = _to_device(xb, device), yb.to(device, non_blocking=True)
-        with _autocast(device, recipe.bf16):
+        with autocast(device, recipe.bf16):
             logits = model(xb)
         loss = nn.functional.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if ema is not None:
-            ema.update(model)
+            ema.update_parameters(model)
         loss_sum += loss.detach() * len(yb)
         correct += (logits.argmax(1) == yb).sum()
         seen += len(yb)
@@ -136,13 +114,9 @@ def train_one_epoch(
     return loss_sum.item() / seen, correct.item() / seen
 
 
-def _model_for_eval(model: nn.Module, ema: EMA | None) -> nn.Module:
+def _model_for_eval(model: nn.Module, ema: AveragedModel | None) -> nn.Module:
     """The weights to validate and keep: the EMA average when the recipe uses one."""
-    if ema is None:
-        return model
-    averaged = copy.deepcopy(model)
-    averaged.load_state_dict(ema.shadow)
-    return averaged
+    return model if ema is None else ema.module
 
 
 def _full_state(model: nn.Module, net: nn.Module, kept: nn.Module) -> dict[str, torch.Tensor]:
@@ -169,22 +143,48 @@ def frozen_feature_split(model: nn.Module, data: CIFAR10, recipe: Recipe, subset
     return Split(features[position[0]], labels[train_idx], features[position[1]], labels[val_idx])
 
 
+def check_split(labels: np.ndarray, recipe: Recipe, subset: int | None) -> None:
+    """Refuse a subset or validation fraction that would train on nothing or validate on nothing."""
+    classes = len(np.unique(labels))
+    if subset is not None and not classes <= subset <= len(labels):
+        raise CifarkitError(f"--subset must be between {classes} (one image per class) and {len(labels)}, "
+                            f"got {subset}")
+    if recipe.val_fraction > 0:
+        train_idx, val_idx = split_indices(labels, recipe.val_fraction, recipe.seed, subset)
+        if len(val_idx) == 0 or len(train_idx) == 0:
+            raise CifarkitError(f"--subset {subset} leaves no {'validation' if len(train_idx) else 'training'} "
+                                f"images at val_fraction {recipe.val_fraction:g}; use a larger --subset "
+                                "(or --set val_fraction=0 to train without model selection)")
+
+
 def _start_or_resume(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
-    """The saved training state when resuming; refuses to overwrite a run otherwise."""
+    """The saved training state when resuming; None to start afresh; an error rather than overwrite work.
+
+    A run directory without a checkpoint (``resume.pt``) holds no finished
+    epoch, so it is started again whether or not ``resume`` is given: a run
+    killed before its first checkpoint is never a dead end.
+    """
     state_path = out / "resume.pt"
-    if resume:
-        if not state_path.is_file():
-            raise CifarkitError(f"--resume: {out} has no checkpoint (resume.pt) to continue from; drop --resume to start it")
+    if out.exists() and not out.is_dir():
+        raise CifarkitError(f"--out {out} is a file; name a new directory for the run")
+    if state_path.is_file():
+        if not resume:
+            raise CifarkitError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         saved = read_config(out)
         if saved != config:
             changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
             raise CifarkitError(
                 f"--resume: the run in {out} was started with different settings ({', '.join(changed)}); "
-                "resume with the same recipe and options, or train into a new --out"
+                f"resume with `cifarkit train --resume --out {out}` alone, or train into a new --out"
             )
         return load_torch(state_path)
-    if (out / "config.json").exists():
-        raise CifarkitError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    if (out / "config.json").is_file():
+        return None  # started, but died before its first checkpoint: nothing to lose, start again
+    if resume:
+        raise CifarkitError(f"--resume: {out} holds no run to continue; drop --resume to start one there")
+    if out.is_dir() and any(out.iterdir()):
+        raise CifarkitError(f"--out {out} is a folder that holds other files, not a cifarkit run; "
+                            "name a new or empty directory")
     return None
 
 
@@ -200,20 +200,30 @@ def train(
 ) -> Path:
     """Train ``recipe`` on ``data`` into the run directory ``out`` and return its path.
 
-    Writes checkpoints after every epoch (``resume=True`` continues from the
-    last one), keeps the weights with the best validation accuracy, stops
-    early after ``recipe.patience`` epochs without improvement, and saves
-    history, curves and a metrics summary.
+    Everything is checked before anything is written: the recipe
+    (:func:`cifarkit.recipes.validate`), the subset, the device and the run
+    directory. ``recipe.bf16 = "auto"`` resolves to bfloat16 autocast where the
+    hardware has it natively and float32 elsewhere; the resolved choice is
+    printed and recorded in ``config.json``. Writes checkpoints after every
+    epoch (``resume=True`` continues from the last one), keeps the weights
+    with the best validation accuracy, stops early after ``recipe.patience``
+    epochs without improvement, and saves history, curves and a metrics
+    summary. (Call :func:`cifarkit.runtime.keep_freed_memory` first for speed
+    on glibc; the CLI does.)
     """
     out = Path(out)
+    validate(recipe)
+    check_split(data.y_train, recipe, subset)
     dev = pick_device(device)
-    keep_freed_memory()  # reuse activation memory between steps (see runtime.py)
+    recipe = recipe.replace(bf16=resolve_bf16(recipe.bf16, dev))
     config = {**recipe.to_dict(), "subset": subset, "data_source": data.source, "classes": list(data.classes)}
     state = _start_or_resume(out, config, resume)
+    if progress:
+        where = cpu_kind() if dev.type == "cpu" else str(dev)
+        print(f"device {dev} ({where}), precision {precision_name(recipe.bf16)}", file=sys.stderr)
     write_json(out / "config.json", config)
 
     torch.manual_seed(recipe.seed)
-    np.random.seed(recipe.seed)
     if recipe.frozen_features:
         # Frozen-feature transfer: the backbone runs once (features cached on disk) and
         # only the head trains, on feature vectors instead of images.
@@ -231,42 +241,46 @@ def train(
     steps_per_epoch = -(-len(split.x_train) // recipe.batch_size)
     lr_at = lr_multiplier(recipe.schedule, recipe.epochs * steps_per_epoch,
                           round(recipe.warmup_epochs * steps_per_epoch))
-    ema = EMA(net, recipe.ema) if recipe.ema else None
+    ema = weight_ema(net, recipe.ema) if recipe.ema else None
 
     history: list[dict[str, Any]] = []
-    best_acc, best_epoch, start = -1.0, -1, 0
+    best_acc, best_epoch, start = None, -1, 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         history, best_acc, best_epoch, start = state["history"], state["best_acc"], state["best_epoch"], state["epoch"]
+        if _finished(recipe, start, best_epoch) and (out / "metrics.json").is_file():
+            if progress:
+                print(f"{out} finished training already (epoch {start}); nothing to do", file=sys.stderr)
+            return out
 
     params = count_parameters(model)
     for epoch in range(start, recipe.epochs):
-        if recipe.patience and epoch - best_epoch > recipe.patience:
+        if _finished(recipe, epoch, best_epoch):
             break
         t0 = time.perf_counter()
         train_loss, train_acc = train_one_epoch(net, optimizer, split, recipe, epoch, lr_at,
                                                 epoch * steps_per_epoch, dev, ema, progress)
         seconds = time.perf_counter() - t0
         kept = _model_for_eval(net, ema)
-        val_loss, val_acc = (evaluate_loss_acc(kept, split.x_val, split.y_val, dev)
-                             if len(split.x_val) else (float("nan"), float("nan")))
+        # No validation split: null in the history, and the last epoch is the best one we can know of.
+        val_loss, val_acc = (evaluate_loss_acc(kept, split.x_val, split.y_val, dev, bf16=recipe.bf16)
+                             if len(split.x_val) else (None, None))
         row = dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
                    val_acc=val_acc, lr=optimizer.param_groups[0]["lr"], seconds=seconds)
         history.append(row)
         if progress:
             tqdm.write(f"epoch {epoch + 1:3d}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}  "
-                       f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  {seconds:.1f}s")
-        # With no validation split (val_acc is NaN), the last epoch is the best one we can know of.
+                       f"val_loss {_fmt(val_loss)}  val_acc {_fmt(val_acc)}  {seconds:.1f}s")
         weights = _full_state(model, net, kept)
-        if not val_acc <= best_acc:
+        if val_acc is None or best_acc is None or val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch
             save_weights(weights, out / "best.safetensors")
         save_weights(weights, out / "last.safetensors")
         save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "ema": ema.state_dict() if ema else None, "history": history,
+                    "ema": ema.state_dict() if ema is not None else None, "history": history,
                     "best_acc": best_acc, "best_epoch": best_epoch, "epoch": epoch + 1}, out / "resume.pt")
         write_json(out / "history.json", history)
 
@@ -279,3 +293,12 @@ def train(
         "torch_version": torch.__version__, "device": str(dev),
     })
     return out
+
+
+def _finished(recipe: Recipe, epoch: int, best_epoch: int) -> bool:
+    """Whether training stops before ``epoch``: all epochs done, or early stopping's patience ran out."""
+    return epoch >= recipe.epochs or bool(recipe.patience and epoch - best_epoch > recipe.patience)
+
+
+def _fmt(value: float | None) -> str:
+    return "  n/a " if value is None else f"{value:.4f}"

@@ -13,6 +13,8 @@ from typing import Callable
 
 from torch import nn
 
+from cifarkit.errors import CifarkitError
+
 ModelBuilder = Callable[..., nn.Module]
 
 
@@ -21,30 +23,47 @@ class ModelInfo:
     name: str
     builder: ModelBuilder
     description: str
+    pretrained: bool = False  # the builder loads pretrained weights unless given pretrained=False
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, description: str = "") -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: register ``builder(num_classes=10, **kwargs) -> nn.Module`` under ``name``."""
+def register_model(name: str, description: str = "", pretrained: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: register ``builder(num_classes=10, **kwargs) -> nn.Module`` under ``name``.
+
+    ``pretrained``: the builder loads pretrained weights by default and accepts ``pretrained=False``.
+    """
 
     def wrap(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         summary = description or (builder.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[name] = ModelInfo(name, builder, summary)
+        _REGISTRY[name] = ModelInfo(name, builder, summary, pretrained)
         return builder
 
     return wrap
 
 
-def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
-    """Build the model registered as ``name``; unknown names list the known ones."""
+def get_model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; an unknown name is a :class:`CifarkitError` listing the known ones."""
     if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
-        raise KeyError(f"unknown model {name!r}; known models: {known} (see `cifarkit models`)")
-    return _REGISTRY[name].builder(num_classes=num_classes, **kwargs)
+        raise CifarkitError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))} "
+                            "(see `cifarkit models`)")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int = 10, *, pretrained: bool = True, **kwargs) -> nn.Module:
+    """Build the model registered as ``name``.
+
+    ``pretrained=False`` skips loading pretrained weights (and so needs no
+    weights package): for models whose every weight is about to come from a
+    checkpoint, or that are only counted or summarised.
+    """
+    info = get_model_info(name)
+    if info.pretrained and not pretrained:
+        kwargs["pretrained"] = False
+    return info.builder(num_classes=num_classes, **kwargs)
 
 
 def list_models() -> list[ModelInfo]:

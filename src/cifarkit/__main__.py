@@ -1,0 +1,4 @@
+"""``python -m cifarkit``: the same as the ``cifarkit`` command."""
+from cifarkit.cli import main
+
+main()
