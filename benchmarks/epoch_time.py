@@ -1,71 +1,173 @@
-"""Seconds per training epoch of a notebook CNN at the notebook's batch size, through cifarkit's own loop.
+"""Seconds per epoch of a notebook CNN through cifarkit's training loop, beside the notebook's Keras pipeline.
 
-The reference is the notebook's Keras 3.15 / TensorFlow-CPU 2.21 pipeline on
-this 2-core machine: a median of 101.7 s per epoch for seed_cnn3 and 72.5 s for
-seed_cnn1 (45,000 training images, batch 32, 1,407 steps). Pixel values do
-not change the work done, so random images stand in for CIFAR-10 here.
+Both sides train in the same run on the same images: the recipe's stratified
+90% of the CIFAR-10 training images (45,000), batch 32, Adamax at the
+recipe's learning rate, and validate on the held-out 10% after each epoch, as
+``cifarkit train`` and the notebook's ``model.fit(..., validation_split=0.1)``
+do. The Keras model is translated layer for layer from the registered PyTorch
+one (same layers and parameter count, Keras' default initialisation, which the
+PyTorch one copies). Epochs alternate, cifarkit then Keras, so on a shared
+machine both see the same load; the median epoch of each is compared.
 
-    python benchmarks/epoch_time.py --model seed_cnn3 --epochs 2 --threads 2
+Keras is timed when TensorFlow is installed (``pip install -e '.[peers]'``,
+which brings tensorflow-cpu and Keras 3); without it the script says the
+comparison was skipped and why, and times cifarkit alone. cifarkit trains in
+the precision its recipe resolves to on this machine (``bf16 = auto``: bfloat16
+autocast where the CPU has it natively), or as ``--bf16`` says; Keras in
+float32, as the notebook did. The machine (CPU model and kind, cores,
+threads, versions) is printed first and kept in the JSON.
+
+    python benchmarks/epoch_time.py --model seed_cnn3 --epochs 2 --threads 2 --data ../shared/data/cifar10 \\
+        --json benchmarks/results/epoch_time_seed_cnn3_2threads.json
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from cifarkit.data.dataset import CIFAR10
+from cifarkit.data import load_cifar10
+from cifarkit.models import count_parameters
 from cifarkit.optim import build_optimizer, lr_multiplier
-from cifarkit.recipes import get_recipe
+from cifarkit.recipes import Recipe, get_recipe
 from cifarkit.runs import build_model
-from cifarkit.train import pick_device, prepare_split, train_one_epoch
+from cifarkit.runtime import machine_info, precision_name, resolve_bf16
+from cifarkit.train import Split, evaluate_loss_acc, prepare_split, train_one_epoch
 
-KERAS_SECONDS_PER_EPOCH = {"seed_cnn3": 101.7, "seed_cnn1": 72.5}
+NOTEBOOK_MODELS = ("seed_cnn1", "seed_cnn2", "seed_cnn3")
+BF16_SETTINGS = {"auto": "auto", "true": True, "false": False}
+EpochRunner = Callable[[int], float]  # epoch index -> seconds it took
+
+
+def keras_twin(model: nn.Sequential) -> Any:
+    """The Keras model with ``model``'s layers: a notebook CNN, an ``nn.Sequential`` of 'same' Conv2d,
+    LeakyReLU, MaxPool2d, Dropout, Flatten and Linear layers."""
+    import keras
+
+    layers = keras.layers
+    translate = {
+        nn.Conv2d: lambda m: layers.Conv2D(m.out_channels, m.kernel_size, padding="same"),
+        nn.LeakyReLU: lambda m: layers.LeakyReLU(negative_slope=m.negative_slope),
+        nn.MaxPool2d: lambda m: layers.MaxPooling2D(m.kernel_size),
+        nn.Dropout: lambda m: layers.Dropout(m.p),
+        nn.Flatten: lambda m: layers.Flatten(),
+        nn.Linear: lambda m: layers.Dense(m.out_features),
+    }
+    twin = keras.Sequential([keras.Input((32, 32, 3)), *(translate[type(m)](m) for m in model)])
+    if twin.count_params() != count_parameters(model):
+        raise RuntimeError(f"Keras twin: {twin.count_params():,} parameters, the model {count_parameters(model):,}")
+    return twin
+
+
+def keras_pipeline(model: nn.Sequential, split: Split, recipe: Recipe, threads: int) -> tuple[EpochRunner | None, dict]:
+    """(a function that trains the Keras twin of ``model`` for one epoch and returns its seconds, versions),
+    or (None, {"skipped": why}) where TensorFlow is not installed.
+
+    An epoch is Keras' own: the training pass over ``split``'s training images, shuffled, then validation.
+    """
+    os.environ["KERAS_BACKEND"] = "tensorflow"  # the notebook's backend, whatever the environment says
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import keras
+        import tensorflow as tf
+    except ImportError as exc:
+        return None, {"skipped": f"TensorFlow is not installed ({exc}); "
+                                 "pip install -e '.[peers]' to time the notebook's Keras pipeline"}
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    twin = keras_twin(model)
+    twin.compile(optimizer=keras.optimizers.Adamax(recipe.lr), metrics=["accuracy"],
+                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    starts, seconds = [], []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: starts.append(time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: seconds.append(time.perf_counter() - starts[-1]),
+    )
+
+    def run_epoch(epoch: int) -> float:
+        twin.fit(_nhwc(split.x_train), split.y_train.numpy(), batch_size=recipe.batch_size, verbose=0,
+                 validation_data=(_nhwc(split.x_val), split.y_val.numpy()),
+                 initial_epoch=epoch, epochs=epoch + 1, callbacks=[timer])
+        return seconds[-1]
+
+    return run_epoch, {"precision": "float32", "keras": keras.__version__, "tensorflow": tf.__version__}
+
+
+def _nhwc(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) images, channels-last in memory, as Keras' (N, H, W, 3) array without a copy."""
+    return images.permute(0, 2, 3, 1).numpy()
+
+
+def summary(seconds: list[float], images: int) -> dict[str, Any]:
+    median = statistics.median(seconds)
+    return {"seconds_per_epoch": seconds, "median_seconds": median, "images_per_second": images / median}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="seed_cnn3", choices=sorted(KERAS_SECONDS_PER_EPOCH))
-    parser.add_argument("--epochs", type=int, default=2, help="epochs to time (the median is reported)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="seed_cnn3", choices=NOTEBOOK_MODELS, help="notebook CNN (and recipe)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs to time on each side (medians compared)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and for TensorFlow")
+    parser.add_argument("--data", help="CIFAR-10 location (default $CIFARKIT_DATA)")
+    parser.add_argument("--bf16", choices=list(BF16_SETTINGS), help="cifarkit's precision (default: the recipe's)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    machine = machine_info("cpu")
+    print(f"machine: {json.dumps(machine)}", flush=True)
 
-    recipe = get_recipe(args.model).replace(epochs=args.epochs)
-    rng = np.random.default_rng(0)
-    data = CIFAR10(rng.integers(0, 256, (50_000, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 50_000),
-                   np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64), source="random")
-    split = prepare_split(data, recipe.val_fraction, recipe.seed, subset=None)
-    device = pick_device("cpu")
+    device = torch.device("cpu")
+    recipe = get_recipe(args.model)
+    recipe = recipe.replace(epochs=args.epochs, bf16=resolve_bf16(BF16_SETTINGS.get(args.bf16, recipe.bf16), device))
+    split = prepare_split(load_cifar10(args.data), recipe.val_fraction, recipe.seed, subset=None)
     model = build_model(recipe.to_dict()).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, recipe)
     lr_at = lr_multiplier("constant", 1)
+    keras_epoch, keras_info = keras_pipeline(model, split, recipe, args.threads)
+    if keras_epoch is None:
+        print(f"Keras comparison skipped: {keras_info['skipped']}", flush=True)
 
-    times = []
-    for epoch in range(args.epochs):
+    seconds, keras_seconds = [], []
+    for epoch in range(args.epochs):  # alternating, so that both sides share the machine's load
         t0 = time.perf_counter()
         train_one_epoch(model, optimizer, split, recipe, epoch, lr_at, 0, device, None, progress=False)
-        times.append(time.perf_counter() - t0)
-        print(f"epoch {epoch + 1}: {times[-1]:.1f} s")
-    median = statistics.median(times)
-    keras = KERAS_SECONDS_PER_EPOCH[args.model]
+        evaluate_loss_acc(model, split.x_val, split.y_val, device, bf16=recipe.bf16)
+        seconds.append(time.perf_counter() - t0)
+        line = f"epoch {epoch + 1}: cifarkit {seconds[-1]:.1f} s"
+        if keras_epoch is not None:
+            keras_seconds.append(keras_epoch(epoch))
+            line += f", Keras {keras_seconds[-1]:.1f} s"
+        print(line, flush=True)
+
+    images, steps = len(split.x_train), -(-len(split.x_train) // recipe.batch_size)
+    c = {**summary(seconds, images), "precision": precision_name(recipe.bf16), "torch": torch.__version__}
+    k = {**summary(keras_seconds, images), **keras_info} if keras_seconds else keras_info
     result = {
-        "model": args.model, "train_images": len(split.x_train), "batch_size": recipe.batch_size,
-        "steps": -(-len(split.x_train) // recipe.batch_size), "threads": args.threads,
-        "seconds_per_epoch": times, "median_seconds": median, "images_per_second": len(split.x_train) / median,
-        "keras_seconds": keras, "speedup_vs_keras": keras / median,
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "model": args.model, "train_images": images, "val_images": len(split.x_val), "batch_size": recipe.batch_size,
+        "steps": steps, "threads": args.threads, "epoch": "training pass + validation", "cifarkit": c, "keras": k,
+        "speedup_vs_keras": k["median_seconds"] / c["median_seconds"] if keras_seconds else None, "machine": machine,
     }
-    print(f"{args.model}: median {median:.1f} s/epoch, {result['images_per_second']:.0f} images/s, "
-          f"{result['steps']} steps of {recipe.batch_size}; Keras {keras} s -> {result['speedup_vs_keras']:.2f}x faster")
+    print(f"{args.model}: {images:,} images, batch {recipe.batch_size} ({steps:,} steps), then validation on "
+          f"{len(split.x_val):,}; threads: {args.threads}; {machine['cpu_model']}, {machine['cpu_kind']}")
+    print(f"  cifarkit (torch {c['torch']}, {c['precision']}): median {c['median_seconds']:.1f} s/epoch, "
+          f"{c['images_per_second']:,.0f} images/s")
+    if keras_seconds:
+        print(f"  Keras {k['keras']} (TensorFlow {k['tensorflow']}, float32): "
+              f"median {k['median_seconds']:.1f} s/epoch, {k['images_per_second']:,.0f} images/s")
+        print(f"  cifarkit {result['speedup_vs_keras']:.2f}x as fast as the notebook's Keras pipeline (same run)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 For each run it prints the wall time (training plus test-set evaluation with
 the recipe's TTA), the test accuracy with and without TTA, then the mean and
-spread over runs, and writes everything, with the machine it ran on, to JSON.
-Training seconds (the epochs alone, from the run's metrics) are reported too.
+spread over runs, and writes everything, with the machine it ran on (CPU
+model and kind, native bf16 or not, cores, threads, torch) and the precision
+each run trained in, to JSON. Training seconds (the epochs alone, from the
+run's metrics) are reported too.
 
     python benchmarks/time_to_accuracy.py --recipe fast93 --runs 2 --threads 2 \
         --data ../shared/data/cifar10 --json benchmarks/results/fast93.json
@@ -16,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -28,17 +28,8 @@ import torch
 from cifarkit.data import load_cifar10
 from cifarkit.evaluate import evaluate
 from cifarkit.recipes import get_recipe
+from cifarkit.runtime import machine_info
 from cifarkit.train import train
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -53,6 +44,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="recipe override")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    machine = machine_info()
+    print(f"machine: {json.dumps(machine)}", flush=True)
 
     data = load_cifar10(args.data)
     base = get_recipe(args.recipe).replace(**dict(item.split("=", 1) for item in args.set))
@@ -65,8 +58,9 @@ def main() -> None:
         metrics = evaluate(run_dir, data)
         wall = time.perf_counter() - t0
         train_seconds = json.loads((run_dir / "metrics.json").read_text())["train_seconds"]
-        row = {"seed": recipe.seed, "wall_seconds": wall, "train_seconds": train_seconds, "test_acc": metrics["test_acc"],
-               "test_acc_tta": metrics.get("test_acc_tta"), "run_dir": str(run_dir)}
+        bf16 = json.loads((run_dir / "config.json").read_text()).get("bf16", False)  # as resolved for this machine
+        row = {"seed": recipe.seed, "wall_seconds": wall, "train_seconds": train_seconds, "bf16": bf16,
+               "test_acc": metrics["test_acc"], "test_acc_tta": metrics.get("test_acc_tta"), "run_dir": str(run_dir)}
         runs.append(row)
         tta = f"{row['test_acc_tta']:.4f}" if row["test_acc_tta"] is not None else "n/a"
         print(f"run {i + 1}/{args.runs} seed {recipe.seed}: {wall / 60:.1f} min ({train_seconds:.0f} s training), "
@@ -84,8 +78,7 @@ def main() -> None:
         "wall_seconds": summary("wall_seconds"), "train_seconds": summary("train_seconds"),
         "test_acc": summary("test_acc"),
         "test_acc_tta": summary("test_acc_tta"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
-                    "torch": torch.__version__, "python": platform.python_version()},
+        "machine": machine,
     }
     for key in ("wall_seconds", "train_seconds", "test_acc", "test_acc_tta"):
         if result[key]:

@@ -13,25 +13,32 @@ can make 2 threads slower than 1.
 
     python benchmarks/train_step.py                        # FastNet sweep (several minutes)
     python benchmarks/train_step.py --models fastnet_s --batch-sizes 512 --steps 2
-    python benchmarks/train_step.py --bf16                 # also time bfloat16 autocast
-    python benchmarks/train_step.py --models efficientnet_lite0 --input-size 160 --batch-sizes 32 --bf16
+    python benchmarks/train_step.py --bf16 false true      # float32 beside bfloat16 autocast
+    python benchmarks/train_step.py --models efficientnet_lite0 --input-size 160 --batch-sizes 32
+
+``--bf16`` takes the recipes' values: ``auto`` (the default: bfloat16 where
+the CPU has it natively, AVX512-BF16 or AMX, else float32), ``true`` or
+``false``; several values time each precision they resolve to. The first line
+printed describes the machine (CPU model and kind, cores, threads, torch).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from cifarkit.models import create_model, list_models
-from cifarkit.runtime import keep_freed_memory
+from cifarkit.runtime import autocast, keep_freed_memory, machine_info, resolve_bf16
 
 PRESETS = ("fastnet_xs", "fastnet_s", "fastnet_m", "fastnet_l")
 TRAIN_IMAGES = 50_000
+BF16_SETTINGS = {"auto": "auto", "true": True, "false": False}
 
 
 @contextmanager
@@ -72,11 +79,10 @@ def time_steps(model: nn.Module, batch_size: int, steps: int, warmup: int, bf16:
     y = torch.randint(0, 10, (batch_size,))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.85, nesterov=True)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        with autocast:
+        with autocast(torch.device("cpu"), bf16):
             loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,7 +102,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bf16", action="store_true", help="also time bfloat16 autocast (channels_last only)")
+    parser.add_argument("--bf16", nargs="+", default=["auto"], choices=["auto", "true", "false"],
+                        help="precision as in a recipe: auto (bf16 where native), true, false; several to compare")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's allocator as it is, to measure what cifarkit.runtime gains")
     args = parser.parse_args()
@@ -105,12 +112,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, malloc {malloc}")
+    # Each setting resolved as a recipe's would be (an emulated bf16 warns); duplicates timed once.
+    precisions = list(dict.fromkeys(resolve_bf16(BF16_SETTINGS[b], torch.device("cpu")) for b in args.bf16))
+
+    print(f"machine: {json.dumps(machine_info('cpu'))}")
+    print(f"malloc {malloc}")
     print(f"{'model':<18} {'batch':>5} {'format':<18} {'img/s':>7} {'ms/step':>8} {'median':>7} "
           f"{'fwd GFLOP/img':>13} {'GFLOP/s':>8} {'s/epoch':>8}")
     kwargs = {"input_size": args.input_size} if args.input_size else {}
     for name in args.models:
-        settings = [(fmt, False) for fmt in args.formats] + ([("channels_last", True)] if args.bf16 else [])
+        settings = [(fmt, bf16) for fmt in args.formats for bf16 in precisions]
         for batch_size in args.batch_sizes:
             for fmt, bf16 in settings:
                 model = create_model(name, **kwargs)

@@ -21,9 +21,19 @@ def test_stratified_split_holds_out_each_class_equally():
     keep, held = stratified_split(y, 0.1, seed=42)
     assert len(held) == 100 and len(keep) == 900
     assert np.bincount(y[held]).tolist() == [10] * 10
-    assert not set(keep) & set(held)
+    assert sorted(np.concatenate([keep, held]).tolist()) == list(range(1000))
     assert np.array_equal(held, stratified_split(y, 0.1, seed=42)[1])
     assert not np.array_equal(held, stratified_split(y, 0.1, seed=1)[1])
+
+
+def test_stratified_split_of_nothing_and_of_too_little():
+    y = np.arange(30) % 10
+    keep, held = stratified_split(y, 0.0, seed=0)
+    assert keep.tolist() == list(range(30)) and held.tolist() == []
+    with pytest.raises(CifarkitError, match="val_fraction=0"):
+        stratified_split(y, 0.1, seed=0)  # 3 held-out images cannot cover 10 classes
+    with pytest.raises(CifarkitError, match="validation fraction"):
+        stratified_split(y, 1.0, seed=0)
 
 
 def test_balanced_subset():
@@ -71,11 +81,20 @@ def test_translate_shifts_by_at_most_pad():
     assert len(set(zip(ys.tolist(), xs.tolist()))) == 25  # every shift occurs
 
 
-def test_cutout_zeros_a_square():
-    x = torch.ones(10, 3, 32, 32)
-    out = cutout(x, 8, torch.Generator().manual_seed(0))
-    zeros = (out == 0).all(1).flatten(1).sum(1)
-    assert (zeros > 0).all() and (zeros <= 81).all()
+@pytest.mark.parametrize("size", [8, 5, 1, 32])
+def test_cutout_zeros_exactly_a_size_by_size_square(size):
+    x = torch.ones(200, 3, 32, 32)
+    zeroed = (cutout(x, size, torch.Generator().manual_seed(0)) == 0).all(1)  # (n, h, w), all channels zero
+    assert zeroed.flatten(1).sum(1).tolist() == [size * size] * 200
+    rows, cols = zeroed.any(2), zeroed.any(1)  # which rows / columns hold zeros
+    assert rows.sum(1).tolist() == [size] * 200 and cols.sum(1).tolist() == [size] * 200  # one square, not a ring
+    tops = rows.float().argmax(1)
+    assert tops.min() == 0 and tops.max() == 32 - size  # it reaches both borders, and stays inside
+
+
+def test_cutout_larger_than_the_image_is_refused():
+    with pytest.raises(CifarkitError, match="cutout 9 is larger than the 8x8 images"):
+        cutout(torch.ones(2, 3, 8, 8), 9, torch.Generator().manual_seed(0))
 
 
 def test_batches_cover_everything_once():

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -34,8 +35,12 @@ def test_models_lists_parameter_counts(capsys):
 
 
 def test_recipes_marks_default(capsys):
+    from cifarkit.recipes import DEFAULT_RECIPE
+
     code, out, _ = run_cli(capsys, "recipes")
-    assert code == 0 and all(n in out for n in ["seed_cnn1", "seed_cnn2", "seed_cnn3"]) and "*" in out
+    assert code == 0 and all(n in out for n in ["seed_cnn1", "seed_cnn2", "seed_cnn3"])
+    marked = [line.split()[1] for line in out.splitlines() if line.startswith("* ")]
+    assert marked == [DEFAULT_RECIPE]
 
 
 def test_bad_input_is_a_clear_error_not_a_traceback(capsys, tmp_path):
@@ -87,7 +92,9 @@ def test_data_info_and_show(tmp_path, capsys, monkeypatch, tiny_data):
     monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
     code, out, _ = run_cli(capsys, "data", "info")
     assert code == 0 and "train: images (300, 32, 32, 3) uint8" in out and "test: images (100, 32, 32, 3)" in out
-    assert out.count("airplane") == 2 and "30" in out  # 30 training images per class
+    # One count per class and split: 30 training and 10 test images of each class, in class order.
+    counts = re.findall(r"^ +(\w+) +([\d,]+)$", out, re.M)
+    assert counts == [(c, "30") for c in tiny_data.classes] + [(c, "10") for c in tiny_data.classes]
     png = tmp_path / "grid.png"
     code, out, _ = run_cli(capsys, "data", "show", "-o", str(png), "--count", "8")
     assert code == 0 and Image.open(png).size[0] > 100
@@ -96,3 +103,82 @@ def test_data_info_and_show(tmp_path, capsys, monkeypatch, tiny_data):
 def test_data_from_a_missing_path_says_where_to_put_it(tmp_path, capsys):
     code, _, err = run_cli(capsys, "data", "info", "--data", str(tmp_path / "nope"))
     assert code == 2 and "nope" in err and "Traceback" not in err
+
+
+def test_python_dash_m_cifarkit_works():
+    out = subprocess.run([sys.executable, "-m", "cifarkit", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"cifarkit {__version__}"
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"]])
+def test_version_and_help_import_no_heavy_library(argv):
+    probe = ("import sys; from cifarkit.cli import main\n"
+             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "print([m for m in ('torch', 'matplotlib', 'sklearn') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_info_names_cpu_kind_and_precision(capsys):
+    from cifarkit.runtime import cpu_has_native_bf16
+
+    code, out, _ = run_cli(capsys, "info")
+    assert code == 0 and "torch" in out and "CPU kind" in out and "avx512_bf16" in out
+    assert ("bfloat16" if cpu_has_native_bf16() else "float32") in out.split("bf16=auto means:")[1]
+    code, out, _ = run_cli(capsys, "info", "--json")
+    assert json.loads(out)["bf16_auto"] is cpu_has_native_bf16()
+
+
+def _error(capsys, *argv):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and err.startswith("cifarkit: error:") and "Traceback" not in err, (code, err)
+    return err
+
+
+def test_bad_train_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch, tiny_data):
+    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    assert "must be one table" in _error(capsys, "train", "--config", str(listed), "--out", str(tmp_path / "a"))
+    fractional = tmp_path / "cfg.TOML"  # any case of .toml is TOML
+    fractional.write_text("epochs = 1.5\n")
+    assert "'epochs' expects an integer, got 1.5" in _error(capsys, "train", "--config", str(fractional))
+    assert "unknown model 'nope'" in _error(capsys, "train", "--set", "model=nope", "--out", str(tmp_path / "b"))
+    assert "--subset must be between" in _error(capsys, "train", "--recipe", "seed_cnn3", "--subset", "0",
+                                                "--out", str(tmp_path / "c"))
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in _error(capsys, "train", "--recipe", "seed_cnn3", "--out", str(tmp_path / "file"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert "no CUDA GPU" in _error(capsys, "train", "--device", "cuda", "--out", str(tmp_path / "d"))
+    assert not any((tmp_path / n).exists() for n in "abcd")
+    assert "-o" in _error(capsys, "data", "show", "-o", str(tmp_path))
+
+
+def test_bad_threads_is_a_usage_error(capsys):
+    code, _, err = run_cli(capsys, "train", "--threads", "-1")
+    assert code == 2 and "expects a whole number >= 1" in err
+
+
+def test_resume_needs_only_the_run_directory(tmp_path, capsys, monkeypatch, tiny_data):
+    import cifarkit.train as train_module
+
+    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
+    real_epoch = train_module.train_one_epoch
+
+    def dies_in_second_epoch(*args, **kwargs):
+        if args[4] == 1:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", dies_in_second_epoch)
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--recipe", "seed_cnn3", "--epochs", "2", "--set", "lr=0.003",
+                           "--subset", "200", "--out", str(run), "--no-eval")
+    assert code == 130 and f"cifarkit train --resume --out {run}" in err
+    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    code, out, err = run_cli(capsys, "train", "--resume", "--out", str(run), "--no-eval")
+    assert code == 0, err
+    history = json.loads((run / "history.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and (config["lr"], config["subset"]) == (0.003, 200)

@@ -140,10 +140,10 @@ def test_modes_are_converted_to_rgb(tmp_path: Path) -> None:
     cat = root / "test" / "cat" / "00003.png"
     Image.new("L", (32, 32), 77).save(cat)
     dog = root / "test" / "dog" / "00005.png"
-    Image.new("RGBA", (32, 32), (1, 2, 3, 4)).save(dog)
+    Image.new("RGBA", (32, 32), (1, 2, 3, 0)).save(dog)
     loaded = _load(root)
     assert loaded.x_test[3, 5, 5].tolist() == [77, 77, 77]
-    assert loaded.x_test[5, 5, 5].tolist() == [1, 2, 3]
+    assert loaded.x_test[5, 5, 5].tolist() == [255, 255, 255]  # transparent -> white, as predict reads it
 
 
 def test_wrong_size_image_is_resized_with_a_warning(tmp_path: Path) -> None:

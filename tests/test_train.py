@@ -149,6 +149,7 @@ def test_recipe_field_types_and_dict_merge():
     assert r.replace(epochs=3.0).epochs == 3
     merged = r.replace(model_kwargs='{"dropout": 0.1}').model_kwargs
     assert merged == {**r.model_kwargs, "dropout": 0.1}
+    assert "hidden" not in r.replace(model_kwargs={"head": "linear", "hidden": None}).model_kwargs
     assert [r.replace(bf16=v).bf16 for v in ("auto", "true", "0", True)] == ["auto", True, False, True]
     with pytest.raises(CifarkitError, match="auto, true or false"):
         r.replace(bf16="fast")

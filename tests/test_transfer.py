@@ -30,7 +30,7 @@ def extractions(monkeypatch, tmp_path):
 
 
 def frozen(**changes):
-    kwargs = {"input_size": 32, "head": "linear", "trainable_blocks": 0}
+    kwargs = {"input_size": 32, "head": "linear", "trainable_blocks": 0, "hidden": None, "dropout": None}
     return get_recipe("lite0_frozen").replace(**{"epochs": 2, "patience": 0, "model_kwargs": kwargs, **changes})
 
 
@@ -57,7 +57,7 @@ def test_frozen_features_train_the_head_only_and_reuse_the_cache(tiny_data, tmp_
     assert extractions[-1] == (32, 100)
     assert evaluate(run, tiny_data)["test_acc"] == first["test_acc"] and len(extractions) == 2
     # A new input size, or float32 instead of the recipe's bfloat16, means new features.
-    train(frozen(model_kwargs={"input_size": 48, "head": "linear", "trainable_blocks": 0}), tiny_data,
+    train(frozen(model_kwargs={"input_size": 48, "head": "linear", "trainable_blocks": 0, "hidden": None}), tiny_data,
           tmp_path / "c", progress=False)
     assert extractions[-1] == (48, 300)
     train(frozen(bf16=False), tiny_data, tmp_path / "d", progress=False)
@@ -79,7 +79,7 @@ def test_finetuning_changes_the_backbone(tiny_data, tmp_path):
 
 
 def test_gpu_recipe_runs_anywhere_at_224_px(tiny_data, tmp_path):
-    recipe = get_recipe("lite0_finetune_gpu").replace(epochs=1, batch_size=16)
+    recipe = get_recipe("lite0_finetune_gpu").replace(epochs=1, batch_size=16, val_fraction=0.0)
     run = train(recipe, tiny_data, tmp_path / "gpu", subset=32, progress=False, device="cpu")
     history = json.loads((run / "history.json").read_text())
     assert json.loads((run / "config.json").read_text())["model_kwargs"]["input_size"] == 224
@@ -89,7 +89,7 @@ def test_gpu_recipe_runs_anywhere_at_224_px(tiny_data, tmp_path):
 @pytest.mark.integration
 def test_frozen_features_on_real_images_beat_chance(real_data_path, tmp_path, extractions):
     data = load_cifar10(real_data_path)
-    recipe = frozen(epochs=15, model_kwargs={"input_size": 64, "head": "linear", "trainable_blocks": 0})
+    recipe = frozen(epochs=15, model_kwargs={"input_size": 64, "head": "linear", "trainable_blocks": 0, "hidden": None})
     run = train(recipe, data, tmp_path / "run", subset=2000, progress=False)
     # Chance is 10%; ImageNet features of 1,800 images at 64 px gave 71% here.
     best = json.loads((run / "metrics.json").read_text())["best_val_acc"]

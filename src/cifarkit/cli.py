@@ -127,6 +127,7 @@ def _recipe_and_subset(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> None:
     from cifarkit.evaluate import evaluate
     from cifarkit.runtime import pick_device
+    from cifarkit.tracking import track
     from cifarkit.train import train
 
     recipe, subset = _recipe_and_subset(args)
@@ -134,15 +135,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     data = _data(args)
     print(f"training {recipe.name} ({recipe.model}) into {out}")
-    try:
-        train(recipe, data, out, subset=subset, resume=args.resume, device=args.device)
-    except KeyboardInterrupt:
-        hint = (f"`cifarkit train --resume --out {out}` continues from the last finished epoch"
-                if (out / "resume.pt").is_file() else f"no epoch finished; `cifarkit train --out {out}` starts it again")
-        print(f"cifarkit: interrupted; {hint}", file=sys.stderr)
-        sys.exit(130)
-    if not args.no_eval:
-        _print_eval(evaluate(out, data, device=args.device), out)
+    with track(args.track, out, out.name) as callbacks:
+        try:
+            train(recipe, data, out, subset=subset, resume=args.resume, device=args.device, callbacks=callbacks)
+        except KeyboardInterrupt:
+            done = "continues from the last finished epoch" if (out / "resume.pt").is_file() else "starts it again"
+            hint = f"`cifarkit train --resume --out {out}` {done}"
+            print(f"cifarkit: interrupted; {hint}", file=sys.stderr)
+            sys.exit(130)
+        if not args.no_eval:
+            _print_eval(evaluate(out, data, device=args.device), out)
 
 
 def _print_eval(metrics: dict, run_dir: Path) -> None:
@@ -150,11 +152,53 @@ def _print_eval(metrics: dict, run_dir: Path) -> None:
     line = f"test accuracy {metrics['test_acc']:.4f}"
     if "test_acc_tta" in metrics:
         line += f"   with TTA ({metrics['tta']}) {metrics['test_acc_tta']:.4f}"
-    print(line)
+    test_data = metrics["test_data"]
+    print(f"{line}   ({test_data['images']:,} test images from {test_data['source']})")
     if "most_confused" in metrics:
         mc = metrics["most_confused"]
         print(f"most confused: {mc['actual']} -> {mc['predicted']} ({mc['count']} images)")
     print(f"figures and reports in {run_dir / 'eval'}")
+
+
+TUNE_EPILOG = """\
+search space file (TOML): one entry per recipe field, a range, a list of choices or a fixed value
+  epochs = 6                                  # fixed for every trial
+  lr = {low = 1e-4, high = 1e-2, log = true}  # log-uniform; omit log for uniform, add step = 0.1 for a grid
+  translate = {low = 0, high = 4}             # integer fields take whole numbers
+  optimizer = {choices = ["adamw", "sgd"]}
+  [model_kwargs]
+  dropout = {low = 0.0, high = 0.6}           # keys of model_kwargs and lr_scale go in their own table
+
+Running the same command again resumes the study; the same command with the same --storage and --study
+on other machines adds workers. The best trial's changes are written to STUDY/best_config.json for
+`cifarkit train --recipe RECIPE --config STUDY/best_config.json`; `cifarkit report STUDY` shows the study.
+"""
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from cifarkit.recipes import DEFAULT_RECIPE, get_recipe
+    from cifarkit.runtime import pick_device
+    from cifarkit.tune import BEST_CONFIG, best_trial, load_space, retrain_best, tune
+
+    recipe = get_recipe(args.recipe or DEFAULT_RECIPE)
+    space = load_space(args.space, recipe)
+    pick_device(args.device)
+    out = Path(args.out or f"studies/{recipe.name}-{Path(args.space).stem}")
+    data = _data(args)
+    print(f"tuning {recipe.name} over {', '.join(space.params)} in {out}")
+    try:
+        study = tune(recipe, space, data, out, n_trials=args.trials, storage=args.storage, study_name=args.study,
+                     pruner=args.pruner, subset=args.subset, track_with=args.track, device=args.device)
+    except KeyboardInterrupt:
+        print("cifarkit: interrupted; the same command resumes the study", file=sys.stderr)
+        sys.exit(130)
+    best = best_trial(study)
+    print(f"best: trial {best.number}, validation accuracy {best.value:.4f}, {best.params}\n"
+          f"wrote {out / BEST_CONFIG}: `cifarkit train --recipe {recipe.name} --config {out / BEST_CONFIG}`")
+    if args.final:
+        run_dir, metrics = retrain_best(study, recipe, space, data, out, subset=args.subset,
+                                        track_with=args.track, device=args.device)
+        _print_eval(metrics, run_dir)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -183,13 +227,40 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from cifarkit.report.command import run_report
-    from cifarkit.runs import load_model, read_config
-    from cifarkit.train import validation_set
 
+    if len(args.runs) == 1 and (args.runs[0] / "study.json").is_file():  # a `cifarkit tune` study directory
+        from cifarkit.report.study import study_report
+        from cifarkit.tune import load_study
+
+        print(f"wrote {study_report(load_study(args.runs[0]), args.runs[0], args.output)}")
+        return
     data = None if args.no_data else _data(args)
-    out = run_report(args, data=data, model_loader=load_model,
-                     validation_loader=(lambda run: validation_set(data, read_config(run))) if data else None)
-    print(f"wrote {out}")
+    print(f"wrote {run_report(args, data=data, device=args.device)}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from cifarkit.export import export_model, quantize_int8, sample
+
+    if args.int8 and args.format != "onnx":
+        raise CifarkitError("--int8 quantises ONNX models; use it with --format onnx")
+    data = _data(args)
+    path, parity = export_model(args.run, args.format, sample(data.x_test, args.check_images), out=args.output,
+                                tta=args.tta)
+    print(f"wrote {path}\n{parity}")
+    if args.int8:
+        report = quantize_int8(path, data)
+        print(f"wrote {report.path}\n{report}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from cifarkit.serve.server import serve
+    from cifarkit.serve.settings import ServeSettings
+
+    settings = ServeSettings(max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_pixels=args.max_pixels,
+                             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+                             api_key=args.api_key)
+    serve(args.run, host=args.host, port=args.port, backend=args.backend, device=args.device, tta=args.tta,
+          model_file=args.model_file, settings=settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recipes)
 
     from cifarkit.recipes import DEFAULT_RECIPE
+    from cifarkit.tracking import TRACKERS
 
     p = sub.add_parser("train", parents=[data_opts, device_opts], help="train a recipe, then evaluate it")
     p.add_argument("--recipe", help=f"recipe name (default {DEFAULT_RECIPE}; see `cifarkit recipes`)")
@@ -243,7 +315,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (its recipe and data come from the run)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
+    p.add_argument("--track", choices=TRACKERS, help="mirror the run to TensorBoard (event files in RUN/tensorboard) "
+                                                    "or MLflow ($MLFLOW_TRACKING_URI); needs cifarkit[track]")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", parents=[data_opts, device_opts], help="search a recipe's hyperparameters with Optuna",
+                       epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", help=f"recipe to tune (default {DEFAULT_RECIPE})")
+    p.add_argument("--space", required=True, help="TOML search space (see below; examples/spaces/ has some)")
+    p.add_argument("--trials", type=_positive_int, required=True,
+                   help="finished (completed or pruned) trials the study should hold; more are run until it does")
+    p.add_argument("--out", help="study directory (default studies/RECIPE-SPACE)")
+    p.add_argument("--study", help="study name in the storage (default: the study directory's name)")
+    p.add_argument("--storage", help="SQLAlchemy URL of a database many workers share, e.g. "
+                                     "postgresql://user@host/db (default: a SQLite file in the study directory)")
+    p.add_argument("--pruner", choices=["median", "halving", "none"], default="median",
+                   help="stop bad trials early: below the median of earlier trials at the same epoch (default), "
+                        "successive halving, or never")
+    p.add_argument("--subset", type=int, help="train every trial on a class-balanced subset of N training images")
+    p.add_argument("--track", choices=TRACKERS, help="mirror every trial to TensorBoard or MLflow")
+    p.add_argument("--final", action="store_true", help="then retrain the best trial on all training images "
+                                                        "and evaluate it on the test set")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", parents=[data_opts, device_opts], help="evaluate a run on the test set")
     p.add_argument("run", help="run directory")
@@ -259,11 +352,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cifarkit.report.command import add_report_arguments
 
-    p = sub.add_parser("report", parents=[data_opts], help="self-contained HTML report comparing runs")
+    p = sub.add_parser("report", parents=[data_opts, device_opts], help="self-contained HTML report comparing runs")
     add_report_arguments(p)
     p.add_argument("--no-data", action="store_true",
-                   help="build from the saved predictions alone (no galleries, Grad-CAM or robustness)")
+                   help="render what `cifarkit evaluate` wrote alone (no top-loss images, Grad-CAM, robustness "
+                        "or temperature scaling; runs must be evaluated already)")
     p.set_defaults(func=cmd_report)
+
+    tta_modes = ["none", "flip", "flip_translate"]
+    p = sub.add_parser("export", parents=[data_opts], help="write a run as an ONNX or TorchScript model file")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("-o", "--output", help="file to write (default RUN/model.onnx or RUN/model.torchscript.pt)")
+    p.add_argument("--tta", choices=tta_modes, help="test-time augmentation built in (default: the recipe's)")
+    p.add_argument("--check-images", type=int, default=1000,
+                   help="CIFAR-10 test images the export is checked against PyTorch on (default 1000)")
+    p.add_argument("--int8", action="store_true", help="also write an int8-quantised ONNX model, with its test "
+                                                       "accuracy and speed beside the float model's")
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: one per core)")
+    p.set_defaults(func=cmd_export)
+
+    from cifarkit.serve.settings import ServeSettings
+
+    limits = ServeSettings()
+    p = sub.add_parser("serve", parents=[device_opts], help="serve a run over HTTP: a web page and a JSON API")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; any other needs an API key)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="PyTorch (default) or ONNX Runtime on the file `cifarkit export` wrote")
+    p.add_argument("--model-file", help="ONNX file for --backend onnx (default RUN/model.onnx)")
+    p.add_argument("--tta", choices=tta_modes,
+                   help="test-time augmentation (default: the recipe's, or the ONNX file's)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ requests (default "
+                                     "$CIFARKIT_API_KEY, which keeps the key out of the process list)")
+    g = p.add_argument_group("limits and batching")
+    g.add_argument("--max-upload-mb", type=float, default=limits.max_upload_mb,
+                   help="largest request body; 413 beyond (default %(default)s)")
+    g.add_argument("--max-files", type=int, default=limits.max_files,
+                   help="most images per request (default %(default)s)")
+    g.add_argument("--max-pixels", type=int, default=limits.max_pixels,
+                   help="largest image, width x height, refused before decoding (default %(default)s)")
+    g.add_argument("--max-batch", type=int, default=limits.max_batch,
+                   help="most images in one forward pass (default %(default)s)")
+    g.add_argument("--batch-wait-ms", type=float, default=limits.batch_wait_ms,
+                   help="how long an idle model waits for requests being decoded, to batch them "
+                        "(default %(default)s)")
+    g.add_argument("--max-queue", type=int, default=limits.max_queue,
+                   help="most images waiting for the model; 503 with Retry-After beyond (default %(default)s)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,8 +1,16 @@
-"""Test-set evaluation of a run: accuracy (plain and with test-time augmentation),
-classification report, confusion matrix and prediction gallery, saved in RUN/eval/."""
+"""Test-set evaluation of a run, done once: predictions, metrics and figures in RUN/eval/.
+
+:func:`evaluate` predicts the test set with the run's best weights, in the
+precision the run was trained in, without and with test-time augmentation,
+and writes the predictions (``probs`` and ``probs_tta``, labelled with the TTA
+mode), the metrics computed from them and their figures (layout in
+:mod:`cifarkit.runs`). The report renders what it wrote instead of computing
+its own. :func:`predict_logits` is the one forward pass over uint8 images that
+evaluation, prediction and the report share.
+"""
 from __future__ import annotations
 
-import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +18,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarkit.data.dataset import CIFAR10
+from cifarkit.analysis import (
+    accuracy,
+    classification_report,
+    classification_report_text,
+    confused_pairs,
+    confusion_matrix,
+    normalize_rows,
+    predicted_classes,
+    prediction_rows,
+    random_predictions,
+)
 from cifarkit.data.batches import to_tensor
+from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
-from cifarkit.plots import plot_confusion, plot_gallery
-from cifarkit.report.analysis import confused_pairs
-from cifarkit.report.metrics import classification_report, classification_report_text, confusion_matrix
-from cifarkit.files import atomic_write_bytes, read_json, write_csv, write_json, write_text
-from cifarkit.runs import load_model, read_config
-from cifarkit.train import pick_device
+from cifarkit.files import read_json, write_csv, write_json, write_text
+from cifarkit.plots import confusion_matrices, prediction_grid, save_png
+from cifarkit.runs import load_model, read_config, save_predictions
+from cifarkit.runtime import autocast, pick_device
 
 TTA_MODES = ("none", "flip", "flip_translate")
+# The keys evaluate owns in RUN/metrics.json: replaced together, so no stale one outlives a re-evaluation.
+SUMMARY_KEYS = ("test_acc", "test_acc_tta", "tta", "test_data", "most_confused")
 
 
 def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -30,6 +49,11 @@ def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     padded = nn.functional.pad(x, (p, p, p, p), mode="reflect")
     h, w = x.shape[-2:]
     return padded[..., p - dy:p - dy + h, p - dx:p - dx + w]
+
+
+def _check_tta(mode: str) -> None:
+    if mode not in TTA_MODES:
+        raise CifarkitError(f"unknown TTA mode {mode!r}; choose one of {', '.join(TTA_MODES)}")
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
@@ -41,8 +65,7 @@ def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.T
       image shifted one pixel up-left and one pixel down-right (airbench's
       strongest TTA), 6 forward passes.
     """
-    if mode not in TTA_MODES:
-        raise CifarkitError(f"unknown TTA mode {mode!r}; choose one of {', '.join(TTA_MODES)}")
+    _check_tta(mode)
     if mode == "none":
         return model(x)
     flip_avg = lambda v: 0.5 * (model(v) + model(v.flip(-1)))  # noqa: E731
@@ -54,14 +77,20 @@ def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.T
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray, *, tta: str = "none", batch_size: int = 500,
-                   device: str = "auto") -> np.ndarray:
-    """Logits (N, C) float32 for uint8 images (N, 32, 32, 3), in eval mode, optionally with TTA."""
+                   device: str = "auto", bf16: bool = False) -> np.ndarray:
+    """Logits (N, C) float32 for uint8 images (N, H, W, 3), in eval mode, optionally with TTA.
+
+    The model is moved to ``device``. ``bf16`` runs the forward passes under
+    bfloat16 autocast: pass the run's ``config["bf16"]`` so that a model is
+    tested and used in the precision it was trained in.
+    """
     dev = pick_device(device)
     model = model.to(dev, memory_format=torch.channels_last).eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = to_tensor(images[start:start + batch_size]).to(dev).contiguous(memory_format=torch.channels_last)
-        out.append(tta_logits(model, x, tta).float().cpu())
+        with autocast(dev, bf16):
+            out.append(tta_logits(model, x, tta).float().cpu())
     return torch.cat(out).numpy()
 
 
@@ -70,59 +99,103 @@ def predict_proba(model: nn.Module, images: np.ndarray, **kwargs) -> np.ndarray:
     return torch.softmax(torch.from_numpy(predict_logits(model, images, **kwargs)), dim=1).numpy()
 
 
-def _test_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device: str) -> np.ndarray:
-    """Test-set probabilities without TTA; frozen-feature runs read the backbone's features from the cache."""
+@torch.no_grad()
+def _plain_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device: str) -> np.ndarray:
+    """Test-set probabilities without TTA; frozen-feature runs read the backbone's features from the cache.
+
+    Both paths run in the run's precision: the cache is keyed by it, so a bf16
+    run reads the bf16 features it was trained on.
+    """
+    bf16 = config.get("bf16", False)
     if not config.get("frozen_features"):
-        return predict_proba(model, data.x_test, device=device)
-    features = cached_features(model.backbone, data.x_test, f"{Path(data.source).name}-test",
-                               bf16=config.get("bf16", False))
-    with torch.no_grad():
-        return torch.softmax(model.head(torch.from_numpy(features).float()), dim=1).numpy()
+        return predict_proba(model, data.x_test, device=device, bf16=bf16)
+    dev = pick_device(device)
+    model = model.to(dev)
+    features = cached_features(model.backbone, data.x_test, f"{Path(data.source).name}-test", bf16=bf16)
+    with autocast(dev, bf16):
+        logits = model.head(torch.from_numpy(features).to(dev).float()).float()
+    return torch.softmax(logits, dim=1).cpu().numpy()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity (nested in dicts and lists too) replaced by None: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _update_summary(path: Path, record: dict[str, Any]) -> None:
+    """Put the test results into RUN/metrics.json, keeping everything else training wrote there."""
+    summary = read_json(path) if path.is_file() else {}
+    kept = {k: v for k, v in summary.items() if k not in SUMMARY_KEYS}
+    write_json(path, _finite({**kept, **{k: record[k] for k in SUMMARY_KEYS if k in record}}))
+
+
+def _write_figures_and_tables(out: Path, data: CIFAR10, analysed: np.ndarray, cm: np.ndarray, report: str,
+                              gallery_size: int, seed: int) -> None:
+    """The people-readable files of RUN/eval/: report text, confusion matrices, a gallery of predictions."""
+    classes = list(data.classes)
+    write_text(out / "classification_report.txt", report)
+    for name, values in (("confusion_matrix", cm), ("confusion_matrix_normalized", normalize_rows(cm))):
+        write_csv(out / f"{name}.csv",
+                  [{"actual": c, **dict(zip(classes, row.tolist()))} for c, row in zip(classes, values)])
+    save_png(confusion_matrices(cm, classes), out / "confusion_matrix.png")
+    gallery = random_predictions(analysed, data.y_test, gallery_size, seed, classes)
+    write_csv(out / "gallery.csv", prediction_rows(gallery))
+    save_png(prediction_grid(data.x_test, gallery), out / "gallery.png")
 
 
 def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, device: str = "auto",
              gallery_size: int = 24, seed: int = 0) -> dict[str, Any]:
-    """Evaluate a run's best weights on the test set; write RUN/eval/ and update RUN/metrics.json.
+    """Evaluate a run's best weights on ``data``'s test set; write RUN/eval/ and update RUN/metrics.json.
 
-    ``tta`` defaults to the recipe's TTA mode; accuracy without TTA is always reported too.
+    ``tta`` defaults to the recipe's TTA mode; accuracy without TTA is always
+    measured too. The classification report, confusion matrix and gallery
+    describe the TTA predictions when there are any (the model as it is best
+    used). RUN/metrics.json keeps what training wrote and records which data
+    the test accuracy comes from. Returns the record written to
+    RUN/eval/metrics.json, plus the classification report as text (``report``).
     """
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    if list(data.classes) != config["classes"]:
-        raise CifarkitError(f"the data's classes {list(data.classes)} differ from the run's {config['classes']}")
+    classes = list(data.classes)
+    if classes != config["classes"]:
+        raise CifarkitError(f"the data's classes {classes} differ from the run's {config['classes']}; "
+                            "evaluate on the data set the run was trained for")
+    if len(data.y_test) == 0:
+        raise CifarkitError(f"{data.source} has no test images; pass a data set with a test split")
     tta = tta or config.get("tta", "none")
+    _check_tta(tta)
     model = load_model(run_dir)
-    probs = _test_probs(model, config, data, device)
-    arrays = {"probs": probs.astype(np.float32), "labels": data.y_test}
-    metrics: dict[str, Any] = {"test_acc": float((probs.argmax(1) == data.y_test).mean())}
-    if tta != "none":
-        probs_tta = predict_proba(model, data.x_test, tta=tta, device=device)
-        arrays["probs_tta"] = probs_tta.astype(np.float32)
-        metrics.update(test_acc_tta=float((probs_tta.argmax(1) == data.y_test).mean()), tta=tta)
-        probs = probs_tta  # the report and figures describe the model as it is best used
+    probs = _plain_probs(model, config, data, device)
+    probs_tta = (predict_proba(model, data.x_test, tta=tta, device=device, bf16=config.get("bf16", False))
+                 if tta != "none" else None)
+    analysed = probs if probs_tta is None else probs_tta
+    preds = predicted_classes(analysed)
+    cm = confusion_matrix(data.y_test, preds, len(classes))
+    record: dict[str, Any] = {
+        "test_acc": accuracy(data.y_test, predicted_classes(probs)),
+        **({"test_acc_tta": accuracy(data.y_test, preds)} if probs_tta is not None else {}),
+        "tta": tta,
+        "analysed": "probs" if probs_tta is None else "probs_tta",
+        "test_data": {"source": data.source, "images": len(data.y_test)},
+        "confusion_matrix": cm.tolist(),
+        "classification_report": classification_report(data.y_test, preds, classes),
+    }
+    for pair in confused_pairs(cm, 1):
+        record["most_confused"] = {"actual": classes[pair.actual], "predicted": classes[pair.predicted],
+                                   "count": pair.count}
+    report = classification_report_text(data.y_test, preds, classes)
 
     out = run_dir / "eval"
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(out / "predictions.npz", buf.getvalue())
-    pred = probs.argmax(1)
-    report = classification_report_text(data.y_test, pred, data.classes)
-    write_text(out / "classification_report.txt", report)
-    write_json(out / "classification_report.json", classification_report(data.y_test, pred, data.classes))
-    cm = confusion_matrix(data.y_test, pred, len(data.classes))
-    write_csv(out / "confusion_matrix.csv",
-              [{"actual": c, **{p: int(v) for p, v in zip(data.classes, row)}} for c, row in zip(data.classes, cm)])
-    plot_confusion(cm, data.classes, out / "confusion_matrix.png")
-    plot_confusion(cm, data.classes, out / "confusion_matrix_normalized.png", normalize=True)
-    pick = np.random.default_rng(seed).choice(len(pred), size=min(gallery_size, len(pred)), replace=False)
-    plot_gallery(data.x_test[pick], [data.classes[i] for i in data.y_test[pick]],
-                 [data.classes[i] for i in pred[pick]], probs[pick, pred[pick]], out / "gallery.png")
-
-    for pair in confused_pairs(cm, 1):
-        metrics["most_confused"] = {"actual": data.classes[pair.actual], "predicted": data.classes[pair.predicted],
-                                    "count": pair.count}
-    metrics["report"] = report
-    summary_path = run_dir / "metrics.json"
-    summary = read_json(summary_path) if summary_path.is_file() else {}
-    write_json(summary_path, {**summary, **{k: v for k, v in metrics.items() if k != "report"}})
-    return metrics
+    (out / "metrics.json").unlink(missing_ok=True)  # written last: the evaluation is complete once it exists
+    save_predictions(out, data.y_test, probs, probs_tta, tta)
+    write_json(out / "classification_report.json", record["classification_report"])
+    _write_figures_and_tables(out, data, analysed, cm, report, gallery_size, seed)
+    write_json(out / "metrics.json", record)
+    _update_summary(run_dir / "metrics.json", record)
+    return {**record, "report": report}

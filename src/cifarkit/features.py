@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from cifarkit.data.cache import default_cache_dir
 from cifarkit.errors import CifarkitError
-from cifarkit.models.backbones import Backbone
 from cifarkit.files import atomic_write_bytes
+from cifarkit.models.backbones import Backbone
+from cifarkit.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ def extract_features(
     channels-last tensors, much faster for convolutions on CPU, on the device
     the backbone is on. The backbone itself is left as it was. ``bf16`` runs
     it under bfloat16 autocast: about twice as fast on CPUs with AVX512-BF16,
-    features within a few percent of float32's.
+    features within a few percent of float32's; pass the run's resolved
+    ``bf16`` so that training, evaluation and serving read the same features.
     """
     if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
         raise CifarkitError(
@@ -48,7 +50,7 @@ def extract_features(
     out = np.empty((len(images_uint8), model.feature_dim), dtype=np.float16)
     bar = tqdm(total=len(images_uint8), disable=not progress, unit="img",
                desc=f"features {model.name} @{model.input_size}px")
-    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16), bar:
+    with torch.inference_mode(), autocast(device, bf16), bar:
         for start in range(0, len(images_uint8), batch_size):
             # NHWC uint8 permuted to NCHW *is* channels-last memory; .float() keeps that layout.
             batch = torch.from_numpy(images_uint8[start:start + batch_size]).to(device).permute(0, 3, 1, 2)

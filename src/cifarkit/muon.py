@@ -65,12 +65,12 @@ class Muon(Optimizer):
        ``g + momentum * buf`` with Nesterov, else ``buf``;
     2. the direction, reshaped to (p.shape[0], -1), is orthogonalised
        (:func:`orthogonalize`, ``ns_steps`` iterations) and reshaped back;
-    3. weight control, then ``p -= lr * update``. Either decoupled weight decay
-       (``p *= 1 - lr * weight_decay``), or with ``normalize_weights`` airbench's
-       choice for weights followed by BatchNorm: before the step, rescale p to
-       Frobenius norm sqrt(p.shape[0]) (unit RMS per output filter). BN makes
-       the loss blind to that scale, so fixing it keeps the effective step
-       size equal to ``lr`` instead of shrinking as the weights grow.
+    3. ``p -= lr * update``; with ``normalize_weights`` (airbench's choice for
+       weights followed by BatchNorm, and what the recipes use) p is first
+       rescaled to Frobenius norm sqrt(p.shape[0]) (unit RMS per output
+       filter). BN makes the loss blind to that scale, so fixing it keeps the
+       effective step size equal to ``lr`` instead of shrinking as the weights
+       grow, and it takes the place of weight decay.
 
     The update has Frobenius norm about sqrt(min(rows, cols)) whatever the
     gradient's scale, so ``lr`` is a relative step size (airbench94_muon uses
@@ -85,7 +85,6 @@ class Muon(Optimizer):
         momentum: float = 0.95,
         nesterov: bool = True,
         ns_steps: int = 5,
-        weight_decay: float = 0.0,
         normalize_weights: bool = False,
     ) -> None:
         if lr < 0:
@@ -94,14 +93,11 @@ class Muon(Optimizer):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if ns_steps < 1:
             raise ValueError(f"ns_steps must be at least 1, got {ns_steps}")
-        if weight_decay < 0:
-            raise ValueError(f"invalid weight decay {weight_decay}")
         defaults = dict(
             lr=lr,
             momentum=momentum,
             nesterov=nesterov,
             ns_steps=ns_steps,
-            weight_decay=weight_decay,
             normalize_weights=normalize_weights,
         )
         super().__init__(params, defaults)
@@ -136,6 +132,4 @@ class Muon(Optimizer):
         update = orthogonalize(direction.reshape(len(p), -1), steps=group["ns_steps"])
         if group["normalize_weights"]:
             p.mul_(len(p) ** 0.5 / (p.norm() + 1e-12))
-        elif group["weight_decay"]:
-            p.mul_(1 - group["lr"] * group["weight_decay"])
         p.add_(update.view_as(p), alpha=-group["lr"])

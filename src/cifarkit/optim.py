@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules, built by name from a recipe.
+"""Optimisers, learning-rate schedules and weight averaging, built from a recipe.
 
 Schedules are pure functions of the step, so a resumed run lands on exactly
 the learning rate it would have had: no scheduler state to save.
@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifarkit.errors import CifarkitError
 from cifarkit.muon import Muon
@@ -49,13 +50,11 @@ class OptimizerChain:
 def _make(name: str, groups: list[dict], recipe: Recipe) -> torch.optim.Optimizer:
     if name == "adamax":  # Keras' epsilon, so the notebook recipes train as they did there
         return torch.optim.Adamax(groups, lr=recipe.lr, eps=1e-7)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=recipe.lr)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=recipe.lr)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
-    raise CifarkitError(f"unknown optimizer {name!r}; choose adamax, adam, adamw or sgd")
+    raise CifarkitError(f"unknown optimizer {name!r}; choose adamax, adamw or sgd")
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> OptimizerChain:
@@ -65,12 +64,17 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> OptimizerChain:
     filters / norm / head, or backbone / head). Each role trains at
     ``lr * lr_scale[role]``, with weight decay ``weight_decay / lr_scale[role]``
     so that the decay per step (lr x decay) is the same in every role. With
-    ``muon_lr > 0`` the ``filters`` role trains with Muon instead.
+    ``muon_lr > 0`` the ``filters`` role trains with Muon instead. With
+    ``whiten_bias_epochs`` the ``whiten_bias`` role trains only that long
+    (see :func:`set_learning_rates`).
     """
     roles = model.parameter_roles() if hasattr(model, "parameter_roles") else {"all": list(model.parameters())}
     unknown = set(recipe.lr_scale) - set(roles)
     if unknown:
         raise CifarkitError(f"lr_scale names roles {sorted(unknown)} that {recipe.model} lacks; it has {sorted(roles)}")
+    if recipe.whiten_bias_epochs and "whiten_bias" not in roles:
+        raise CifarkitError(f"whiten_bias_epochs needs a model with a whitening layer (fastnet_*), not {recipe.model}; "
+                            "set whiten_bias_epochs=0")
     groups, muon_params = [], []
     for role, params in roles.items():
         params = [p for p in params if p.requires_grad]
@@ -80,8 +84,11 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> OptimizerChain:
             muon_params += params
             continue
         scale = recipe.lr_scale.get(role, 1.0)
-        groups.append({"params": params, "role": role, "lr": recipe.lr * scale,
-                       "weight_decay": recipe.weight_decay / scale if scale else 0.0})
+        group = {"params": params, "role": role, "lr": recipe.lr * scale,
+                 "weight_decay": recipe.weight_decay / scale if scale else 0.0}
+        if role == "whiten_bias" and 0 < recipe.whiten_bias_epochs < recipe.epochs:
+            group["train_fraction"] = recipe.whiten_bias_epochs / recipe.epochs
+        groups.append(group)
     optimizers = [_make(recipe.optimizer, groups, recipe)] if groups else []
     if muon_params:
         optimizers.append(Muon([{"params": muon_params, "role": "filters"}], lr=recipe.muon_lr,
@@ -92,51 +99,59 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> OptimizerChain:
     return OptimizerChain(*optimizers)
 
 
-def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
-    """step -> factor on the base learning rate.
+def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int = 0) -> Callable[[float], float]:
+    """step -> factor on the base learning rate, for steps 0 .. total_steps - 1.
 
     - constant: 1 (after warm-up).
     - linear: linear warm-up from 0, then linear decay to 0 at the last step
       (the triangular schedule of fast CIFAR-10 trainings).
     - cosine: linear warm-up, then half a cosine down to 0.
+
+    Every schedule is 0 from ``total_steps`` on: the run is over. Steps may be
+    fractional (see :func:`set_learning_rates`).
     """
     if schedule not in ("constant", "linear", "cosine"):
         raise CifarkitError(f"unknown schedule {schedule!r}; choose constant, linear or cosine")
 
-    def factor(step: int) -> float:
+    def factor(step: float) -> float:
+        if step >= total_steps:
+            return 0.0
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         if schedule == "constant":
             return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         if schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
 
 
-class EMA:
-    """Exponential moving average of a model's weights (and BatchNorm buffers).
+def set_learning_rates(optimizer: OptimizerChain, lr_at: Callable[[float], float], step: int) -> None:
+    """Set every parameter group's lr for ``step``: its ``initial_lr`` times ``lr_at(step)``.
+
+    A group with a ``train_fraction`` f (the whitening bias, with the recipe's
+    ``whiten_bias_epochs``) runs the whole schedule in the first fraction f of
+    the run, as ``lr_at(step / f)``, and then has lr 0, which freezes it (SGD's
+    momentum and weight decay both act through the lr). With the linear
+    schedule this is airbench's whitening bias: its lr decays linearly to 0
+    over the first 3 epochs, and it stays fixed from there.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lr_at(step / group.get("train_fraction", 1.0))
+
+
+def weight_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights and buffers; call ``update_parameters(model)`` per step.
 
     Evaluating the average of recent weights instead of the last ones smooths
-    out the noise of the final steps: a cheap gain for short runs.
+    out the noise of the final steps: a cheap gain for short runs. The
+    average starts at the weights of the first ``update_parameters`` call and
+    then follows ``avg = decay * avg + (1 - decay) * weights``. BatchNorm
+    running statistics are averaged the same way (``use_buffers``), so they
+    match the averaged weights better than the last step's would; the
+    averaged network is ``.module``, and ``state_dict()`` holds it and the
+    update count, for checkpoints.
     """
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v, 1.0 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.shadow = {k: v.clone() for k, v in state.items()}
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

@@ -1,79 +1,154 @@
-"""The notebook's figures as PNG files: sample grid, training curves, confusion matrix, gallery."""
+"""Every figure cifarkit draws, with matplotlib's object-oriented API.
+
+Figures are built as ``matplotlib.figure.Figure`` objects and rendered by the
+Agg renderer when saved (:func:`save_png`); pyplot is never imported and no
+backend is chosen, so importing this module changes no process-wide state and
+no GUI, global figure registry or leaked figure is involved.
+"""
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only: no display needed, none assumed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from cifarkit.analysis import Prediction, ReliabilityBins, normalize_rows
+from cifarkit.files import atomic_write_bytes
 
-from cifarkit.files import atomic_write_bytes  # noqa: E402
-
-
-def save_figure(fig: plt.Figure, path: Path) -> None:
-    """Render ``fig`` to PNG and write it atomically."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+_GOOD, _BAD = "#1a7f37", "#cf222e"
 
 
-def image_grid(images: np.ndarray, titles: Sequence[str], path: Path, *, cols: int = 8,
-               title_colors: Sequence[str] | None = None) -> None:
-    """A grid of uint8 (N, 32, 32, 3) images, each with a title."""
-    rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), squeeze=False)
-    for i, ax in enumerate(axes.flat):
+def figure_png(fig: Figure) -> bytes:
+    """Render a figure to PNG bytes with the Agg renderer, without the matplotlib URL in its metadata."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def save_png(fig: Figure, path: str | Path) -> bytes:
+    """Write a figure as PNG atomically and return the bytes, so an HTML page can embed the same image."""
+    png = figure_png(fig)
+    atomic_write_bytes(path, png)
+    return png
+
+
+def _grid(images: np.ndarray, titles: Sequence[str], colors: Sequence[str], cols: int) -> Figure:
+    """Images in rows of ``cols``, each under its coloured title."""
+    cols = min(cols, max(1, len(images)))
+    rows = max(1, math.ceil(len(images) / cols))
+    fig = Figure(figsize=(1.6 * cols, 1.9 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
         ax.axis("off")
-        if i < len(images):
-            ax.imshow(images[i], interpolation="nearest")
-            ax.set_title(titles[i], fontsize=7, color=title_colors[i] if title_colors else "black")
-    save_figure(fig, path)
+    for ax, image, title, color in zip(axes, images, titles, colors):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(title, fontsize=7, color=color)
+    return fig
 
 
-def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Training and validation accuracy and loss per epoch (overfitting shows as the curves part)."""
-    epochs = [r["epoch"] for r in history]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key in ((ax_acc, "acc"), (ax_loss, "loss")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
-        ax.plot(epochs, [r[f"val_{key}"] for r in history], "o-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy" if key == "acc" else "cross-entropy")
+def image_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, *, cols: int = 8) -> None:
+    """Write a PNG grid of uint8 (N, H, W, 3) images, each with a title."""
+    save_png(_grid(images, titles, ["black"] * len(images), cols), path)
+
+
+def prediction_grid(images: np.ndarray, predictions: Sequence[Prediction], show_loss: bool = False) -> Figure:
+    """Test images (``images[p.index]``) titled actual / predicted and its probability (and loss); green if right."""
+    titles = [f"{p.actual}\n{p.predicted} {p.probability:.2f}" + (f"\nloss {p.loss:.2f}" if show_loss else "")
+              for p in predictions]
+    colors = [_GOOD if p.correct else _BAD for p in predictions]
+    return _grid(images[[p.index for p in predictions]], titles, colors, cols=8)
+
+
+def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """Accuracy and loss per epoch of several runs overlaid: train dashed, validation solid, one colour per run.
+
+    Overfitting shows as the train and validation curves of a run parting.
+    """
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    for i, (name, history) in enumerate(histories.items()):
+        color = f"C{i % 10}"
+        epochs = [row["epoch"] for row in history]
+        for ax, key in ((acc_ax, "acc"), (loss_ax, "loss")):
+            ax.plot(epochs, [row[f"train_{key}"] for row in history], "--", color=color, label=f"{name} train")
+            ax.plot(epochs, [row[f"val_{key}"] for row in history], "-", color=color, label=f"{name} val")
+    for ax, title in ((acc_ax, "accuracy"), (loss_ax, "cross-entropy loss")):
+        ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    save_figure(fig, path)
+    loss_ax.legend(fontsize=8, loc="upper right")
+    return fig
 
 
-def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, *, normalize: bool = False) -> None:
-    """Confusion-matrix heatmap: rows are true classes, columns predictions."""
-    values = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    im = ax.imshow(values, cmap="Blues")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    threshold = values.max() / 2
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            text = f"{values[i, j]:.2f}" if normalize else str(int(values[i, j]))
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="white" if values[i, j] > threshold else "black")
-    ax.set_title("confusion matrix" + (" (row-normalised)" if normalize else ""))
-    save_figure(fig, path)
+def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> None:
+    """Write the training curves of one run (its ``history.json`` rows) as a PNG."""
+    save_png(training_curves({title or "run": history}), path)
 
 
-def plot_gallery(images: np.ndarray, actual: Sequence[str], predicted: Sequence[str],
-                 probability: Sequence[float], path: Path, cols: int = 6) -> None:
-    """The notebook's gallery: each test image titled actual / predicted / probability."""
-    titles = [f"actual: {a}\npred: {p}\nprob: {q:.2f}" for a, p, q in zip(actual, predicted, probability)]
-    colors = ["green" if a == p else "red" for a, p in zip(actual, predicted)]
-    image_grid(images, titles, path, cols=cols, title_colors=colors)
+def confusion_matrices(cm: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """Confusion-matrix heat maps side by side: counts, and rows normalised to 1 (recall on the diagonal)."""
+    fig = Figure(figsize=(13, 5.5), layout="constrained")
+    for ax, values, title, fmt in zip(
+        fig.subplots(1, 2), (cm, normalize_rows(cm)), ("counts", "row-normalised"), ("{:d}", "{:.2f}")
+    ):
+        image = ax.imshow(values, cmap="Blues")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ticks = np.arange(len(class_names))
+        ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(ticks, class_names, fontsize=8)
+        ax.set(title=title, xlabel="predicted", ylabel="actual")
+        threshold = values.max() / 2 if values.max() > 0 else 1
+        for (row, col), value in np.ndenumerate(values):
+            ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize=6,
+                    color="white" if value > threshold else "black")
+    return fig
+
+
+def reliability_diagrams(panels: Mapping[str, ReliabilityBins]) -> Figure:
+    """One reliability diagram per entry: accuracy per confidence bin against the diagonal of perfect calibration."""
+    fig = Figure(figsize=(4.5 * len(panels), 4.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (title, bins) in zip(axes, panels.items()):
+        width = np.diff(bins.edges)
+        filled = bins.counts > 0
+        ax.bar(bins.edges[:-1][filled], bins.accuracy[filled], width=width[filled], align="edge",
+               edgecolor="black", color="#4c72b0", label="accuracy")
+        ax.bar(bins.edges[:-1][filled], (bins.confidence - bins.accuracy)[filled], width=width[filled],
+               bottom=bins.accuracy[filled], align="edge", color=_BAD, alpha=0.3, label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+               title=f"{title}\nECE = {100 * bins.ece:.2f} %")
+        ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def gradcam_grid(images: np.ndarray, maps: np.ndarray, predictions: Sequence[Prediction]) -> Figure:
+    """Per image a column: the image on top, its Grad-CAM map over it below, titled actual -> predicted."""
+    cols = max(1, len(predictions))
+    fig = Figure(figsize=(1.6 * cols, 3.6), layout="constrained")
+    axes = np.asarray(fig.subplots(2, cols)).reshape(2, cols)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for col, (image, heat, pred) in enumerate(zip(images, maps, predictions)):
+        axes[0, col].imshow(image, interpolation="nearest")
+        axes[0, col].set_title(f"{pred.actual}\n-> {pred.predicted} {pred.probability:.2f}",
+                               fontsize=7, color=_GOOD if pred.correct else _BAD)
+        axes[1, col].imshow(image, interpolation="nearest")
+        axes[1, col].imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    return fig
+
+
+def robustness_curves(accuracy: Mapping[str, Mapping[int, float]], clean: float) -> Figure:
+    """Accuracy against severity, one line per corruption (``accuracy[name][severity]``), clean accuracy dashed."""
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for name, by_severity in accuracy.items():
+        ax.plot(list(by_severity), list(by_severity.values()), marker="o", label=name)
+    ax.axhline(clean, color="black", linestyle="--", linewidth=1, label="clean")
+    ax.set(xlabel="severity", ylabel="accuracy", ylim=(0, 1), title="accuracy under corruption")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

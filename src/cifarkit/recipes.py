@@ -61,7 +61,9 @@ class Recipe:
 
         Strings (from ``--set``) are parsed to the field's type; dict fields
         (``model_kwargs``, ``lr_scale``) merge into the recipe's dict instead of
-        replacing it. Ranges and names are checked by :func:`validate`.
+        replacing it (a key given as null is removed: ``--set
+        'model_kwargs={"head": "linear", "hidden": null}'``). Ranges and names
+        are checked by :func:`validate`.
         """
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
@@ -94,8 +96,8 @@ def _coerce(recipe: Recipe, key: str, value: Any) -> Any:
     expected = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, dict)
     if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
         raise CifarkitError(f"recipe field {key!r} expects {_describe(kind)}, got {value!r}")
-    if expected is dict:
-        return {**current, **value}
+    if expected is dict:  # merge; a key set to null is removed
+        return {k: v for k, v in {**current, **value}.items() if v is not None}
     return value
 
 

@@ -1,27 +1,45 @@
-"""The run directory: what a training run leaves behind, written atomically.
+"""The run directory: what training and evaluation leave behind, written atomically, read back with clear errors.
 
     RUN/config.json            resolved recipe + data provenance (repeat the run from it)
     RUN/history.json|.csv      per-epoch train/validation loss and accuracy
-    RUN/metrics.json           summary: parameters, best validation accuracy, time, test accuracy
+    RUN/metrics.json           summary: parameters, best validation accuracy, time; test accuracy and its data
     RUN/curves.png             training curves
     RUN/best.safetensors       weights of the epoch with the best validation accuracy
     RUN/last.safetensors       weights after the last finished epoch
     RUN/resume.pt              everything needed to continue (weights, optimiser, history)
-    RUN/eval/                  written by `cifarkit evaluate`
+    RUN/eval/                  written by `cifarkit evaluate`, once per test set:
+        predictions.npz        labels, probs (plain forward pass), probs_tta (test-time augmentation), tta (its mode)
+        metrics.json           accuracies, test data, confusion matrix, classification report of the analysed probs
+        *.txt, *.csv, *.png    the same for people: report, confusion matrix, gallery of predictions
+    RUN/insight/               written by `cifarkit report`
+
+Every reader here raises :class:`CifarkitError` naming the file and a fix, never a traceback.
 """
 from __future__ import annotations
 
 import io
+import json
+import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from cifarkit.data.batches import balanced_subset, stratified_split
+from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
-from cifarkit.files import atomic_write_bytes, read_json
-from cifarkit.models import create_model
+from cifarkit.files import atomic_write_bytes
+from cifarkit.models import create_model, get_model_info
+
+RETRAIN = "train the run again into a new --out"
+
+
+# --- weights and training state --------------------------------------------------------------------------------------
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -31,36 +49,240 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def save_torch(obj: Any, path: Path) -> None:
-    """Training state (optimiser etc.) with torch.save, atomically; read back with ``weights_only=True``."""
+    """Training state (optimiser etc.) with torch.save, atomically; read back with :func:`load_torch`."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_torch(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Training state saved by :func:`save_torch`, loaded with ``weights_only=True``: no code in it ever runs.
+
+    A damaged file, or one holding anything but tensors and plain data (a
+    crafted pickle), is a one-line :class:`CifarkitError`.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        reason = "it holds objects other than tensors and plain data, which are refused as unsafe"
+    except (RuntimeError, EOFError, ValueError):
+        reason = "it is truncated or not a PyTorch checkpoint"
+    raise CifarkitError(f"{path} cannot be resumed: {reason}; {RETRAIN} (its weights files are not affected)")
+
+
+# --- configuration and model -----------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, kind: type, fix: str) -> Any:
+    """One JSON record of a run, of type ``kind``; a missing, unparsable or wrong-shaped file says ``fix``."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CifarkitError(f"{path} is missing; {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CifarkitError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(value, kind):
+        raise CifarkitError(f"{path} holds a JSON {type(value).__name__}, not a {kind.__name__}; {fix}")
+    return value
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """The resolved configuration of a run; a clear error when ``run_dir`` is not a run."""
+    """The resolved configuration of a run; a clear error when ``run_dir`` is not a run or its config is damaged."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise CifarkitError(f"{run_dir} is not a cifarkit run directory (no config.json); pass the --out of `cifarkit train`")
-    return read_json(path)
+        raise CifarkitError(f"{run_dir} is not a cifarkit run directory (no config.json); "
+                            "pass the --out of `cifarkit train`")
+    fix = f"restore it from a copy, or {RETRAIN}"
+    config = _read_json(path, dict, fix)
+    missing = [key for key in ("model", "classes") if key not in config]
+    if missing:
+        raise CifarkitError(f"{path} lacks {', '.join(missing)}, so it was not written by `cifarkit train`; {fix}")
+    return config
 
 
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """The untrained model a run's configuration describes."""
-    kwargs = dict(config.get("model_kwargs", {}))
-    return create_model(config["model"], **kwargs)
+def build_model(config: dict[str, Any], *, pretrained: bool = True) -> nn.Module:
+    """The untrained model a run's configuration describes.
+
+    ``pretrained=False`` skips loading ImageNet weights, and so needs no weights
+    package: for a model whose every weight comes from a checkpoint next.
+    """
+    return create_model(config["model"], pretrained=pretrained, **config.get("model_kwargs", {}))
+
+
+def _missing_weights(run_dir: Path, weights: Path) -> str:
+    """What to do about a missing weights file.
+
+    Training writes the weights with its first checkpoint (``resume.pt``), so
+    without one the run never finished an epoch, and ``--resume`` on a run
+    without a checkpoint starts it afresh from its recorded recipe and data.
+    With a checkpoint the file was removed: resuming would not rewrite it.
+    """
+    if (run_dir / "resume.pt").is_file():
+        return f"{weights} is missing although the run has a checkpoint; restore the file from a copy, or {RETRAIN}"
+    return (f"{weights} is missing: the run never finished an epoch, so there are no weights to load; train it "
+            f"again: `cifarkit train --resume --out {run_dir}` starts it afresh with its recorded recipe and data")
 
 
 def load_model(run_dir: str | Path, which: str = "best") -> nn.Module:
-    """The trained model of a run (``best`` or ``last`` weights), in eval mode on the CPU."""
+    """The trained model of a run (``best`` or ``last`` weights), in eval mode on the CPU.
+
+    The model is built without pretrained weights (the checkpoint holds every
+    weight), so a transfer-learning run loads without its weights package.
+    """
+    run_dir = Path(run_dir)
     config = read_config(run_dir)
-    weights = Path(run_dir) / f"{which}.safetensors"
+    config_path, name = run_dir / "config.json", config["model"]
+    try:
+        get_model_info(name)
+    except CifarkitError:
+        raise CifarkitError(f"{config_path} names model {name!r}, which this cifarkit does not have (see `cifarkit "
+                            "models`); load the run with the cifarkit version that trained it") from None
+    weights = run_dir / f"{which}.safetensors"
     if not weights.is_file():
-        raise CifarkitError(f"{weights} is missing: the run has not finished an epoch yet; train (or --resume) it first")
-    model = build_model(config)
-    model.load_state_dict(load_file(weights))
+        raise CifarkitError(_missing_weights(run_dir, weights))
+    try:
+        model = build_model(config, pretrained=False)
+    except (TypeError, ValueError, CifarkitError) as exc:
+        raise CifarkitError(f"{config_path}: model {name} cannot be built with model_kwargs "
+                            f"{config.get('model_kwargs', {})} ({exc}); correct them there, or {RETRAIN}") from None
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError) as exc:
+        raise CifarkitError(f"{weights} is damaged ({exc}); restore it from a copy, or {RETRAIN}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1].strip()
+        raise CifarkitError(f"{weights} does not fit the {name} model of {config_path} ({reason}); "
+                            f"put the run's own weights back, or {RETRAIN}") from None
     return model.eval()
+
+
+# --- the data a run trained and validated on -------------------------------------------------------------------------
+
+
+def split_indices(
+    labels: np.ndarray, val_fraction: float, seed: int, subset: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the training images of a run's (train, validation) split."""
+    pool = balanced_subset(labels, subset, seed) if subset is not None else np.arange(len(labels))
+    keep, held = stratified_split(labels[pool], val_fraction, seed)
+    return pool[keep], pool[held]
+
+
+def validation_set(data: CIFAR10, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 images and labels a run held out for validation (model selection, calibration)."""
+    _, val_idx = split_indices(data.y_train, config["val_fraction"], config["seed"], config.get("subset"))
+    return data.x_train[val_idx], data.y_train[val_idx]
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------------
+
+EVAL_FILES = ("predictions.npz", "metrics.json", "confusion_matrix.png", "gallery.png")
+EVAL_METRICS_KEYS = ("test_acc", "tta", "test_data", "confusion_matrix", "classification_report")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `cifarkit evaluate` wrote into ``RUN/eval/``: test-set predictions and the metrics computed from them.
+
+    ``probs`` come from the plain forward pass, ``probs_tta`` from test-time
+    augmentation (mode ``tta``; None without it). The classification report,
+    confusion matrix and gallery describe :attr:`analysed`: the model as it is
+    best used, with its TTA.
+    """
+
+    path: Path
+    labels: np.ndarray
+    probs: np.ndarray
+    probs_tta: np.ndarray | None
+    metrics: dict[str, Any]
+
+    @property
+    def tta(self) -> str:
+        return self.metrics["tta"]
+
+    @property
+    def analysed(self) -> np.ndarray:
+        return self.probs if self.probs_tta is None else self.probs_tta
+
+    @property
+    def confusion_matrix(self) -> np.ndarray:
+        return np.asarray(self.metrics["confusion_matrix"], dtype=np.int64)
+
+
+def save_predictions(eval_dir: Path, labels: np.ndarray, probs: np.ndarray, probs_tta: np.ndarray | None,
+                     tta: str) -> None:
+    """Write ``predictions.npz``: labels, plain probabilities, and with TTA its probabilities and mode."""
+    arrays = {"labels": labels.astype(np.int64), "probs": probs.astype(np.float32), "tta": np.array(tta)}
+    if probs_tta is not None:
+        arrays["probs_tta"] = probs_tta.astype(np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(eval_dir / "predictions.npz", buf.getvalue())
+
+
+def has_evaluation(run_dir: str | Path) -> bool:
+    """Whether `cifarkit evaluate` has written everything the report renders into ``RUN/eval/``."""
+    return all((Path(run_dir) / "eval" / name).is_file() for name in EVAL_FILES)
+
+
+def load_evaluation(run_dir: str | Path) -> Evaluation:
+    """Read ``RUN/eval/``, checked for consistent shapes; a missing or stale evaluation says to evaluate again."""
+    eval_dir = Path(run_dir) / "eval"
+    fix = f"evaluate the run first: `cifarkit evaluate {run_dir}` (or give the report --data)"
+    file = eval_dir / "predictions.npz"
+    if not has_evaluation(run_dir):
+        raise CifarkitError(f"{eval_dir} holds no complete evaluation ({', '.join(EVAL_FILES)}); {fix}")
+    try:
+        with np.load(file) as npz:
+            labels, probs = npz["labels"].astype(np.int64), npz["probs"]
+            probs_tta = npz["probs_tta"] if "probs_tta" in npz else None
+    except (KeyError, ValueError, OSError, EOFError) as exc:
+        raise CifarkitError(f"{file} is damaged or lacks labels/probs ({exc}); {fix}") from None
+    if probs.ndim != 2 or len(probs) != len(labels) or (probs_tta is not None and probs_tta.shape != probs.shape):
+        raise CifarkitError(f"{file}: probs {probs.shape} do not match labels {labels.shape}; {fix}")
+    metrics = _read_json(eval_dir / "metrics.json", dict, fix)
+    missing = [key for key in EVAL_METRICS_KEYS if key not in metrics]
+    if missing:
+        raise CifarkitError(f"{eval_dir / 'metrics.json'} lacks {', '.join(missing)} "
+                            f"(an older cifarkit wrote it); {fix}")
+    return Evaluation(eval_dir, labels, probs, probs_tta, metrics)
+
+
+# --- a whole run -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained and evaluated run: its records and its evaluation."""
+
+    path: Path
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    evaluation: Evaluation
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def insight_dir(self) -> Path:
+        """Where the report writes this run's figures and tables."""
+        return self.path / "insight"
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory; a missing or malformed file raises :class:`CifarkitError` saying what to do."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CifarkitError(f"run directory {path} does not exist; pass the directory `cifarkit train` created")
+    fix = f"train the run first, or {RETRAIN}"
+    return Run(
+        path=path,
+        config=read_config(path),
+        history=_read_json(path / "history.json", list, fix),
+        metrics=_read_json(path / "metrics.json", dict, fix),
+        evaluation=load_evaluation(path),
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from cifarkit.plots import plot_history
 from cifarkit.recipes import Recipe, validate
 from cifarkit.runs import build_model, load_torch, read_config, save_torch, save_weights, split_indices
 from cifarkit.runtime import autocast, cpu_kind, pick_device, precision_name, resolve_bf16
+from cifarkit.tracking import Callback
 
 
 @dataclass
@@ -197,6 +198,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     device: str = "auto",
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Train ``recipe`` on ``data`` into the run directory ``out`` and return its path.
 
@@ -208,8 +210,11 @@ def train(
     epoch (``resume=True`` continues from the last one), keeps the weights
     with the best validation accuracy, stops early after ``recipe.patience``
     epochs without improvement, and saves history, curves and a metrics
-    summary. (Call :func:`cifarkit.runtime.keep_freed_memory` first for speed
-    on glibc; the CLI does.)
+    summary. ``callbacks`` (:class:`cifarkit.tracking.Callback`) see each
+    epoch's history row and the final metrics; one that returns True after an
+    epoch stops training there, leaving a finished, resumable run directory.
+    (Call :func:`cifarkit.runtime.keep_freed_memory` first for speed on glibc;
+    the CLI does.)
     """
     out = Path(out)
     validate(recipe)
@@ -283,15 +288,20 @@ def train(
                     "ema": ema.state_dict() if ema is not None else None, "history": history,
                     "best_acc": best_acc, "best_epoch": best_epoch, "epoch": epoch + 1}, out / "resume.pt")
         write_json(out / "history.json", history)
+        if any([callback.on_epoch_end(row) for callback in callbacks]):  # every callback sees the epoch
+            break  # a callback asked to stop (e.g. a pruned trial): finish the run like early stopping
 
     write_csv(out / "history.csv", history)
     plot_history(history, out / "curves.png", title=recipe.name)
-    write_json(out / "metrics.json", {
+    metrics = {
         "params": params, "trainable_params": count_parameters(net, trainable_only=True), "epochs_run": len(history),
         "best_epoch": best_epoch + 1, "best_val_acc": best_acc,
         "train_seconds": sum(r["seconds"] for r in history), "cifarkit_version": __version__,
         "torch_version": torch.__version__, "device": str(dev),
-    })
+    }
+    write_json(out / "metrics.json", metrics)
+    for callback in callbacks:
+        callback.on_train_end(metrics)
     return out
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from cifarkit.errors import CifarkitError
+
 
 def flip_mask(n: int, epoch: int, generator: torch.Generator, alternating: bool) -> torch.Tensor:
     """Which images to mirror this epoch.
@@ -42,15 +44,21 @@ def translate(images: torch.Tensor, pad: int, generator: torch.Generator) -> tor
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero a ``size`` x ``size`` square at a random place in each image (DeVries & Taylor, 2017)."""
+    """Zero a ``size`` x ``size`` square at a random place in each image (DeVries & Taylor, 2017).
+
+    The square lies fully inside the image (as in airbench), so every image
+    loses exactly ``size * size`` pixels, for odd and even sizes alike.
+    """
     if size == 0:
         return images
     n, _, h, w = images.shape
-    cy = torch.randint(0, h, (n, 1, 1), generator=generator)
-    cx = torch.randint(0, w, (n, 1, 1), generator=generator)
-    ys = torch.arange(h).view(1, h, 1)
-    xs = torch.arange(w).view(1, 1, w)
-    inside = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)
+    if size > min(h, w):
+        raise CifarkitError(f"cutout {size} is larger than the {h}x{w} images; choose at most {min(h, w)}")
+    top = torch.randint(0, h - size + 1, (n, 1, 1), generator=generator)
+    left = torch.randint(0, w - size + 1, (n, 1, 1), generator=generator)
+    rows = torch.arange(h).view(1, h, 1) - top
+    cols = torch.arange(w).view(1, 1, w) - left
+    inside = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
     return images * (~inside).unsqueeze(1).to(images.dtype)
 
 

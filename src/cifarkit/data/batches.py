@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 
 from cifarkit.errors import CifarkitError
 
@@ -19,19 +20,27 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out) with ``fraction`` of every class held out, chosen at random.
+    """Sorted indices (keep, held_out), ``fraction`` of every class held out at random (seeded).
 
     Keras' ``validation_split`` takes the *last* 10% of the array; our folder
     source is sorted by class, so that would hold out only trucks. A seeded
-    stratified draw gives the same size of split without that trap.
+    stratified draw (scikit-learn's) gives the same size of split without
+    that trap: each class contributes its share of the held-out images,
+    exactly when that share is a whole number. ``fraction`` 0 holds out nothing.
     """
     if not 0 <= fraction < 1:
         raise CifarkitError(f"validation fraction must be in [0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    held = [rng.permutation(np.flatnonzero(labels == c))[: round((labels == c).sum() * fraction)]
-            for c in np.unique(labels)]
-    held_out = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
-    return np.setdiff1d(np.arange(len(labels)), held_out), held_out
+    everything = np.arange(len(labels))
+    if fraction == 0:
+        return everything, everything[:0]
+    try:
+        keep, held_out = train_test_split(everything, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as e:  # too few images to give every class a place on both sides
+        raise CifarkitError(
+            f"cannot hold out {fraction:g} of {len(labels)} images with every class on both sides ({e}); "
+            "train on more images (a larger --subset) or set val_fraction=0"
+        ) from None
+    return np.sort(keep), np.sort(held_out)
 
 
 def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -35,8 +35,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from cifarkit.data.dataset import CIFAR10, CLASSES
+from cifarkit.data.images import decode_image
 from cifarkit.data.safe_pickle import load_pickle
-from cifarkit.errors import DataError
+from cifarkit.errors import CifarkitError, DataError
 
 PYTHON_MD5 = "c58f30108f718f92721af3b95e74349a"
 """MD5 of the official ``cifar-10-python.tar.gz``."""
@@ -402,22 +403,20 @@ def _decode_chunk(files: list[Path]) -> tuple[np.ndarray, list[tuple[Path, tuple
 def _decode_image(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode one image as 32x32 RGB; also return its original (width, height).
 
-    Any mode (greyscale, palette, RGBA) is converted to RGB. An image of another
-    size is resized to 32x32 (bicubic; Pillow antialiases when it shrinks) rather
-    than rejected, so that a folder of, say, 64x64 images still loads; the caller
-    warns about each one.
+    The image is decoded as predictions decode theirs (:func:`decode_image`:
+    any mode, 16-bit included, to 8-bit RGB; transparency on white; decompression
+    bombs refused). An image of another size is resized to 32x32 (bicubic; Pillow
+    antialiases when it shrinks) rather than rejected, so that a folder of, say,
+    64x64 images still loads; the caller warns about each one.
 
     Raises:
-        DataError: the file is not a decodable image.
+        DataError: the file is not a decodable image, or declares too many pixels.
     """
     try:
-        with Image.open(path) as image:
-            size = image.size
-            rgb = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise DataError(
-            f"{path} is not a readable image ({exc}): replace it with a valid PNG or JPEG, or delete it."
-        ) from exc
+        rgb = decode_image(path)
+    except CifarkitError as exc:
+        raise DataError(str(exc)) from exc
+    size = rgb.size
     if size != (IMAGE_SIZE, IMAGE_SIZE):
         rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
     return np.asarray(rgb, dtype=np.uint8), size

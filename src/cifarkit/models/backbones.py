@@ -257,7 +257,7 @@ def _register_lite(name: str) -> None:
         f"{name.replace('_', '-')} pretrained on ImageNet ({variant.resolution} px, input upsampled) "
         "+ a head (linear, mlp or notebook); transfer learning"
     )
-    register_model(name, description)(build)
+    register_model(name, description, pretrained=True)(build)
 
 
 for _name in LITE_VARIANTS:

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from cifarkit.errors import CifarkitError
 
@@ -86,10 +87,10 @@ def _batch_norm(channels: int) -> nn.BatchNorm2d:
 
 @torch.no_grad()
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Identity:
-    """Fold an eval-mode BatchNorm into the bias-free convolution before it; the BN's replacement."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1))
-    conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+    """Fold an eval-mode BatchNorm into the convolution before it, in place; the BN's replacement."""
+    conv.weight, conv.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
     return nn.Identity()
 
 

@@ -47,8 +47,6 @@ class FastNetConfig:
     whiten_kernel: int = 2
     bn_momentum: float = 0.6
     bn_eps: float = 1e-12
-    train_bn_weight: bool = False
-    head_scale: float | None = None  # None: 1 / final width, as airbench94_muon
 
     @property
     def whiten_width(self) -> int:
@@ -60,7 +58,7 @@ def _batch_norm(channels: int, cfg: FastNetConfig) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(channels, eps=cfg.bn_eps, momentum=1.0 - cfg.bn_momentum)
     # With the scale frozen at 1 the following conv's weights alone set the scale,
     # which removes a redundant degree of freedom that short runs cannot afford to tune.
-    bn.weight.requires_grad_(cfg.train_bn_weight)
+    bn.weight.requires_grad_(False)
     return bn
 
 
@@ -115,7 +113,7 @@ class FastNet(nn.Module):
         # head's learning rate then means the same at every width.
         with torch.no_grad():
             self.head.weight.div_(self.head.weight.std())
-        self.head_scale = cfg.head_scale if cfg.head_scale is not None else 1.0 / w3
+        self.head_scale = 1.0 / w3
 
     def normalize(self, images01: Tensor) -> Tensor:
         """[0, 1] images -> per-channel standardised images (what the whitening layer sees)."""
@@ -136,21 +134,31 @@ class FastNet(nn.Module):
 
     @torch.no_grad()
     def data_init(self, train_images01: Tensor, eps: float = 5e-4) -> None:
-        """Set the whitening filters from training images in [0, 1]; call once before training."""
-        init_whitening(self, train_images01, eps=eps)
+        """Set the whitening layer from training images in [0, 1]; call once before training.
+
+        The first half of its channels gets the whitening filters of the
+        normalised images' patches (see :func:`whitening_filters`), the second
+        half their negatives, so that GELU(+z), GELU(-z) together keep both
+        signs of z. A few thousand images are plenty (airbench uses 5,000).
+        """
+        filters, bias = whitening_filters(self.normalize(train_images01), self.cfg.whiten_kernel, eps)
+        self.whiten.weight.copy_(torch.cat((filters, -filters)))
+        self.whiten.bias.copy_(torch.cat((bias, -bias)))
 
     def parameter_roles(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by role, for optimizers that treat them differently (as airbench does).
 
         ``filters``: 3x3 conv weights (Muon, or SGD at the base lr); ``norm``:
-        BatchNorm shifts (and scales if trainable), which want a much larger lr
-        than SGD-trained filters (airbench: 64x); ``whiten_bias``: airbench trains
-        it only for the first 3 epochs, then freezes it; ``head``: the classifier.
+        BatchNorm shifts, which want a much larger lr than SGD-trained filters
+        (airbench: 64x); ``whiten_bias``: the whitening layer's bias, which
+        airbench trains only for the first 3 epochs (the recipe field
+        ``whiten_bias_epochs``, see :func:`cifarkit.optim.set_learning_rates`);
+        ``head``: the classifier.
         """
         roles: dict[str, list[nn.Parameter]] = {"filters": [], "norm": [], "whiten_bias": [], "head": []}
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
-                roles["norm"] += [p for p in (module.weight, module.bias) if p.requires_grad]
+                roles["norm"].append(module.bias)  # the scale stays at 1, see _batch_norm
             elif isinstance(module, nn.Conv2d) and module is not self.whiten:
                 roles["filters"].append(module.weight)
         roles["whiten_bias"].append(self.whiten.bias)
@@ -194,30 +202,6 @@ def whitening_filters(images: Tensor, kernel: int, eps: float) -> tuple[Tensor, 
     filters = eigenvectors.T / torch.sqrt(eigenvalues + eps).unsqueeze(1)
     bias = -filters @ mean
     return filters.view(-1, images.shape[1], kernel, kernel).float(), bias.float()
-
-
-@torch.no_grad()
-def init_whitening(target: FastNet | nn.Conv2d, images: Tensor, eps: float = 5e-4) -> None:
-    """Set a whitening conv's weights and bias from the covariance of ``images``' patches.
-
-    ``target`` is a FastNet, in which case ``images`` are [0, 1] images (N,3,H,W)
-    and get the model's normalisation first, or a bare ``nn.Conv2d`` with
-    2*C*k*k output channels, in which case ``images`` are taken as its input.
-    The first half of the channels gets the whitening filters, the second half
-    their negatives, so that GELU(+z), GELU(-z) together keep both signs of z.
-    A few thousand images are plenty (airbench uses 5,000).
-    """
-    layer = target.whiten if isinstance(target, FastNet) else target
-    x = target.normalize(images) if isinstance(target, FastNet) else images
-    kh, kw = layer.kernel_size
-    if kh != kw or layer.out_channels != 2 * layer.in_channels * kh * kw:
-        raise ValueError(
-            f"whitening needs a square kernel and 2*C*k*k output channels, got {layer}"
-        )
-    filters, bias = whitening_filters(x, kh, eps)
-    layer.weight.copy_(torch.cat((filters, -filters)))
-    if layer.bias is not None:
-        layer.bias.copy_(torch.cat((bias, -bias)))
 
 
 def _build(widths: tuple[int, int, int], num_classes: int, channels_last: bool, **overrides) -> FastNet:

@@ -1,21 +1,25 @@
-"""The ``cifarkit report`` verb's arguments, so the CLI only wires data and model loading.
+"""The ``cifarkit report`` verb's arguments, so the CLI only wires in the data.
 
 Usage in ``cli.py``::
 
     parser = subparsers.add_parser("report", help="HTML report comparing runs")
     add_report_arguments(parser)
     ...
-    run_report(args, data=data, model_loader=load_model, validation_loader=...)
+    run_report(args, data=data, device=args.device)
+
+Importing this module is cheap (no torch, matplotlib or scikit-learn), so
+``cifarkit --help`` stays fast; :func:`run_report` imports the report itself.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cifarkit.data.dataset import CIFAR10
-
-from .html import ModelLoader, ValidationLoader, build_report
 from .options import ReportOptions
+
+if TYPE_CHECKING:
+    from cifarkit.data.dataset import CIFAR10
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,20 +41,9 @@ def report_options(args: argparse.Namespace) -> ReportOptions:
     return ReportOptions(robustness_images=args.robustness_images, gradcam_images=args.gradcam_images, seed=args.seed)
 
 
-def run_report(
-    args: argparse.Namespace,
-    *,
-    data: CIFAR10 | None,
-    model_loader: ModelLoader | None,
-    validation_loader: ValidationLoader | None = None,
-) -> Path:
-    """Build the report the arguments describe; ``--no-model`` drops the loaders. Returns the HTML path."""
-    use_model = not args.no_model
-    return build_report(
-        args.runs,
-        args.output,
-        data=data,
-        model_loader=model_loader if use_model else None,
-        validation_loader=validation_loader if use_model else None,
-        options=report_options(args),
-    )
+def run_report(args: argparse.Namespace, *, data: CIFAR10 | None, device: str = "auto") -> Path:
+    """Build the report the arguments describe (``--no-model`` loads no model). Returns the HTML path."""
+    from .html import build_report
+
+    return build_report(args.runs, args.output, data=data, use_model=not args.no_model, device=device,
+                        options=report_options(args))

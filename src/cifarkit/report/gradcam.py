@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 def find_target_layer(model: nn.Module, example: torch.Tensor) -> str | None:
     """Name of the last ``nn.Conv2d`` (in execution order) whose output has more than one pixel, or None.
 

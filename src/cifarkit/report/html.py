@@ -1,29 +1,27 @@
 """Assemble the analyses of one or more runs into a single self-contained HTML page.
 
-:func:`build_report` loads each run directory, runs every section of
-:mod:`cifarkit.report.sections` (each also writes its files to ``RUN/insight/``)
-and writes one HTML file with all images embedded, so it can be mailed or
-archived and opened offline.
+:func:`build_report` reads each run directory (evaluating a run first when it
+has no ``RUN/eval/`` yet and data is given), runs every section of
+:mod:`cifarkit.report.sections` (each also writes its files to
+``RUN/insight/``) and writes one HTML file with all images embedded, so it can
+be mailed or archived and opened offline.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
-from cifarkit.data.dataset import CIFAR10, CLASSES
+from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
+from cifarkit.evaluate import evaluate
+from cifarkit.files import write_text
+from cifarkit.runs import Run, has_evaluation, load_model, load_run, validation_set
 
 from . import markup
-from cifarkit.files import write_text
 from .options import ReportOptions
-from .rundir import Run, load_run
-from .sections import RUN_SECTIONS, RunContext, comparison_section, curves_section
-
-ModelLoader = Callable[[Path], nn.Module]
-ValidationLoader = Callable[[Path], tuple[np.ndarray, np.ndarray]]
+from .sections import RUN_SECTIONS, RunContext, comparison_section, curves_section, describe_predictions
 
 
 def build_report(
@@ -31,35 +29,35 @@ def build_report(
     out_path: str | Path,
     *,
     data: CIFAR10 | None = None,
-    model_loader: ModelLoader | None = None,
-    validation_loader: ValidationLoader | None = None,
+    use_model: bool = True,
+    device: str = "auto",
     options: ReportOptions = ReportOptions(),
 ) -> Path:
     """Write the HTML report comparing ``run_dirs`` to ``out_path`` and return its path.
 
-    ``data``: the data set whose test split the runs were evaluated on; without it
-    the image sections only write CSV files. ``model_loader(run_dir)`` returns the
-    run's eval-mode model (e.g. ``cifarkit.runs.load_model``); without it Grad-CAM,
-    robustness and temperature scaling are skipped. ``validation_loader(run_dir)``
-    returns the run's held-out validation images (uint8 N,H,W,3) and labels, on
-    which the temperature is fitted.
+    Every run is rendered from what :func:`cifarkit.evaluate.evaluate` wrote
+    into ``RUN/eval/``; a run without it is evaluated on ``data`` first.
+    ``data`` (the data set the runs were trained and evaluated on) also gives
+    the test images for top losses, Grad-CAM and robustness and the run's
+    validation split for temperature scaling; without it those sections only
+    write CSV files or say what they need. ``use_model=False`` loads no model:
+    Grad-CAM, robustness and temperature scaling are skipped. Models run on
+    ``device`` in the precision each run was trained in.
     """
-    runs = [load_run(d) for d in run_dirs]
-    if not runs:
+    if not run_dirs:
         raise CifarkitError("no run directories given; pass at least one RUN")
-    classes = data.classes if data is not None else CLASSES
-    for run in runs:
-        _check_predictions(run, data, len(classes))
+    runs = [_load(Path(d), data, device) for d in run_dirs]
     parts = [comparison_section(runs), curves_section(runs)]
+    with_model = use_model and data is not None
     for i, run in enumerate(runs, start=1):
         context = RunContext(
             run=run,
             prefix=f"run{i}",
-            classes=tuple(classes),
             images=data.x_test if data is not None else None,
-            model=model_loader(run.path) if model_loader is not None else None,
-            validation=validation_loader(run.path) if validation_loader is not None else None,
+            model=load_model(run.path) if with_model else None,
+            validation=_validation(data, run) if with_model else None,
             options=options,
+            device=device,
         )
         parts.append(_run_section(context))
     nav = markup.link_list([("comparison", "Comparison"), ("curves", "Curves"),
@@ -69,19 +67,33 @@ def build_report(
     return out
 
 
+def _load(path: Path, data: CIFAR10 | None, device: str) -> Run:
+    """The run at ``path``, evaluated on ``data`` first when it has no evaluation yet; checked against ``data``."""
+    if data is not None and path.is_dir() and not has_evaluation(path):
+        evaluate(path, data, device=device)
+    run = load_run(path)
+    evaluation = run.evaluation
+    if evaluation.probs.shape[1] != len(run.config["classes"]):
+        raise CifarkitError(f"{evaluation.path}: predictions have {evaluation.probs.shape[1]} classes, the run "
+                            f"{len(run.config['classes'])}; evaluate it again: `cifarkit evaluate {path}`")
+    if data is not None and not np.array_equal(evaluation.labels, data.y_test):
+        raise CifarkitError(f"{evaluation.path}: the labels evaluated do not match the test set of the given data "
+                            f"({data.source}); pass the data the run was evaluated on, or evaluate it on this data: "
+                            f"`cifarkit evaluate {path} --data {data.source}`")
+    return run
+
+
+def _validation(data: CIFAR10, run: Run) -> tuple[np.ndarray, np.ndarray] | None:
+    """The run's held-out validation images and labels, or None when it trained without a validation split."""
+    images, labels = validation_set(data, run.config)
+    return (images, labels) if len(labels) else None
+
+
 def _run_section(context: RunContext) -> str:
     """All per-run sections of one run, under a heading with the run's model and path."""
     run = context.run
     intro = markup.paragraph(f"Model {run.config.get('model', '?')}, recipe {run.config.get('name', '?')}, "
-                             f"directory {run.path}; files in {run.insight_dir}.")
+                             f"directory {run.path}. {describe_predictions(run)} "
+                             f"Further files in {run.insight_dir}.")
     body = intro + "".join(section(context) for section in RUN_SECTIONS)
     return markup.section(context.prefix, f"Run {run.name}", body, css_class="run")
-
-
-def _check_predictions(run: Run, data: CIFAR10 | None, num_classes: int) -> None:
-    """The stored predictions must cover the classes and, when data is given, its test set in order."""
-    if run.probs.shape[1] != num_classes:
-        raise CifarkitError(f"{run.path}: predictions have {run.probs.shape[1]} classes, expected {num_classes}")
-    if data is not None and not np.array_equal(run.labels, data.y_test):
-        raise CifarkitError(f"{run.path}: eval/predictions.npz labels do not match the test set of the given data; "
-                            "pass the data the run was evaluated on, or re-evaluate the run")

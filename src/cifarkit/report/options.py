@@ -11,10 +11,10 @@ class ReportOptions:
     """Sizes of the samples the report draws; all sampling is reproducible from ``seed``.
 
     ``robustness_images`` bounds the test images that are corrupted 25 times and
-    re-classified, the slowest part of a report (it needs the model).
+    re-classified, the slowest part of a report (it needs the model). The
+    gallery is the one `cifarkit evaluate` drew.
     """
 
-    gallery_images: int = 16
     top_losses: int = 16
     confused_pairs: int = 10
     gradcam_images: int = 8

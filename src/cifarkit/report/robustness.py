@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from cifarkit.analysis import accuracy
 from cifarkit.evaluate import predict_logits
 
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from .metrics import accuracy
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,17 @@ def evaluate_corruptions(
     severities: Sequence[int] = SEVERITIES,
     seed: int = 0,
     batch_size: int = 256,
+    device: str = "auto",
+    bf16: bool = False,
 ) -> list[RobustnessRow]:
-    """Clean accuracy, then accuracy for each corruption at each severity, of an eval-mode model."""
+    """Clean accuracy, then accuracy for each corruption at each severity, of a model in eval mode.
+
+    Plain forward passes (no TTA) on ``device``, under bfloat16 autocast when ``bf16``.
+    """
 
     def score(images: np.ndarray) -> float:
-        return accuracy(y, predict_logits(model, images, batch_size=batch_size).argmax(axis=1))
+        logits = predict_logits(model, images, batch_size=batch_size, device=device, bf16=bf16)
+        return accuracy(y, logits.argmax(axis=1))
 
     rows = [RobustnessRow("none", 0, score(x_uint8))]
     for name in corruptions:
@@ -48,7 +54,15 @@ def evaluate_corruptions(
     return rows
 
 
+def accuracy_by_severity(rows: Sequence[RobustnessRow]) -> dict[str, dict[int, float]]:
+    """``{corruption: {severity: accuracy}}`` of the corrupted rows (the clean row excluded), in row order."""
+    table: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r.severity > 0:
+            table.setdefault(r.corruption, {})[r.severity] = r.accuracy
+    return table
+
+
 def mean_corruption_accuracy(rows: Sequence[RobustnessRow]) -> dict[str, float]:
     """Mean accuracy over severities for each corruption (the clean row excluded)."""
-    names = dict.fromkeys(r.corruption for r in rows if r.severity > 0)
-    return {n: float(np.mean([r.accuracy for r in rows if r.corruption == n])) for n in names}
+    return {name: float(np.mean(list(acc.values()))) for name, acc in accuracy_by_severity(rows).items()}

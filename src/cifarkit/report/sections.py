@@ -1,9 +1,13 @@
-"""The report's sections: each computes one analysis, writes its files and returns its HTML.
+"""The report's sections: each renders one analysis of a run and returns its HTML.
 
-Per-run sections take a :class:`RunContext` and write into ``RUN/insight/``;
+What `cifarkit evaluate` computed once (classification report, confusion
+matrix, gallery, in ``RUN/eval/``) is rendered from its files, never
+recomputed; the sections that add analyses (confused pairs, top losses,
+Grad-CAM, calibration, robustness) start from the same predictions and write
+their files into ``RUN/insight/``. Per-run sections take a :class:`RunContext`;
 the comparison sections take all runs. A section that lacks an input (test
 images, a model, validation data) says so in a note instead of failing, so a
-report can always be made from the run directories alone.
+report can always be made from evaluated run directories alone.
 """
 from __future__ import annotations
 
@@ -15,55 +19,61 @@ import numpy as np
 import torch
 from torch import nn
 
+from cifarkit.analysis import (
+    ReliabilityBins,
+    confused_pairs,
+    describe,
+    prediction_rows,
+    reliability_bins,
+    sample_by_correctness,
+    top_losses,
+)
 from cifarkit.data.batches import to_tensor
 from cifarkit.evaluate import predict_logits
-
-from . import markup
-from .analysis import Prediction, confused_pairs, describe, random_predictions, sample_by_correctness, top_losses
-from .calibration import (
-    ReliabilityBins,
-    fit_temperature,
-    logits_from_probs,
-    negative_log_likelihood,
-    reliability_bins,
-    softmax,
-)
-from .corruptions import PARAMETERS, SEVERITIES
-from cifarkit.files import write_csv, write_json, write_text
-
-from .files import figure_png, save_png
-from .gradcam import find_target_layer, grad_cam
-from .metrics import (
-    classification_report,
-    classification_report_text,
-    confusion_matrix,
-    normalize_rows,
-    predicted_classes,
-)
-from .options import ReportOptions
-from .plots import (
-    confusion_matrices,
+from cifarkit.files import write_csv, write_json
+from cifarkit.plots import (
+    figure_png,
     gradcam_grid,
     prediction_grid,
     reliability_diagrams,
     robustness_curves,
+    save_png,
     training_curves,
 )
-from .robustness import evaluate_corruptions, mean_corruption_accuracy
-from .rundir import Run
+from cifarkit.runs import Run
+
+from . import markup
+from .calibration import fit_temperature, logits_from_probs, negative_log_likelihood, softmax
+from .corruptions import PARAMETERS, SEVERITIES
+from .gradcam import find_target_layer, grad_cam
+from .options import ReportOptions
+from .robustness import accuracy_by_severity, evaluate_corruptions, mean_corruption_accuracy
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """Everything a per-run section may use. ``images`` are the test images in the order of ``run.labels``."""
+    """Everything a per-run section may use. ``images`` are the test images in the order of the run's labels."""
 
     run: Run
     prefix: str
-    classes: tuple[str, ...]
     images: np.ndarray | None
     model: nn.Module | None
     validation: tuple[np.ndarray, np.ndarray] | None
     options: ReportOptions
+    device: str = "auto"
+
+    @property
+    def classes(self) -> list[str]:
+        return self.run.config["classes"]
+
+    @property
+    def probs(self) -> np.ndarray:
+        """The test probabilities every section describes: those evaluate analysed (with the run's TTA)."""
+        return self.run.evaluation.analysed
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.run.evaluation.labels
 
     def id(self, name: str) -> str:
         """A page-unique HTML id for this run's section ``name``."""
@@ -82,12 +92,20 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
+def describe_predictions(run: Run) -> str:
+    """Which predictions the run's sections show: with or without TTA, how many test images, from where."""
+    evaluation, data = run.evaluation, run.evaluation.metrics["test_data"]
+    how = "without test-time augmentation" if evaluation.tta == "none" else f"with TTA ({evaluation.tta})"
+    return f"Test predictions {how} of {data['images']} images from {data['source']}, evaluated in {evaluation.path}."
+
+
 # --- comparison of all runs -------------------------------------------------------------------------------------
 
 
 def comparison_section(runs: Sequence[Run]) -> str:
     """The table of model, size, training time and accuracies, one row per run."""
-    header = ("run", "model", "parameters", "epochs", "training time", "best val acc", "test acc", "test acc (TTA)")
+    header = ("run", "model", "parameters", "epochs", "training time", "best val acc", "test acc", "test acc (TTA)",
+              "test images")
     rows = [
         (
             run.name,
@@ -96,8 +114,9 @@ def comparison_section(runs: Sequence[Run]) -> str:
             run.metrics.get("epochs_run", run.config.get("epochs", "—")),
             _duration(run.metrics.get("train_seconds")),
             _percent(run.metrics.get("best_val_acc")),
-            _percent(run.metrics.get("test_acc")),
-            _percent(run.metrics.get("test_acc_tta")),
+            _percent(run.evaluation.metrics["test_acc"]),
+            _percent(run.evaluation.metrics.get("test_acc_tta")),
+            f"{run.evaluation.metrics['test_data']['images']:,}",
         )
         for run in runs
     ]
@@ -112,84 +131,67 @@ def curves_section(runs: Sequence[Run]) -> str:
     return markup.section("curves", "Training curves", markup.image(png, "training and validation curves"))
 
 
-# --- per run: predictions ------------------------------------------------------------------------------------------
+# --- per run: what evaluate computed -------------------------------------------------------------------------------
 
 
 def classification_section(ctx: RunContext) -> str:
-    """sklearn's classification report (precision, recall, F1, support per class): JSON, text and a table."""
-    run, names = ctx.run, ctx.classes
-    preds = predicted_classes(run.probs)
-    report = classification_report(run.labels, preds, names)
-    write_json(run.insight_dir / "classification_report.json", report)
-    write_text(run.insight_dir / "classification_report.txt", classification_report_text(run.labels, preds, names))
+    """sklearn's classification report (precision, recall, F1, support per class), as evaluate wrote it."""
+    report = ctx.run.evaluation.metrics["classification_report"]
     rows = [
         (key, f"{report[key]['precision']:.4f}", f"{report[key]['recall']:.4f}",
          f"{report[key]['f1-score']:.4f}", int(report[key]["support"]))
-        for key in (*names, "macro avg", "weighted avg")
+        for key in (*ctx.classes, "macro avg", "weighted avg")
     ]
-    body = markup.paragraph(f"Test accuracy: {_percent(report['accuracy'])} on {len(run.labels)} images.")
+    body = markup.paragraph(f"Test accuracy: {_percent(report['accuracy'])} on {len(ctx.labels)} images.")
     body += markup.table(("class", "precision", "recall", "F1", "support"), rows)
     return markup.section(ctx.id("classification"), "Classification report", body, level=3)
 
 
 def confusion_section(ctx: RunContext) -> str:
-    """Confusion matrix as counts and row-normalised: CSV files and heat maps."""
-    run, names = ctx.run, ctx.classes
-    cm = confusion_matrix(run.labels, predicted_classes(run.probs), len(names))
-    for file, values in (("confusion_matrix.csv", cm), ("confusion_matrix_normalized.csv", normalize_rows(cm))):
-        write_csv(run.insight_dir / file,
-                  [{"actual": names[i], **{n: v for n, v in zip(names, row.tolist())}} for i, row in enumerate(values)])
-    png = save_png(confusion_matrices(cm, names), run.insight_dir / "confusion_matrix.png")
+    """Confusion matrix as counts and row-normalised, as evaluate drew it (its CSV files are beside it)."""
+    png = (ctx.run.evaluation.path / "confusion_matrix.png").read_bytes()
     body = markup.image(png, "confusion matrix: counts and row-normalised")
     return markup.section(ctx.id("confusion"), "Confusion matrix", body, level=3)
 
 
 def confused_pairs_section(ctx: RunContext) -> str:
-    """The most frequent (actual -> predicted) mistakes, with their share of the actual class."""
-    run, names = ctx.run, ctx.classes
-    cm = confusion_matrix(run.labels, predicted_classes(run.probs), len(names))
+    """The most frequent (actual -> predicted) mistakes of evaluate's confusion matrix, with their share."""
+    names = ctx.classes
+    cm = ctx.run.evaluation.confusion_matrix
     totals = cm.sum(axis=1)
     rows = [
         {"actual": names[p.actual], "predicted": names[p.predicted], "count": p.count,
          "fraction_of_actual": round(p.count / totals[p.actual], 4)}
         for p in confused_pairs(cm, ctx.options.confused_pairs)
     ]
-    write_csv(run.insight_dir / "confused_pairs.csv", rows)
+    write_csv(ctx.run.insight_dir / "confused_pairs.csv", rows)
     body = (markup.table(("actual", "predicted as", "count", "share of actual class"),
                          [(r["actual"], r["predicted"], r["count"], _percent(r["fraction_of_actual"])) for r in rows])
             if rows else markup.note("No mistakes: every test image is classified correctly."))
     return markup.section(ctx.id("confused-pairs"), "Most confused classes", body, level=3)
 
 
-def _prediction_figure(ctx: RunContext, stem: str, predictions: list[Prediction], show_loss: bool) -> str:
-    """Write ``stem``.csv of the predictions and, when test images are available, ``stem``.png; return the HTML."""
-    write_csv(ctx.run.insight_dir / f"{stem}.csv",
-              [{**asdict(p), "actual_name": ctx.classes[p.actual], "predicted_name": ctx.classes[p.predicted]}
-               for p in predictions])
-    if ctx.images is None:
-        return markup.note(f"Test images were not given, so only {stem}.csv was written.")
-    figure = prediction_grid(ctx.images, predictions, ctx.classes, show_loss)
-    png = save_png(figure, ctx.run.insight_dir / f"{stem}.png")
-    return markup.image(png, stem.replace("_", " "))
-
-
 def gallery_section(ctx: RunContext) -> str:
-    """Random test predictions: image, actual class, predicted class and its probability."""
-    predictions = random_predictions(ctx.run.probs, ctx.run.labels, ctx.options.gallery_images, ctx.options.seed)
+    """Random test predictions, as evaluate drew them: image, actual class, predicted class and its probability."""
     body = markup.paragraph("Title: actual class, then predicted class and its probability (green right, red wrong).")
-    body += _prediction_figure(ctx, "gallery", predictions, show_loss=False)
+    body += markup.image((ctx.run.evaluation.path / "gallery.png").read_bytes(), "gallery")
     return markup.section(ctx.id("gallery"), "Random test predictions", body, level=3)
 
 
+# --- per run: further analyses -------------------------------------------------------------------------------------
+
+
 def top_losses_section(ctx: RunContext) -> str:
-    """The test images with the highest loss: the most confidently wrong predictions."""
-    predictions = top_losses(ctx.run.probs, ctx.run.labels, ctx.options.top_losses)
+    """The test images with the highest loss: the most confidently wrong predictions (CSV, and images if given)."""
+    predictions = top_losses(ctx.probs, ctx.labels, ctx.options.top_losses, ctx.classes)
+    write_csv(ctx.run.insight_dir / "top_losses.csv", prediction_rows(predictions))
     body = markup.paragraph("Highest loss first: actual class, predicted class and its probability, loss.")
-    body += _prediction_figure(ctx, "top_losses", predictions, show_loss=True)
+    if ctx.images is None:
+        body += markup.note("Test images were not given, so only top_losses.csv was written.")
+    else:
+        png = save_png(prediction_grid(ctx.images, predictions, show_loss=True), ctx.run.insight_dir / "top_losses.png")
+        body += markup.image(png, "top losses")
     return markup.section(ctx.id("top-losses"), "Top losses", body, level=3)
-
-
-# --- per run: model-based ------------------------------------------------------------------------------------------
 
 
 def gradcam_section(ctx: RunContext) -> str:
@@ -201,21 +203,21 @@ def gradcam_section(ctx: RunContext) -> str:
     if layer is None:
         body = markup.note("The model has no convolution with a spatial output, so Grad-CAM does not apply.")
         return markup.section(ctx.id("gradcam"), title, body, level=3)
-    run, opts = ctx.run, ctx.options
-    samples = sample_by_correctness(run.probs, run.labels, opts.gradcam_images, opts.seed)
+    opts = ctx.options
+    samples = sample_by_correctness(ctx.probs, ctx.labels, opts.gradcam_images, opts.seed)
     groups = dict(zip(("correct", "wrong"), samples))
-    write_json(run.insight_dir / "gradcam.json", {"layer": layer, **{k: v.tolist() for k, v in groups.items()}})
+    write_json(ctx.run.insight_dir / "gradcam.json", {"layer": layer, **{k: v.tolist() for k, v in groups.items()}})
     body = markup.paragraph(f"Layer {layer}; heat maps explain the predicted class.")
     for group, indices in groups.items():
         body += markup.paragraph(f"{group.capitalize()} predictions")
         if len(indices) == 0:
             body += markup.note(f"No {group} predictions in the test set.")
             continue
-        predictions = describe(run.probs, run.labels, indices)
+        predictions = describe(ctx.probs, ctx.labels, indices, ctx.classes)
         maps = grad_cam(ctx.model, to_tensor(ctx.images[indices]), target_layer=layer,
-                        class_idx=torch.as_tensor([p.predicted for p in predictions]))
-        png = save_png(gradcam_grid(ctx.images[indices], maps, predictions, ctx.classes),
-                       run.insight_dir / f"gradcam_{group}.png")
+                        class_idx=torch.as_tensor(ctx.probs[indices].argmax(axis=1)))
+        png = save_png(gradcam_grid(ctx.images[indices], maps, predictions),
+                       ctx.run.insight_dir / f"gradcam_{group}.png")
         body += markup.image(png, f"Grad-CAM on {group} predictions")
     return markup.section(ctx.id("gradcam"), title, body, level=3)
 
@@ -230,40 +232,41 @@ def _bins_record(bins: ReliabilityBins) -> list[dict[str, Any]]:
 
 
 def _temperature_record(ctx: RunContext, test_logits: np.ndarray) -> dict[str, float]:
-    """Fit T on the validation logits of the model; NLL before and after on validation and test."""
+    """Fit T on the model's validation logits (same TTA and precision as the test predictions); NLL before and after."""
     val_x, val_y = ctx.validation
-    val_logits = predict_logits(ctx.model, val_x, batch_size=ctx.options.batch_size)
+    val_logits = predict_logits(ctx.model, val_x, tta=ctx.run.evaluation.tta, batch_size=ctx.options.batch_size,
+                                device=ctx.device, bf16=ctx.run.config.get("bf16", False))
     temperature = fit_temperature(val_logits, val_y)
     return {
         "temperature": temperature,
         "val_nll_before": negative_log_likelihood(val_logits, val_y),
         "val_nll_after": negative_log_likelihood(val_logits, val_y, temperature),
-        "test_nll_after": negative_log_likelihood(test_logits, ctx.run.labels, temperature),
+        "test_nll_after": negative_log_likelihood(test_logits, ctx.labels, temperature),
     }
 
 
 def calibration_section(ctx: RunContext) -> str:
     """Test-set ECE and reliability diagram; given the model and validation data, also after temperature scaling."""
-    run, n_bins = ctx.run, ctx.options.calibration_bins
-    test_logits = logits_from_probs(run.probs)
-    before = reliability_bins(run.probs, run.labels, n_bins)
+    n_bins = ctx.options.calibration_bins
+    test_logits = logits_from_probs(ctx.probs)
+    before = reliability_bins(ctx.probs, ctx.labels, n_bins)
     record: dict[str, Any] = {"n_bins": n_bins, "ece": before.ece,
-                              "test_nll": negative_log_likelihood(test_logits, run.labels),
+                              "test_nll": negative_log_likelihood(test_logits, ctx.labels),
                               "bins": _bins_record(before)}
     panels = {"test, as trained": before}
     rows = [("ECE", _percent(before.ece)), ("test NLL", f"{record['test_nll']:.4f}")]
     if ctx.model is not None and ctx.validation is not None:
         scaled = _temperature_record(ctx, test_logits)
         temperature = scaled["temperature"]
-        after = reliability_bins(softmax(test_logits, temperature), run.labels, n_bins)
+        after = reliability_bins(softmax(test_logits, temperature), ctx.labels, n_bins)
         record["temperature_scaling"] = {**scaled, "ece_after": after.ece, "bins_after": _bins_record(after)}
         panels[f"test, temperature T = {temperature:.3f}"] = after
         rows += [("temperature T (fitted on validation)", f"{temperature:.4f}"),
                  ("ECE after scaling", _percent(after.ece)),
                  ("test NLL after scaling", f"{scaled['test_nll_after']:.4f}"),
                  ("validation NLL before / after", f"{scaled['val_nll_before']:.4f} / {scaled['val_nll_after']:.4f}")]
-    write_json(run.insight_dir / "calibration.json", record)
-    png = save_png(reliability_diagrams(panels), run.insight_dir / "reliability.png")
+    write_json(ctx.run.insight_dir / "calibration.json", record)
+    png = save_png(reliability_diagrams(panels), ctx.run.insight_dir / "reliability.png")
     body = markup.table(("metric", "value"), rows) + markup.image(png, "reliability diagram")
     if "temperature_scaling" not in record:
         body += markup.note("Temperature scaling needs the model and validation images.")
@@ -278,22 +281,25 @@ def robustness_section(ctx: RunContext) -> str:
     opts = ctx.options
     rng = np.random.default_rng(opts.seed)
     subset = np.sort(rng.choice(len(ctx.images), size=min(opts.robustness_images, len(ctx.images)), replace=False))
-    rows = evaluate_corruptions(ctx.model, ctx.images[subset], ctx.run.labels[subset], corruptions=opts.corruptions,
-                                severities=opts.severities, seed=opts.seed, batch_size=opts.batch_size)
+    rows = evaluate_corruptions(ctx.model, ctx.images[subset], ctx.labels[subset], corruptions=opts.corruptions,
+                                severities=opts.severities, seed=opts.seed, batch_size=opts.batch_size,
+                                device=ctx.device, bf16=ctx.run.config.get("bf16", False))
     means = mean_corruption_accuracy(rows)
+    clean = next(r.accuracy for r in rows if r.severity == 0)
     out = ctx.run.insight_dir
     write_csv(out / "robustness.csv", [asdict(r) for r in rows])
     write_json(out / "robustness.json", {
         "images": len(subset), "seed": opts.seed, "rows": [asdict(r) for r in rows], "mean_accuracy": means,
         "parameters": {name: dict(zip(map(str, SEVERITIES), PARAMETERS[name])) for name in opts.corruptions},
     })
-    png = save_png(robustness_curves(rows), out / "robustness.png")
-    accuracy = {(r.corruption, r.severity): r.accuracy for r in rows}
+    by_severity = accuracy_by_severity(rows)
+    png = save_png(robustness_curves(by_severity, clean), out / "robustness.png")
     table = markup.table(
         ("corruption", *(f"severity {s}" for s in opts.severities), "mean"),
-        [(name, *(_percent(accuracy[name, s]) for s in opts.severities), _percent(means[name])) for name in means],
+        [(name, *(_percent(by_severity[name][s]) for s in opts.severities), _percent(means[name])) for name in means],
     )
-    body = markup.paragraph(f"{len(subset)} random test images; clean accuracy {_percent(accuracy['none', 0])}.")
+    body = markup.paragraph(f"{len(subset)} random test images, plain forward passes (no TTA); "
+                            f"clean accuracy {_percent(clean)}.")
     return markup.section(ctx.id("robustness"), title, body + table + markup.image(png, "accuracy under corruption"),
                           level=3)
 

@@ -1,0 +1,128 @@
+"""What the server runs: a run's model as a function from uint8 images to probabilities, and its identity.
+
+* ``torch``: the run's best weights in PyTorch, on the device ``pick_device``
+  chooses, in the precision the run trained in where that precision is
+  native here (bfloat16 autocast on a GPU or a CPU with AVX512-BF16/AMX);
+  float32 otherwise, since emulated bfloat16 is about 20x slower and no more
+  accurate.
+* ``onnx``: the run's exported ONNX file (``cifarkit export RUN --format
+  onnx``) in onnxruntime on the CPU, float32 (or int8 for a quantised file).
+  The file must come from the run's current weights: a stale export is
+  refused rather than silently served.
+
+Both apply the test-time augmentation the run's recipe evaluates with (or the
+one asked for), so the served model is the model whose test accuracy the run
+reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cifarkit import __version__
+from cifarkit.errors import CifarkitError
+from cifarkit.export import DEFAULT_FILES, ProbabilityModel, onnx_metadata, onnx_predictor, weights_digest
+from cifarkit.files import read_json
+from cifarkit.runs import load_model, read_config
+from cifarkit.runtime import autocast, native_bf16, pick_device, precision_name
+
+BACKENDS = ("torch", "onnx")
+INPUT_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A model ready to serve: ``predict`` maps uint8 (N, 32, 32, 3) RGB to float32 probabilities (N, C)."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    classes: list[str]
+    info: dict[str, Any]
+    """Run name, recipe, cifarkit version, parameters, test accuracy, TTA, backend, precision, device."""
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What every prediction response names: which model answered."""
+        return {key: self.info[key] for key in ("run", "recipe", "cifarkit_version")}
+
+
+def load_classifier(
+    run_dir: str | Path,
+    *,
+    backend: str = "torch",
+    device: str = "auto",
+    tta: str | None = None,
+    model_file: str | Path | None = None,
+) -> Classifier:
+    """The run in ``run_dir`` ready to serve with ``backend`` (torch or onnx).
+
+    ``tta`` defaults to the run's recipe (torch) or to the TTA the ONNX file
+    was exported with. ``model_file`` is the ONNX file (default RUN/model.onnx).
+    """
+    config = read_config(run_dir)
+    metrics_path = Path(run_dir) / "metrics.json"
+    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    if backend == "torch":
+        predict, details = _torch_backend(run_dir, config, device, tta or config.get("tta", "none"))
+    elif backend == "onnx":
+        if device not in ("auto", "cpu"):
+            raise CifarkitError(f"--backend onnx runs on the CPU; drop --device {device} or use --backend torch")
+        predict, details = _onnx_backend(run_dir, Path(model_file or Path(run_dir) / DEFAULT_FILES["onnx"]), tta)
+    else:
+        raise CifarkitError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    info = {
+        "run": Path(run_dir).resolve().name,
+        "recipe": config.get("name", ""),
+        "cifarkit_version": metrics.get("cifarkit_version", __version__),
+        "classes": list(config["classes"]),
+        "input_size": [INPUT_SIZE, INPUT_SIZE],
+        "parameters": metrics.get("params"),
+        "test_acc": metrics.get("test_acc"),
+        "test_acc_tta": metrics.get("test_acc_tta"),
+        "backend": backend,
+        **details,
+    }
+    return Classifier(predict, list(config["classes"]), info)
+
+
+def _torch_backend(
+    run_dir: str | Path, config: dict[str, Any], device: str, tta: str
+) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    dev = pick_device(device)
+    bf16 = bool(config.get("bf16", False)) and native_bf16(dev)
+    model = ProbabilityModel(load_model(run_dir), tta).to(dev, memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def predict(images: np.ndarray) -> np.ndarray:
+        with autocast(dev, bf16):
+            return model(torch.from_numpy(images).to(dev)).float().cpu().numpy()
+
+    return predict, {"tta": tta, "precision": precision_name(bf16), "device": str(dev)}
+
+
+def _onnx_backend(
+    run_dir: str | Path, path: Path, tta: str | None
+) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    metadata = onnx_metadata(path)
+    if metadata.get("weights_sha256") != weights_digest(run_dir):
+        raise CifarkitError(
+            f"{path} was not exported from the current weights of {run_dir}; export it again: "
+            f"cifarkit export {run_dir} --format onnx"
+        )
+    if tta and tta != metadata.get("tta"):
+        raise CifarkitError(
+            f"{path} was exported with TTA {metadata.get('tta')!r}, not {tta!r}; export it again "
+            f"with --tta {tta}, or serve it without --tta"
+        )
+    # As many threads as PyTorch would use (the CLI's --threads sets both).
+    predict = onnx_predictor(path, threads=torch.get_num_threads())
+    return predict, {
+        "tta": metadata.get("tta", "none"),
+        "precision": metadata.get("precision", "float32"),
+        "device": "cpu (onnxruntime)",
+    }

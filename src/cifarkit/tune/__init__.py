@@ -1,0 +1,20 @@
+"""Hyperparameter search with Optuna: a TOML search space over any recipe's fields, each trial a run directory.
+
+* ``space``  :class:`SearchSpace` and :func:`load_space`: the TOML file, checked before any trial runs
+* ``study``  :func:`tune` runs (or resumes) a study, :func:`retrain_best` retrains the winner on all
+  training images and tests it once, :func:`load_study` opens a study directory for the report
+
+Needs the ``tune`` extra (``pip install 'cifarkit[tune]'``: Optuna, SQLAlchemy, the PostgreSQL driver).
+"""
+from cifarkit.errors import CifarkitError
+
+try:
+    import optuna  # noqa: F401
+except ImportError:
+    raise CifarkitError("cifarkit tune needs Optuna: pip install 'cifarkit[tune]'") from None
+
+from .space import SearchSpace, load_space, parse_space  # noqa: E402
+from .study import BEST_CONFIG, PRUNERS, STUDY_FILE, best_trial, load_study, retrain_best, tune
+
+__all__ = ["BEST_CONFIG", "PRUNERS", "STUDY_FILE", "SearchSpace", "best_trial", "load_space", "load_study",
+           "parse_space", "retrain_best", "tune"]

@@ -1,0 +1,144 @@
+"""Learning-rate schedules, weight EMA and the whitening-bias freeze, against hand-computed values."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn import functional as F
+
+import cifarkit.train as train_module
+from cifarkit.errors import CifarkitError
+from cifarkit.models.fastnet import FastNet, FastNetConfig
+from cifarkit.optim import build_optimizer, lr_multiplier, set_learning_rates, weight_ema
+from cifarkit.recipes import get_recipe
+from cifarkit.train import train
+
+
+@pytest.mark.parametrize(
+    "schedule,total,warmup,expected",
+    [
+        # step: factor. Warm-up climbs (step + 1) / warmup; every schedule is 0 once the run is over.
+        ("constant", 100, 0, {0: 1.0, 50: 1.0, 99: 1.0, 100: 0.0}),
+        ("constant", 100, 10, {0: 0.1, 4: 0.5, 9: 1.0, 10: 1.0, 99: 1.0, 100: 0.0}),
+        ("linear", 100, 0, {0: 1.0, 25: 0.75, 50: 0.5, 99: 0.01, 100: 0.0, 150: 0.0}),
+        ("linear", 100, 20, {0: 0.05, 19: 1.0, 20: 1.0, 60: 0.5, 90: 0.125, 100: 0.0}),
+        ("cosine", 100, 0, {0: 1.0, 25: 0.5 + 0.25 * math.sqrt(2), 50: 0.5, 75: 0.5 - 0.25 * math.sqrt(2)}),
+        ("cosine", 100, 10, {4: 0.5, 10: 1.0, 55: 0.5, 100: 0.0}),
+    ],
+)
+def test_schedules_match_hand_computed_factors(schedule, total, warmup, expected):
+    factor = lr_multiplier(schedule, total, warmup)
+    assert {step: factor(step) for step in expected} == pytest.approx(expected, abs=1e-12)
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(CifarkitError, match="choose constant, linear or cosine"):
+        lr_multiplier("step", 10)
+
+
+def test_ema_of_one_parameter_by_hand():
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = weight_ema(model, decay=0.9)
+    for value in (2.0, 4.0):  # two training "steps", each followed by an update
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update_parameters(model)
+    # The first update copies the weights (2.0); the second gives 0.9 * 2.0 + 0.1 * 4.0.
+    assert ema.module.weight.item() == pytest.approx(2.2, abs=1e-6)
+    assert model.weight.item() == 4.0  # the trained model is left alone
+
+    resumed = weight_ema(model, decay=0.9)
+    resumed.load_state_dict(ema.state_dict())
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ema.update_parameters(model)
+    resumed.update_parameters(model)
+    assert resumed.module.weight.item() == ema.module.weight.item() == pytest.approx(0.9 * 2.2 + 0.1 * 3.0, abs=1e-6)
+
+
+def test_ema_averages_batchnorm_statistics():
+    bn = nn.BatchNorm1d(1, momentum=1.0)  # running mean = the last batch's mean
+    ema = weight_ema(bn, decay=0.9)
+    for mean in (2.0, 4.0):
+        bn(torch.tensor([[mean - 1.0], [mean + 1.0]]))
+        ema.update_parameters(bn)
+    assert ema.module.running_mean.item() == pytest.approx(0.9 * 2.0 + 0.1 * 4.0, abs=1e-6)
+
+
+def _tiny_fastnet() -> FastNet:
+    torch.manual_seed(0)
+    model = FastNet(FastNetConfig(widths=(8, 16, 16)))
+    model.data_init(torch.rand(16, 3, 32, 32))
+    return model
+
+
+def test_whitening_bias_stops_after_its_epochs_while_the_rest_trains():
+    model = _tiny_fastnet()
+    recipe = get_recipe("fast90").replace(epochs=4, whiten_bias_epochs=1.5, lr=0.2)
+    optimizer = build_optimizer(model, recipe)
+    total = 8  # 2 steps per epoch: the bias trains for the first 1.5 * 2 = 3 steps
+    lr_at = lr_multiplier(recipe.schedule, total)
+    x, y = torch.rand(8, 3, 32, 32), torch.arange(8) % 10
+    others = [p for p in model.parameters() if p.requires_grad and p is not model.whiten.bias]
+    bias_moved, others_moved = [], []
+    for step in range(total):
+        set_learning_rates(optimizer, lr_at, step)
+        lrs = {g["role"]: g["lr"] / g["initial_lr"] for g in optimizer.param_groups}
+        # Its own linear decay to 0 over 3 steps (airbench's), against the others' over 8.
+        assert lrs["whiten_bias"] == pytest.approx(max(0.0, 1 - step / 3))
+        assert [lrs["norm"], lrs["head"], lrs["filters"]] == pytest.approx([1 - step / 8] * 3)
+        before_bias = model.whiten.bias.detach().clone()
+        before_others = [p.detach().clone() for p in others]
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        bias_moved.append(not torch.equal(model.whiten.bias, before_bias))
+        others_moved.append(all(not torch.equal(p, q) for p, q in zip(others, before_others)))
+    assert bias_moved == [True, True, True] + [False] * 5
+    assert all(others_moved)  # down to 1/8 of their lr at the last step, but never 0
+
+
+def test_without_whiten_bias_epochs_the_bias_follows_the_run_schedule():
+    optimizer = build_optimizer(_tiny_fastnet(), get_recipe("fast90").replace(epochs=4, whiten_bias_epochs=0))
+    set_learning_rates(optimizer, lr_multiplier("linear", 8), 4)
+    assert {g["role"]: g["lr"] / g["initial_lr"] for g in optimizer.param_groups}["whiten_bias"] == 0.5
+
+
+def test_whiten_bias_epochs_needs_a_whitening_layer():
+    recipe = get_recipe("seed_cnn3").replace(whiten_bias_epochs=3)
+    with pytest.raises(CifarkitError, match="whiten_bias_epochs=0"):
+        build_optimizer(nn.Linear(4, 2), recipe)
+
+
+def test_fast_recipe_resume_retraces_the_run(tiny_data, tmp_path, monkeypatch):
+    """Muon + SGD in an OptimizerChain, whitening init and the bias freeze all come back from resume.pt."""
+    recipe = get_recipe("fast90").replace(epochs=3, batch_size=100, whiten_bias_epochs=1.5, val_fraction=0.1,
+                                          ema=0.9, bf16=False)
+    full = train(recipe, tiny_data, tmp_path / "full", progress=False)
+
+    real_epoch = train_module.train_one_epoch
+
+    def dies_in_third_epoch(*args, **kwargs):
+        if args[4] == 2:  # epoch index
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", dies_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tiny_data, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    cut = train(recipe, tiny_data, tmp_path / "cut", resume=True, progress=False)
+
+    def history(run):
+        rows = json.loads((run / "history.json").read_text())
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert history(cut) == history(full)
+    wf, wc = load_file(full / "last.safetensors"), load_file(cut / "last.safetensors")
+    assert wf.keys() == wc.keys() and all(torch.equal(wf[k], wc[k]) for k in wf)
