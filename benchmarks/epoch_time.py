@@ -132,7 +132,7 @@ def main() -> None:
     split = prepare_split(load_cifar10(args.data), recipe.val_fraction, recipe.seed, subset=None)
     model = build_model(recipe.to_dict()).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, recipe)
-    lr_at = lr_multiplier("constant", 1)
+    lr_at = lr_multiplier("constant", args.epochs * -(-len(split.x_train) // recipe.batch_size))
     keras_epoch, keras_info = keras_pipeline(model, split, recipe, args.threads)
     if keras_epoch is None:
         print(f"Keras comparison skipped: {keras_info['skipped']}", flush=True)

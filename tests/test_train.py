@@ -210,7 +210,8 @@ def test_out_that_is_a_file_or_a_foreign_folder_is_refused(tiny_data, tmp_path):
 
 def test_fast_recipe_resume_retraces_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
     """fast90's machinery (whitening init, Muon + SGD chain, alternating flip, linear decay) resumes exactly."""
-    recipe = get_recipe("fast90").replace(epochs=3, batch_size=100, val_fraction=0.1, bf16=False)
+    recipe = get_recipe("fast90").replace(epochs=3, batch_size=100, val_fraction=0.1, bf16=False,
+                                          whiten_bias_epochs=1.5, ema=0.9)
     full = train(recipe, tiny_data, tmp_path / "full", progress=False)
     real_epoch = train_module.train_one_epoch
 

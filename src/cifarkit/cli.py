@@ -113,9 +113,10 @@ def _recipe_and_subset(args: argparse.Namespace):
         return validate(get_recipe(args.recipe or DEFAULT_RECIPE).replace(**_overrides(args))), args.subset
     if not args.out:
         raise CifarkitError("--resume needs --out RUN, the run directory to continue")
+    from cifarkit.distributed import on_main
     from cifarkit.runs import read_config
 
-    config = read_config(args.out)
+    config = on_main(lambda: read_config(args.out))  # the run directory is where rank 0 wrote it
     recipe = recipe_from_config(config)
     if args.recipe and args.recipe != recipe.name:
         raise CifarkitError(f"--resume: {args.out} trains recipe {recipe.name!r}, not {args.recipe!r}; "
@@ -125,17 +126,19 @@ def _recipe_and_subset(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from cifarkit.distributed import is_main, setup
     from cifarkit.evaluate import evaluate
-    from cifarkit.runtime import pick_device
     from cifarkit.tracking import track
     from cifarkit.train import train
 
+    setup(args.device)  # an unavailable device is an error before the data is loaded; torchrun: join the others
     recipe, subset = _recipe_and_subset(args)
-    pick_device(args.device)  # an unavailable device is an error before the data is loaded
     out = Path(args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     data = _data(args)
-    print(f"training {recipe.name} ({recipe.model}) into {out}")
-    with track(args.track, out, out.name) as callbacks:
+    main = is_main()  # under torchrun, rank 0 alone prints and tracks
+    if main:
+        print(f"training {recipe.name} ({recipe.model}) into {out}")
+    with track(args.track if main else None, out, out.name) as callbacks:
         try:
             train(recipe, data, out, subset=subset, resume=args.resume, device=args.device, callbacks=callbacks)
         except KeyboardInterrupt:
@@ -144,7 +147,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             print(f"cifarkit: interrupted; {hint}", file=sys.stderr)
             sys.exit(130)
         if not args.no_eval:
-            _print_eval(evaluate(out, data, device=args.device), out)
+            metrics = evaluate(out, data, device=args.device)
+            if main:
+                _print_eval(metrics, out)
 
 
 def _print_eval(metrics: dict, run_dir: Path) -> None:

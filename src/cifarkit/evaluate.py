@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cifarkit import distributed
 from cifarkit.analysis import (
     accuracy,
     classification_report,
@@ -108,13 +109,19 @@ def _plain_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device
     """
     bf16 = config.get("bf16", False)
     if not config.get("frozen_features"):
-        return predict_proba(model, data.x_test, device=device, bf16=bf16)
+        return _shared_probs(model, data.x_test, device=device, bf16=bf16)
     dev = pick_device(device)
     model = model.to(dev)
     features = cached_features(model.backbone, data.x_test, f"{Path(data.source).name}-test", bf16=bf16)
     with autocast(dev, bf16):
         logits = model.head(torch.from_numpy(features).to(dev).float()).float()
     return torch.softmax(logits, dim=1).cpu().numpy()
+
+
+def _shared_probs(model: nn.Module, images: np.ndarray, **kwargs) -> np.ndarray:
+    """:func:`predict_proba`, each process of a distributed launch predicting its share, gathered on all of them."""
+    return distributed.gather_rows(predict_proba(model, images[distributed.shard(len(images))], **kwargs),
+                                   len(images))
 
 
 def _finite(value: Any) -> Any:
@@ -159,9 +166,12 @@ def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, devi
     used). RUN/metrics.json keeps what training wrote and records which data
     the test accuracy comes from. Returns the record written to
     RUN/eval/metrics.json, plus the classification report as text (``report``).
+    Launched on several processes (torchrun), each predicts its share of the
+    test set and every one returns the same record; rank 0 writes the files.
     """
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
+    device = str(distributed.setup(device))  # several processes (torchrun) share the work; rank 0 writes
+    config = distributed.on_main(lambda: read_config(run_dir))
     classes = list(data.classes)
     if classes != config["classes"]:
         raise CifarkitError(f"the data's classes {classes} differ from the run's {config['classes']}; "
@@ -170,9 +180,9 @@ def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, devi
         raise CifarkitError(f"{data.source} has no test images; pass a data set with a test split")
     tta = tta or config.get("tta", "none")
     _check_tta(tta)
-    model = load_model(run_dir)
+    model = distributed.on_main(lambda: load_model(run_dir))
     probs = _plain_probs(model, config, data, device)
-    probs_tta = (predict_proba(model, data.x_test, tta=tta, device=device, bf16=config.get("bf16", False))
+    probs_tta = (_shared_probs(model, data.x_test, tta=tta, device=device, bf16=config.get("bf16", False))
                  if tta != "none" else None)
     analysed = probs if probs_tta is None else probs_tta
     preds = predicted_classes(analysed)
@@ -190,6 +200,8 @@ def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, devi
         record["most_confused"] = {"actual": classes[pair.actual], "predicted": classes[pair.predicted],
                                    "count": pair.count}
     report = classification_report_text(data.y_test, preds, classes)
+    if not distributed.is_main():
+        return {**record, "report": report}
 
     out = run_dir / "eval"
     (out / "metrics.json").unlink(missing_ok=True)  # written last: the evaluation is complete once it exists

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cifarkit import distributed
 from cifarkit.data.cache import default_cache_dir
 from cifarkit.errors import CifarkitError
 from cifarkit.files import atomic_write_bytes
@@ -101,18 +102,33 @@ def cached_features(
     ``data_key`` names the images for people (e.g. ``"cifar10-train"``);
     ``cache_dir`` defaults to :func:`feature_cache_dir`. A miss extracts and
     writes the file atomically, so an interrupted run never leaves a
-    truncated cache.
+    truncated cache. Launched on several processes (torchrun), they extract
+    together, each its share of the images, unless every one finds the
+    cache; the first process of each machine writes it (machines need not
+    share a disk; where they do, the identical files replace each other).
     """
     path = feature_cache_path(backbone, images, data_key, cache_dir or feature_cache_dir(), bf16)
-    if path.exists():
-        features = np.load(path)
-        if features.shape == (len(images), backbone.feature_dim) and features.dtype == np.float16:
-            log.info("feature cache hit: %s", path)
-            return features
-        log.warning("feature cache %s has shape %s %s; recomputing", path, features.shape, features.dtype)
-    features = extract_features(backbone, images, batch_size=batch_size, progress=progress, bf16=bf16)
-    buf = io.BytesIO()
-    np.save(buf, features)
-    atomic_write_bytes(path, buf.getvalue())
-    log.info("feature cache written: %s", path)
+    features = _read_cache(path, (len(images), backbone.feature_dim))
+    if distributed.all_true(features is not None):
+        return features
+    part = images[distributed.shard(len(images))]
+    features = distributed.gather_rows(extract_features(backbone, part, batch_size=batch_size, bf16=bf16,
+                                                        progress=progress and distributed.is_main()), len(images))
+    if distributed.local_rank() == 0:
+        buf = io.BytesIO()
+        np.save(buf, features)
+        atomic_write_bytes(path, buf.getvalue())
+        log.info("feature cache written: %s", path)
     return features
+
+
+def _read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached features at ``path`` if they are there with the expected shape, else None."""
+    if not path.exists():
+        return None
+    features = np.load(path)
+    if features.shape == shape and features.dtype == np.float16:
+        log.info("feature cache hit: %s", path)
+        return features
+    log.warning("feature cache %s has shape %s %s; recomputing", path, features.shape, features.dtype)
+    return None

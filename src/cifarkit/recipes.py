@@ -30,7 +30,7 @@ class Recipe:
     model: str
     epochs: int
     batch_size: int
-    optimizer: str = "adamax"            # adamax | adam | adamw | sgd (see cifarkit.optim)
+    optimizer: str = "adamax"            # adamax | adamw | sgd (see cifarkit.optim)
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9                 # sgd / muon only
@@ -54,6 +54,12 @@ class Recipe:
     frozen_features: bool = False         # transfer: train only the head, on cached backbone features
     bf16: bool | str = "auto"             # bfloat16 autocast: auto (where native: GPUs, CPUs with AVX512-BF16/AMX) | true | false
     compile: bool = False                 # torch.compile the model, on CUDA only (slower on CPU here)
+    # Several processes (torchrun, see cifarkit.distributed): batch_size is the global batch, split over them,
+    # so a recipe trains the same on 1 or N processes. batch_per_process > 0 instead fixes each process's
+    # share (global batch = N x it) and scales every lr by lr_scaling: none | linear | sqrt of global / batch_size.
+    batch_per_process: int = 0
+    lr_scaling: str = "none"
+    sync_bn: bool = False                 # BatchNorm statistics over the global batch (SyncBatchNorm: CUDA only)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Recipe:
@@ -138,9 +144,10 @@ def _bf16_setting(value: Any) -> bool | str:
 
 # Allowed values of the named fields, and numeric ranges: (low, high, low inclusive, high inclusive).
 CHOICES = {
-    "optimizer": ("adamax", "adam", "adamw", "sgd"),
+    "optimizer": ("adamax", "adamw", "sgd"),
     "schedule": ("constant", "linear", "cosine"),
     "tta": ("none", "flip", "flip_translate"),
+    "lr_scaling": ("none", "linear", "sqrt"),
 }
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "epochs": (1, math.inf, True, False),
@@ -157,6 +164,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "patience": (0, math.inf, True, False),
     "muon_lr": (0, math.inf, True, False),
     "muon_momentum": (0, 1, True, False),
+    "batch_per_process": (0, math.inf, True, False),
 }
 
 
@@ -206,6 +214,26 @@ def _check_model(recipe: Recipe) -> None:
                             f"see `cifarkit recipes -v` for the keyword arguments recipes use") from None
 
 
+LR_SCALING_POWER = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
+
+
+def for_processes(recipe: Recipe, processes: int) -> Recipe:
+    """The recipe as ``processes`` data-parallel processes train it: ``batch_size`` is then the global batch.
+
+    By default (``batch_per_process`` 0) that is the recipe's own batch_size,
+    split over the processes, and nothing else changes: the same training on
+    any number of processes. With ``batch_per_process`` B the global batch is
+    ``processes`` x B, and ``lr`` and ``muon_lr`` are multiplied by
+    (global batch / batch_size) to the power ``lr_scaling`` gives: 1 for
+    linear (Goyal et al., 2017), 1/2 for sqrt, 0 for none.
+    """
+    if not recipe.batch_per_process:
+        return recipe
+    batch = recipe.batch_per_process * processes
+    factor = (batch / recipe.batch_size) ** LR_SCALING_POWER[recipe.lr_scaling]
+    return recipe.replace(batch_size=batch, lr=recipe.lr * factor, muon_lr=recipe.muon_lr * factor)
+
+
 def recipe_from_config(config: dict[str, Any]) -> Recipe:
     """The recipe a run directory's config.json recorded (its extra keys, such as the data source, ignored)."""
     known = {f.name for f in dataclasses.fields(Recipe)}
@@ -228,6 +256,9 @@ def _fast(name: str, model: str, epochs: int, description: str, batch_size: int 
     its update and needs no such change. Conv filters train with Muon,
     BatchNorm biases at the base lr, the head 12.6x faster; label smoothing
     0.2; alternating flip and 2-pixel translation; linear decay to zero;
+    the whitening bias decays to zero within 3 epochs and then stays fixed, as in airbench
+    (measured on fast90, 2 seeds each: 92.23% TTA test accuracy with this,
+    92.36% without, a difference within seed noise);
     flip+translate test-time augmentation. A 2% validation split is held out
     to watch training (airbench trains on all 50,000 images). Precision is
     ``auto`` like every recipe's: bfloat16 autocast where the hardware has it
@@ -237,8 +268,8 @@ def _fast(name: str, model: str, epochs: int, description: str, batch_size: int 
         name, description, model, epochs=epochs, batch_size=batch_size,
         optimizer="sgd", lr=0.053 * batch_size, momentum=0.85, nesterov=True,
         weight_decay=2e-6 * batch_size / (0.053 * batch_size), lr_scale={"head": 0.67 / 0.053},
-        muon_lr=0.24, muon_momentum=0.6, schedule="linear", label_smoothing=0.2, val_fraction=0.02,
-        flip=True, alternating_flip=True, translate=2, tta="flip_translate", seed=0,
+        muon_lr=0.24, muon_momentum=0.6, whiten_bias_epochs=3.0, schedule="linear", label_smoothing=0.2,
+        val_fraction=0.02, flip=True, alternating_flip=True, translate=2, tta="flip_translate", seed=0,
     )
 
 

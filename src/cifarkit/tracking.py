@@ -14,13 +14,13 @@ MLflow until a tracker is opened.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from cifarkit.errors import CifarkitError
+from cifarkit.files import read_json
 
 
 class Callback:
@@ -42,7 +42,7 @@ def epoch_scalars(row: Mapping[str, Any]) -> dict[str, float]:
 def _final_scalars(run_dir: Path) -> dict[str, float]:
     """Test accuracies from ``RUN/eval/metrics.json`` when the run was evaluated, else nothing."""
     path = run_dir / "eval" / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics = read_json(path) if path.is_file() else {}
     return {k: float(v) for k, v in metrics.items() if k.startswith("test_acc") and isinstance(v, (int, float))}
 
 
@@ -122,7 +122,7 @@ class MLflowTracker(Callback):
     def on_epoch_end(self, row: Mapping[str, Any]) -> None:
         if self.run_id is None:
             self.run_id = self.mlflow.start_run(run_name=self.name).info.run_id
-            self.mlflow.log_params(_flat(json.loads((self.run_dir / "config.json").read_text())))
+            self.mlflow.log_params(_flat(read_json(self.run_dir / "config.json")))
         self.step = row["epoch"]
         self.mlflow.log_metrics(epoch_scalars(row), step=self.step)
 
@@ -146,6 +146,9 @@ TRACKERS = {"tensorboard": TensorBoardTracker, "mlflow": MLflowTracker}
 @contextmanager
 def track(kind: str | None, run_dir: str | Path, name: str) -> Iterator[list[Callback]]:
     """The callbacks that mirror the run in ``run_dir`` to tracker ``kind`` (none for ``None``).
+
+    ``name`` names the run where the tracker lists runs by name (MLflow;
+    TensorBoard lists them by folder).
 
     Wrap training and evaluation in it: on leaving, the tracker logs what the
     run wrote (test accuracies, figures, artifacts) and closes, marking the run

@@ -20,7 +20,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from cifarkit import __version__
+from cifarkit import __version__, distributed
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.data.augment import augment
 from cifarkit.data.batches import batches, to_tensor
@@ -30,9 +30,9 @@ from cifarkit.files import write_csv, write_json
 from cifarkit.models import count_parameters
 from cifarkit.optim import OptimizerChain, build_optimizer, lr_multiplier, set_learning_rates, weight_ema
 from cifarkit.plots import plot_history
-from cifarkit.recipes import Recipe, validate
+from cifarkit.recipes import Recipe, for_processes, recipe_from_config, validate
 from cifarkit.runs import build_model, load_torch, read_config, save_torch, save_weights, split_indices
-from cifarkit.runtime import autocast, cpu_kind, pick_device, precision_name, resolve_bf16
+from cifarkit.runtime import autocast, cpu_kind, precision_name, resolve_bf16
 from cifarkit.tracking import Callback
 
 
@@ -58,15 +58,21 @@ def prepare_split(data: CIFAR10, val_fraction: float, seed: int, subset: int | N
 @torch.no_grad()
 def evaluate_loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
                       batch_size: int = 500, bf16: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode, in the training precision."""
+    """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode, in the training precision.
+
+    With several processes each evaluates its share of (x, y) and the sums are
+    added up, so every process gets the figures of the whole set.
+    """
     model.eval()
     loss_sum, correct = 0.0, 0
-    for xb, yb in batches(x, y, batch_size):
+    part = distributed.shard(len(x))
+    for xb, yb in batches(x[part], y[part], batch_size):
         with autocast(device, bf16):
             logits = model(_to_device(xb, device)).float()
         yb = yb.to(device)
         loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
+    loss_sum, correct = distributed.all_sum(loss_sum, correct)
     return loss_sum / max(1, len(x)), correct / max(1, len(x))
 
 
@@ -84,13 +90,21 @@ def train_one_epoch(
     lr_at: Callable[[float], float], first_step: int, device: torch.device, ema: AveragedModel | None,
     progress: bool,
 ) -> tuple[float, float]:
-    """One pass over the (augmented) training set; returns mean loss and accuracy."""
+    """One pass over the (augmented) training set; returns mean loss and accuracy.
+
+    With several processes ``model`` is wrapped by :func:`cifarkit.distributed.wrap`:
+    every process augments and shuffles the whole set alike, steps on its part
+    of each batch of ``recipe.batch_size`` (the global batch) and returns the
+    figures of the whole set.
+    """
     model.train()
-    torch.manual_seed(_epoch_seed(recipe.seed, epoch))  # dropout and any other in-model randomness
+    rank, world = distributed.rank(), distributed.world_size()
+    torch.manual_seed(_epoch_seed(recipe.seed, epoch) + (rank << 32))  # dropout etc.: each process its own draws
     x = augment(split.x_train, epoch=epoch, seed=recipe.seed, flip=recipe.flip,
                 alternating_flip=recipe.alternating_flip, pad=recipe.translate, cutout_size=recipe.cutout)
     steps = -(-len(x) // recipe.batch_size)
-    bar = tqdm(batches(x, split.y_train, recipe.batch_size, shuffle_seed=_epoch_seed(recipe.seed, epoch)),
+    bar = tqdm(batches(x, split.y_train, recipe.batch_size, shuffle_seed=_epoch_seed(recipe.seed, epoch),
+                       rank=rank, world=world),
                total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress,
                leave=False, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     loss_sum = torch.zeros((), device=device)
@@ -101,18 +115,23 @@ def train_one_epoch(
         xb, yb = _to_device(xb, device), yb.to(device, non_blocking=True)
         with autocast(device, recipe.bf16):
             logits = model(xb)
-        loss = nn.functional.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
+        batch_loss = nn.functional.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing,
+                                                 reduction="sum")
+        # The sum over this process's part / the global batch's size x the processes DDP averages over: the
+        # gradient of the global batch's mean loss, however unevenly the batch was split.
+        loss = batch_loss * (world / min(recipe.batch_size, len(x) - i * recipe.batch_size))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if ema is not None:
             ema.update_parameters(model)
-        loss_sum += loss.detach() * len(yb)
+        loss_sum += batch_loss.detach()
         correct += (logits.argmax(1) == yb).sum()
         seen += len(yb)
         if progress and i % 50 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-    return loss_sum.item() / seen, correct.item() / seen
+    loss_total, correct_total, seen_total = distributed.all_sum(loss_sum, correct, seen)
+    return loss_total / seen_total, correct_total / seen_total
 
 
 def _model_for_eval(model: nn.Module, ema: AveragedModel | None) -> nn.Module:
@@ -172,6 +191,7 @@ def _start_or_resume(out: Path, config: dict[str, Any], resume: bool) -> dict[st
         if not resume:
             raise CifarkitError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         saved = read_config(out)
+        saved = {**recipe_from_config(saved).to_dict(), **saved}  # recipe fields newer than the run: their defaults
         if saved != config:
             changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
             raise CifarkitError(
@@ -215,18 +235,30 @@ def train(
     epoch stops training there, leaving a finished, resumable run directory.
     (Call :func:`cifarkit.runtime.keep_freed_memory` first for speed on glibc;
     the CLI does.)
+
+    Started by torchrun on several processes it trains data-parallel (see
+    :mod:`cifarkit.distributed`): ``recipe.batch_size`` is the global batch,
+    split between the processes, gradients are averaged, and rank 0 alone
+    prints, writes the run directory and calls ``callbacks``. A run resumes
+    on any number of processes.
     """
     out = Path(out)
     validate(recipe)
     check_split(data.y_train, recipe, subset)
-    dev = pick_device(device)
+    dev = distributed.setup(device)
+    distributed.check_sync_bn(recipe.sync_bn, dev)
+    progress = progress and distributed.is_main()
     recipe = recipe.replace(bf16=resolve_bf16(recipe.bf16, dev))
     config = {**recipe.to_dict(), "subset": subset, "data_source": data.source, "classes": list(data.classes)}
-    state = _start_or_resume(out, config, resume)
+    state = distributed.on_main(lambda: _start_or_resume(out, config, resume))
+    recipe = for_processes(recipe, distributed.world_size())  # batch_size: the global batch of this launch
+    _check_global_batch(state, recipe, out)
     if progress:
         where = cpu_kind() if dev.type == "cpu" else str(dev)
         print(f"device {dev} ({where}), precision {precision_name(recipe.bf16)}", file=sys.stderr)
-    write_json(out / "config.json", config)
+        print(f"{distributed.describe(recipe.batch_size)}, lr scaling {recipe.lr_scaling}", file=sys.stderr)
+    if distributed.is_main():
+        write_json(out / "config.json", config)
 
     torch.manual_seed(recipe.seed)
     if recipe.frozen_features:
@@ -241,6 +273,7 @@ def train(
             model.data_init(split.x_train)
         model = net = model.to(dev, memory_format=torch.channels_last)
     optimizer = build_optimizer(net, recipe)
+    trained = distributed.wrap(net, dev, recipe.sync_bn)  # in DDP with several processes
     if recipe.compile and dev.type == "cuda":
         net.compile()  # in place: parameter names, and so checkpoints, stay as they are
     steps_per_epoch = -(-len(split.x_train) // recipe.batch_size)
@@ -256,7 +289,7 @@ def train(
         if ema is not None:
             ema.load_state_dict(state["ema"])
         history, best_acc, best_epoch, start = state["history"], state["best_acc"], state["best_epoch"], state["epoch"]
-        if _finished(recipe, start, best_epoch) and (out / "metrics.json").is_file():
+        if _finished(recipe, start, best_epoch) and distributed.on_main(lambda: (out / "metrics.json").is_file()):
             if progress:
                 print(f"{out} finished training already (epoch {start}); nothing to do", file=sys.stderr)
             return out
@@ -266,10 +299,11 @@ def train(
         if _finished(recipe, epoch, best_epoch):
             break
         t0 = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(net, optimizer, split, recipe, epoch, lr_at,
+        train_loss, train_acc = train_one_epoch(trained, optimizer, split, recipe, epoch, lr_at,
                                                 epoch * steps_per_epoch, dev, ema, progress)
         seconds = time.perf_counter() - t0
         kept = _model_for_eval(net, ema)
+        distributed.broadcast_buffers(kept)  # rank 0's BatchNorm statistics: the ones checkpointed
         # No validation split: null in the history, and the last epoch is the best one we can know of.
         val_loss, val_acc = (evaluate_loss_acc(kept, split.x_val, split.y_val, dev, bf16=recipe.bf16)
                              if len(split.x_val) else (None, None))
@@ -279,30 +313,46 @@ def train(
         if progress:
             tqdm.write(f"epoch {epoch + 1:3d}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}  "
                        f"val_loss {_fmt(val_loss)}  val_acc {_fmt(val_acc)}  {seconds:.1f}s")
-        weights = _full_state(model, net, kept)
-        if val_acc is None or best_acc is None or val_acc > best_acc:
+        improved = val_acc is None or best_acc is None or val_acc > best_acc
+        if improved:
             best_acc, best_epoch = val_acc, epoch
-            save_weights(weights, out / "best.safetensors")
-        save_weights(weights, out / "last.safetensors")
-        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None, "history": history,
-                    "best_acc": best_acc, "best_epoch": best_epoch, "epoch": epoch + 1}, out / "resume.pt")
-        write_json(out / "history.json", history)
-        if any([callback.on_epoch_end(row) for callback in callbacks]):  # every callback sees the epoch
+        if distributed.is_main():  # one run directory, written by rank 0
+            weights = _full_state(model, net, kept)
+            if improved:
+                save_weights(weights, out / "best.safetensors")
+            save_weights(weights, out / "last.safetensors")
+            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "ema": ema.state_dict() if ema is not None else None, "history": history,
+                        "best_acc": best_acc, "best_epoch": best_epoch, "epoch": epoch + 1,
+                        "global_batch": recipe.batch_size}, out / "resume.pt")
+            write_json(out / "history.json", history)
+        stop = distributed.is_main() and any([callback.on_epoch_end(row) for callback in callbacks])  # all see it
+        if distributed.share(stop):  # rank 0's callbacks decide for every process
             break  # a callback asked to stop (e.g. a pruned trial): finish the run like early stopping
 
+    if not distributed.is_main():
+        return out
     write_csv(out / "history.csv", history)
     plot_history(history, out / "curves.png", title=recipe.name)
     metrics = {
         "params": params, "trainable_params": count_parameters(net, trainable_only=True), "epochs_run": len(history),
         "best_epoch": best_epoch + 1, "best_val_acc": best_acc,
         "train_seconds": sum(r["seconds"] for r in history), "cifarkit_version": __version__,
-        "torch_version": torch.__version__, "device": str(dev),
+        "torch_version": torch.__version__, "device": str(dev), "processes": distributed.world_size(),
     }
     write_json(out / "metrics.json", metrics)
     for callback in callbacks:
         callback.on_train_end(metrics)
     return out
+
+
+def _check_global_batch(state: dict[str, Any] | None, recipe: Recipe, out: Path) -> None:
+    """Refuse to resume with another global batch: ``batch_per_process`` x a different number of processes."""
+    saved = recipe.batch_size if state is None else state.get("global_batch", recipe.batch_size)
+    if saved != recipe.batch_size:
+        raise CifarkitError(f"--resume: {out} trains with a global batch of {saved}, but batch_per_process "
+                            f"{recipe.batch_per_process} on {distributed.world_size()} processes makes "
+                            f"{recipe.batch_size}; resume it on {saved // recipe.batch_per_process} processes")
 
 
 def _finished(recipe: Recipe, epoch: int, best_epoch: int) -> bool:

@@ -56,9 +56,16 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle_seed: int | None = None
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle_seed: int | None = None, rank: int = 0,
+    world: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x, y) batches in order, or shuffled by ``shuffle_seed``; the last batch may be short."""
+    """Yield (x, y) batches in order, or shuffled by ``shuffle_seed``; the last batch may be short.
+
+    With ``world`` > 1 (data-parallel processes) every batch is cut into
+    ``world`` contiguous parts of near-equal size and part ``rank`` is
+    yielded: processes that share ``shuffle_seed`` together see exactly the
+    batches one process would, each batch split between them.
+    """
     n = len(x)
     order = (
         torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
@@ -66,5 +73,5 @@ def batches(
         else torch.arange(n)
     )
     for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start:start + batch_size].tensor_split(world)[rank]
         yield x[idx], y[idx]

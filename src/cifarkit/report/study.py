@@ -31,7 +31,8 @@ FIGURES: list[tuple[str, str, str, int]] = [
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial: number, state, best validation accuracy, epochs reported, seconds, parameters."""
+    """One row per trial: number, state, validation accuracy (the best; a pruned trial's last), epochs run,
+    seconds and parameters."""
     names = sorted({name for trial in study.trials for name in trial.params})
     return [{
         "trial": t.number, "state": t.state.name.lower(), "val_acc": t.value,

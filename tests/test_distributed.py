@@ -1,0 +1,297 @@
+"""Data-parallel training on two CPU processes (gloo), started from the tests the way torchrun starts them.
+
+The two-process work runs once, in one launch (starting processes is the
+slow part), and each test checks one promise of it against one process:
+
+* 2 processes x a batch of B train the same parameters as 1 process x 2B,
+  for a notebook CNN (Adamax), a fast recipe (Muon + SGD) and a head on
+  frozen-backbone features (AdamW), whose extraction they share;
+* sharded evaluation and validation give exactly one process's figures on
+  sets of odd size;
+* rank 0 alone writes the one run directory, which resumes on one process
+  exactly as an uninterrupted run continues;
+* torchrun stops a launch whose worker was killed, naming the rank.
+
+Augmentation is off. So is dropout (a patched nn.Dropout): its masks are
+drawn per process and cannot match one process's draws. The fast recipe's
+BatchNorm normalises each process's part of the batch on its own (sync_bn
+needs CUDA), so its one-process reference normalises each half of its batch
+separately, which is what two processes compute. References run on one
+thread, as each launched process does: fastnet's BatchNorm (eps 1e-12) turns
+the rounding differences of another thread count into visible ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from cifarkit import distributed
+from cifarkit.data.batches import batches, to_tensor
+from cifarkit.errors import CifarkitError
+from cifarkit.evaluate import evaluate
+from cifarkit.features import extract_features
+from cifarkit.files import read_json
+from cifarkit.models.backbones import create_backbone
+from cifarkit.recipes import for_processes, get_recipe, validate
+from cifarkit.runs import load_model, load_torch
+from cifarkit.tracking import Callback
+from cifarkit.train import evaluate_loss_acc, train
+from conftest import synthetic_cifar
+from data_factories import write_python_batches
+
+# A quarter held out: 75 training images (global batches of 32, 32 and 11, so the last one splits unevenly),
+# 25 validation images and 101 test images, odd sizes that two processes share unevenly.
+N_TRAIN, N_TEST, BATCH = 100, 101, 32
+NO_AUGMENTATION = dict(flip=False, alternating_flip=False, translate=0, cutout=0, val_fraction=0.25, bf16=False)
+CNN = get_recipe("seed_cnn3").replace(epochs=2, batch_size=BATCH, **NO_AUGMENTATION)
+FAST = get_recipe("fast90").replace(epochs=1, batch_size=BATCH, lr=0.053 * BATCH, **NO_AUGMENTATION)
+FROZEN = get_recipe("lite0_frozen").replace(epochs=1, batch_size=BATCH, model_kwargs={"input_size": 32},
+                                            **NO_AUGMENTATION)
+RUN_FILES = ["best.safetensors", "config.json", "curves.png", "history.csv", "history.json", "last.safetensors",
+             "metrics.json", "resume.pt"]
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this PyTorch has no torch.distributed")
+
+
+class StopAfterFirstEpoch(Callback):
+    """Stops training after its first epoch, leaving a resumable run (as a pruned trial or a Ctrl-C would)."""
+
+    def on_epoch_end(self, row) -> bool:
+        return True
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _identity(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _batch_norm_per_half(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BatchNorm in training normalising each half of the batch on its own, as two processes without sync_bn do."""
+    forward = nn.BatchNorm2d.forward
+
+    def per_half(self: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([forward(self, half) for half in x.tensor_split(2)]) if self.training else forward(self, x)
+
+    monkeypatch.setattr(nn.BatchNorm2d, "forward", per_half)
+
+
+def _record_writes() -> list[str]:
+    """The files this process will write from now on: every cifarkit write ends in os.replace."""
+    written: list[str] = []
+    replace = os.replace
+
+    def recording(src, dst, *args, **kwargs):
+        written.append(str(dst))
+        return replace(src, dst, *args, **kwargs)
+
+    os.replace = recording
+    return written
+
+
+def _two_process_work(runs: Path) -> dict:
+    """What each launched process does; returns what it wrote and what it measured."""
+    written = _record_writes()
+    nn.Dropout.forward = _identity
+    data = synthetic_cifar(N_TRAIN, N_TEST)
+    train(CNN, data, runs / "cnn", progress=False, callbacks=[StopAfterFirstEpoch()])
+    train(FAST, data, runs / "fast", progress=False)
+    os.environ["CIFARKIT_CACHE"] = str(runs.parent / "cache")
+    train(FROZEN, data, runs / "frozen", progress=False)
+    record = evaluate(runs / "fast", data)
+    x, y = to_tensor(data.x_test), torch.from_numpy(data.y_test)
+    validation = evaluate_loss_acc(load_model(runs / "fast"), x, y, torch.device("cpu"))
+    return {"written": written, "confusion_matrix": record["confusion_matrix"], "test_acc": record["test_acc"],
+            "validation": validation}
+
+
+def _process(rank: int, world: int, port: int, runs: Path, results: Path) -> None:
+    """One launched process: torchrun's environment variables, one thread, the work; its results as JSON."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    (results / f"rank{rank}.json").write_text(json.dumps(_two_process_work(runs)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """The run directories of one two-process launch, and each process's results."""
+    root = tmp_path_factory.mktemp("distributed")
+    runs, results = root / "runs", root / "results"
+    results.mkdir()
+    mp.start_processes(_process, args=(2, _free_port(), runs, results), nprocs=2, start_method="spawn")
+    return runs, [json.loads((results / f"rank{rank}.json").read_text()) for rank in range(2)]
+
+
+def _parameters(run: Path) -> dict[str, torch.Tensor]:
+    """The trained parameters in a run's last checkpoint (without BatchNorm's running statistics)."""
+    state = load_torch(run / "resume.pt")["model"]
+    return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
+
+
+def _assert_same_parameters(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_batches_are_split_between_processes_in_near_equal_parts():
+    x, y = torch.zeros(75, 1), torch.arange(75)
+    alone = list(batches(x, y, BATCH, shuffle_seed=3))
+    parts = [list(batches(x, y, BATCH, shuffle_seed=3, rank=rank, world=2)) for rank in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(alone) == 3
+    for (_, whole), (_, first), (_, second) in zip(alone, *parts):
+        assert torch.equal(torch.cat([first, second]), whole)
+        assert len(first) - len(second) in (0, 1)
+
+
+def test_global_batch_and_learning_rate_scaling_are_recipe_fields():
+    fast = get_recipe("fast90")  # batch 2000, lr 0.053 x 2000, muon_lr 0.24
+    assert for_processes(fast, 4) == fast  # by default the global batch is the recipe's on any number of processes
+    linear = for_processes(fast.replace(batch_per_process=1000, lr_scaling="linear"), 4)
+    assert (linear.batch_size, linear.lr, linear.muon_lr) == (4000, pytest.approx(2 * fast.lr), pytest.approx(0.48))
+    root = for_processes(fast.replace(batch_per_process=1000, lr_scaling="sqrt"), 8)
+    assert (root.batch_size, root.lr) == (8000, pytest.approx(2 * fast.lr))
+    assert for_processes(fast.replace(batch_per_process=500), 2).lr == fast.lr  # lr_scaling none
+    with pytest.raises(CifarkitError, match="lr_scaling"):
+        validate(fast.replace(lr_scaling="cubic"))
+    with pytest.raises(CifarkitError, match="batch_per_process"):
+        validate(fast.replace(batch_per_process=-1))
+
+
+def test_sync_bn_on_cpus_and_a_bad_timeout_are_clear_errors(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(CifarkitError, match="sync_bn=true needs CUDA"):
+        distributed.check_sync_bn(True, torch.device("cpu"))
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
+    with pytest.raises(CifarkitError, match="CIFARKIT_DIST_TIMEOUT"):
+        distributed.timeout()
+
+
+def test_two_processes_train_a_notebook_cnn_as_one_process_does(launched, tmp_path, monkeypatch, one_thread):
+    runs, _ = launched
+    monkeypatch.setattr(nn.Dropout, "forward", _identity)
+    alone = train(CNN, synthetic_cifar(N_TRAIN, N_TEST), tmp_path / "alone", progress=False,
+                  callbacks=[StopAfterFirstEpoch()])
+    _assert_same_parameters(_parameters(runs / "cnn"), _parameters(alone))
+    two, one = read_json(runs / "cnn" / "history.json")[0], read_json(alone / "history.json")[0]
+    assert two["train_acc"] == one["train_acc"]
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
+
+
+def test_two_processes_train_a_fast_recipe_with_muon_as_one_process_does(launched, tmp_path, monkeypatch, one_thread):
+    runs, _ = launched
+    assert FAST.muon_lr > 0  # conv filters train with Muon, each process on the averaged gradient
+    _batch_norm_per_half(monkeypatch)
+    alone = train(FAST, synthetic_cifar(N_TRAIN, N_TEST), tmp_path / "alone", progress=False)
+    _assert_same_parameters(_parameters(runs / "fast"), _parameters(alone))
+
+
+def test_two_processes_extract_features_once_and_train_a_head_as_one_process_does(launched, tmp_path, monkeypatch,
+                                                                                 one_thread):
+    runs, results = launched
+    (cached,) = (runs.parent / "cache" / "features").iterdir()  # extracted once, shared, written by rank 0
+    assert str(cached) in results[0]["written"]
+    data = synthetic_cifar(N_TRAIN, N_TEST)
+    alone = extract_features(create_backbone("efficientnet_lite0", input_size=32), data.x_train, progress=False)
+    np.testing.assert_allclose(np.load(cached).astype(np.float32), alone.astype(np.float32), rtol=1e-2, atol=1e-2)
+    monkeypatch.setattr(nn.Dropout, "forward", _identity)
+    monkeypatch.setenv("CIFARKIT_CACHE", str(runs.parent / "cache"))  # the same features: a cache hit
+    _assert_same_parameters(_parameters(runs / "frozen"), _parameters(train(FROZEN, data, tmp_path / "alone",
+                                                                             progress=False)))
+
+
+def test_sharded_evaluation_gives_exactly_the_one_process_figures(launched, tmp_path):
+    runs, results = launched
+    data = synthetic_cifar(N_TRAIN, N_TEST)
+    alone = evaluate(shutil.copytree(runs / "fast", tmp_path / "fast"), data)
+    assert sum(map(sum, alone["confusion_matrix"])) == N_TEST
+    assert read_json(runs / "fast" / "eval" / "metrics.json")["confusion_matrix"] == alone["confusion_matrix"]
+    loss, acc = evaluate_loss_acc(load_model(runs / "fast"), to_tensor(data.x_test), torch.from_numpy(data.y_test),
+                                  torch.device("cpu"))
+    for result in results:  # every process gets the whole set's figures
+        assert (result["confusion_matrix"], result["test_acc"]) == (alone["confusion_matrix"], alone["test_acc"])
+        assert result["validation"][1] == acc
+        assert result["validation"][0] == pytest.approx(loss, rel=1e-5)
+
+
+def test_two_process_run_is_one_run_directory_that_resumes_on_one_process(launched, tmp_path, monkeypatch, one_thread):
+    runs, results = launched
+    assert sorted(p.name for p in runs.iterdir()) == ["cnn", "fast", "frozen"]
+    assert sorted(p.name for p in (runs / "cnn").iterdir()) == RUN_FILES
+    assert results[0]["written"] and results[1]["written"] == []  # rank 0 writes, rank 1 never does
+    assert read_json(runs / "cnn" / "metrics.json")["processes"] == 2
+    monkeypatch.setattr(nn.Dropout, "forward", _identity)
+    data = synthetic_cifar(N_TRAIN, N_TEST)
+    resumed = train(CNN, data, shutil.copytree(runs / "cnn", tmp_path / "resumed"), resume=True, progress=False)
+    uninterrupted = train(CNN, data, tmp_path / "uninterrupted", progress=False)
+    assert len(read_json(resumed / "history.json")) == 2
+    _assert_same_parameters(_parameters(resumed), _parameters(uninterrupted))
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _worker_pid(launcher: int, rank: int) -> int:
+    """The process id of torchrun's worker of ``rank``: the launcher's child whose environment says RANK=rank."""
+    for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return int(pid)
+    raise AssertionError(f"torchrun (pid {launcher}) has no worker of rank {rank}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers in /proc (Linux)")
+def test_killing_a_worker_ends_the_launch_naming_its_rank(tmp_path):
+    folder = write_python_batches(synthetic_cifar(N_TRAIN, N_TEST), tmp_path / "cifar-10-batches-py")
+    run, log = tmp_path / "run", tmp_path / "torchrun.log"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "cifarkit", "train", "--recipe", "seed_cnn3", "--epochs", "1000", "--set", "val_fraction=0.25",
+               "--data", str(folder), "--cache-dir", str(tmp_path / "cache"), "--out", str(run), "--no-eval"]
+    with log.open("w") as output:
+        launch = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: (run / "history.json").is_file() or launch.poll() is not None, 120)
+        assert launch.poll() is None, log.read_text()
+        survivor = _worker_pid(launch.pid, 0)
+        os.kill(_worker_pid(launch.pid, 1), signal.SIGKILL)
+        launch.wait(timeout=60)
+    finally:
+        if launch.poll() is None:
+            launch.terminate()  # torchrun passes it on to its workers
+            launch.wait(timeout=30)
+    text = log.read_text()
+    assert "2 processes (gloo), global batch 32 (16 per process)" in text  # what rank 0 printed at the start
+    assert launch.returncode != 0
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)\s+exitcode\s*:\s*-9", text), text
+    with pytest.raises(ProcessLookupError):  # and the other worker did not outlive the launch
+        os.kill(survivor, 0)
