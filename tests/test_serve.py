@@ -112,7 +112,10 @@ def test_batch_keeps_order_and_top_k(api):
     assert [r["image"] for r in results] == ["img0.png", "img1.png", "img2.png"]
     assert all(len(r["predictions"]) == 2 for r in results)
     single = api.post("/v1/predict", files=[files[1]], data={"top_k": "2"}).json()["results"][0]
-    assert single["predictions"] == results[1]["predictions"]
+    # the same image alone or in a batch: same classes, probabilities up to float rounding of the batch's kernels
+    assert [p["class"] for p in single["predictions"]] == [p["class"] for p in results[1]["predictions"]]
+    assert [p["probability"] for p in single["predictions"]] == pytest.approx(
+        [p["probability"] for p in results[1]["predictions"]], abs=1e-6)
     assert len(api.post("/v1/predict", files=[files[0]]).json()["results"][0]["predictions"]) == 3  # default
 
 

@@ -70,9 +70,10 @@ def decode_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Image.
         raise CifarkitError(f"{name}: is a directory, not an image file") from None
     except Image.DecompressionBombError as exc:  # raised by Image.open itself, before our check
         raise CifarkitError(_bomb_message(name, str(exc), max_pixels)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise CifarkitError(f"{name} is not a readable image ({exc}): replace it with a valid "
-                            f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]} file") from None
+    except UnidentifiedImageError:  # Pillow's message would show the file object's repr
+        raise CifarkitError(_unreadable(name, "not a recognised image format")) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise CifarkitError(_unreadable(name, str(exc))) from None
     try:
         return _to_rgb(image, name)
     except ValueError as exc:  # a mode Pillow cannot convert, e.g. premultiplied "La"
@@ -89,6 +90,11 @@ def image_to_array(source: ImageSource, size: int = SIZE, *, max_pixels: int = M
     """
     image = decode_image(source, max_pixels=max_pixels)
     return np.asarray(ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def _unreadable(name: str, reason: str) -> str:
+    return f"{name} is not a readable image ({reason}): replace it with a valid {', '.join(FORMATS[:-1])} or " \
+           f"{FORMATS[-1]} file"
 
 
 def _bomb_message(name: str, found: str, max_pixels: int) -> str:
