@@ -153,6 +153,7 @@ def test_bad_train_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch, tin
     assert "no CUDA GPU" in _error(capsys, "train", "--device", "cuda", "--out", str(tmp_path / "d"))
     assert not any((tmp_path / n).exists() for n in "abcd")
     assert "-o" in _error(capsys, "data", "show", "-o", str(tmp_path))
+    assert "is a directory" in _error(capsys, "report", str(tmp_path), "-o", str(tmp_path), "--no-data")
 
 
 def test_bad_threads_is_a_usage_error(capsys):

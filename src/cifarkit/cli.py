@@ -21,7 +21,7 @@ def _data(args: argparse.Namespace):
 
 
 def _output_file(path: str) -> Path:
-    """An output file path; a directory there is an error (the file would replace nothing sensible)."""
+    """An output file path; a directory there is an error, before any work is done."""
     out = Path(path)
     if out.is_dir():
         raise CifarkitError(f"-o {out} is a directory; name the file to write, e.g. {out / 'samples.png'}")
@@ -233,6 +233,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from cifarkit.report.command import run_report
 
+    _output_file(args.output)
     if len(args.runs) == 1 and (args.runs[0] / "study.json").is_file():  # a `cifarkit tune` study directory
         from cifarkit.report.study import study_report
         from cifarkit.tune import load_study
@@ -248,6 +249,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     if args.int8 and args.format != "onnx":
         raise CifarkitError("--int8 quantises ONNX models; use it with --format onnx")
+    if args.output:
+        _output_file(args.output)
     data = _data(args)
     path, parity = export_model(args.run, args.format, sample(data.x_test, args.check_images), out=args.output,
                                 tta=args.tta)
@@ -269,7 +272,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cifarkit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cifarkit", description="Train, evaluate, explain, serve and export CIFAR-10 "
+                                     "image classifiers. `cifarkit COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version=f"cifarkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -326,8 +326,9 @@ def train(
                         "best_acc": best_acc, "best_epoch": best_epoch, "epoch": epoch + 1,
                         "global_batch": recipe.batch_size}, out / "resume.pt")
             write_json(out / "history.json", history)
-        stop = distributed.is_main() and any([callback.on_epoch_end(row) for callback in callbacks])  # all see it
-        if distributed.share(stop):  # rank 0's callbacks decide for every process
+        # Every callback sees the epoch, on rank 0 only; what they decide holds for every process.
+        stop = distributed.is_main() and any([callback.on_epoch_end(row) for callback in callbacks])
+        if distributed.share(stop):
             break  # a callback asked to stop (e.g. a pruned trial): finish the run like early stopping
 
     if not distributed.is_main():
