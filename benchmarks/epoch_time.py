@@ -81,13 +81,18 @@ def keras_pipeline(model: nn.Sequential, split: Split, recipe: Recipe, threads: 
         import keras
         import tensorflow as tf
     except ImportError as exc:
-        return None, {"skipped": f"TensorFlow is not installed ({exc}); "
-                                 "pip install -e '.[peers]' to time the notebook's Keras pipeline"}
+        return None, {
+            "skipped": f"TensorFlow is not installed ({exc}); "
+            "pip install -e '.[peers]' to time the notebook's Keras pipeline"
+        }
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     twin = keras_twin(model)
-    twin.compile(optimizer=keras.optimizers.Adamax(recipe.lr), metrics=["accuracy"],
-                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    twin.compile(
+        optimizer=keras.optimizers.Adamax(recipe.lr),
+        metrics=["accuracy"],
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     starts, seconds = [], []
     timer = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: starts.append(time.perf_counter()),
@@ -95,9 +100,16 @@ def keras_pipeline(model: nn.Sequential, split: Split, recipe: Recipe, threads: 
     )
 
     def run_epoch(epoch: int) -> float:
-        twin.fit(_nhwc(split.x_train), split.y_train.numpy(), batch_size=recipe.batch_size, verbose=0,
-                 validation_data=(_nhwc(split.x_val), split.y_val.numpy()),
-                 initial_epoch=epoch, epochs=epoch + 1, callbacks=[timer])
+        twin.fit(
+            _nhwc(split.x_train),
+            split.y_train.numpy(),
+            batch_size=recipe.batch_size,
+            verbose=0,
+            validation_data=(_nhwc(split.x_val), split.y_val.numpy()),
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            callbacks=[timer],
+        )
         return seconds[-1]
 
     return run_epoch, {"precision": "float32", "keras": keras.__version__, "tensorflow": tf.__version__}
@@ -153,17 +165,31 @@ def main() -> None:
     c = {**summary(seconds, images), "precision": precision_name(recipe.bf16), "torch": torch.__version__}
     k = {**summary(keras_seconds, images), **keras_info} if keras_seconds else keras_info
     result = {
-        "model": args.model, "train_images": images, "val_images": len(split.x_val), "batch_size": recipe.batch_size,
-        "steps": steps, "threads": args.threads, "epoch": "training pass + validation", "cifarkit": c, "keras": k,
-        "speedup_vs_keras": k["median_seconds"] / c["median_seconds"] if keras_seconds else None, "machine": machine,
+        "model": args.model,
+        "train_images": images,
+        "val_images": len(split.x_val),
+        "batch_size": recipe.batch_size,
+        "steps": steps,
+        "threads": args.threads,
+        "epoch": "training pass + validation",
+        "cifarkit": c,
+        "keras": k,
+        "speedup_vs_keras": k["median_seconds"] / c["median_seconds"] if keras_seconds else None,
+        "machine": machine,
     }
-    print(f"{args.model}: {images:,} images, batch {recipe.batch_size} ({steps:,} steps), then validation on "
-          f"{len(split.x_val):,}; threads: {args.threads}; {machine['cpu_model']}, {machine['cpu_kind']}")
-    print(f"  cifarkit (torch {c['torch']}, {c['precision']}): median {c['median_seconds']:.1f} s/epoch, "
-          f"{c['images_per_second']:,.0f} images/s")
+    print(
+        f"{args.model}: {images:,} images, batch {recipe.batch_size} ({steps:,} steps), then validation on "
+        f"{len(split.x_val):,}; threads: {args.threads}; {machine['cpu_model']}, {machine['cpu_kind']}"
+    )
+    print(
+        f"  cifarkit (torch {c['torch']}, {c['precision']}): median {c['median_seconds']:.1f} s/epoch, "
+        f"{c['images_per_second']:,.0f} images/s"
+    )
     if keras_seconds:
-        print(f"  Keras {k['keras']} (TensorFlow {k['tensorflow']}, float32): "
-              f"median {k['median_seconds']:.1f} s/epoch, {k['images_per_second']:,.0f} images/s")
+        print(
+            f"  Keras {k['keras']} (TensorFlow {k['tensorflow']}, float32): "
+            f"median {k['median_seconds']:.1f} s/epoch, {k['images_per_second']:,.0f} images/s"
+        )
         print(f"  cifarkit {result['speedup_vs_keras']:.2f}x as fast as the notebook's Keras pipeline (same run)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ are printed and kept in the JSON.
     python benchmarks/scaling.py --recipe fast90 --subset 5000 --epochs 2 --data /work/shared/data/cifar10 \\
         --json benchmarks/results/scaling_fast90.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,24 @@ GRADIENT_BYTES = 4  # DDP all-reduces gradients in the parameters' dtype: float3
 
 def launch(processes: int, threads: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Train (and evaluate) the recipe on ``processes`` processes; the run's figures and the wall time."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "cifarkit", "train", "--recipe", args.recipe, "--epochs", str(args.epochs),
-               "--threads", str(threads), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "cifarkit",
+        "train",
+        "--recipe",
+        args.recipe,
+        "--epochs",
+        str(args.epochs),
+        "--threads",
+        str(threads),
+        "--out",
+        str(out),
+    ]
     command += ["--subset", str(args.subset)] if args.subset else []
     command += ["--data", args.data] if args.data else []
     load = os.getloadavg()[0]
@@ -50,10 +66,17 @@ def launch(processes: int, threads: int, args: argparse.Namespace, out: Path) ->
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"processes": processes, "threads_per_process": threads, "load_average_before": load,
-            "wall_seconds": wall, "train_seconds": metrics["train_seconds"], "epochs_run": metrics["epochs_run"],
-            "test_acc": metrics["test_acc"], "test_acc_tta": metrics.get("test_acc_tta"),
-            "trainable_params": metrics["trainable_params"]}
+    return {
+        "processes": processes,
+        "threads_per_process": threads,
+        "load_average_before": load,
+        "wall_seconds": wall,
+        "train_seconds": metrics["train_seconds"],
+        "epochs_run": metrics["epochs_run"],
+        "test_acc": metrics["test_acc"],
+        "test_acc_tta": metrics.get("test_acc_tta"),
+        "trainable_params": metrics["trainable_params"],
+    }
 
 
 def main() -> None:
@@ -70,8 +93,9 @@ def main() -> None:
     machine = machine_info("cpu")
     print("machine:", json.dumps(machine))
     recipe = get_recipe(args.recipe)
-    train_images = len(split_indices(load_cifar10(args.data).y_train, recipe.val_fraction, recipe.seed,
-                                     args.subset or None)[0])
+    train_images = len(
+        split_indices(load_cifar10(args.data).y_train, recipe.val_fraction, recipe.seed, args.subset or None)[0]
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="cifarkit-scaling-") as work:
         for processes in args.processes:
@@ -79,9 +103,11 @@ def main() -> None:
             row["images_per_second"] = train_images * row["epochs_run"] / row["train_seconds"]
             rows.append(row)
             tta = f"{row['test_acc_tta']:.4f}" if row["test_acc_tta"] is not None else "n/a"
-            print(f"{processes} process(es) x {row['threads_per_process']} thread(s): "
-                  f"{row['images_per_second']:.0f} training images/s, test acc {row['test_acc']:.4f} "
-                  f"(TTA {tta}), {row['wall_seconds']:.0f} s wall, load {row['load_average_before']:.1f} before")
+            print(
+                f"{processes} process(es) x {row['threads_per_process']} thread(s): "
+                f"{row['images_per_second']:.0f} training images/s, test acc {row['test_acc']:.4f} "
+                f"(TTA {tta}), {row['wall_seconds']:.0f} s wall, load {row['load_average_before']:.1f} before"
+            )
     for row in rows[1:]:
         row["throughput_ratio"] = row["images_per_second"] / rows[0]["images_per_second"]
         print(f"throughput {row['processes']} vs {rows[0]['processes']} process(es): {row['throughput_ratio']:.2f}x")
@@ -90,15 +116,25 @@ def main() -> None:
     gradient_bytes = rows[0]["trainable_params"] * GRADIENT_BYTES
     ring = {p: 2 * (p - 1) / p * gradient_bytes for p in (2, 4, 8)}
     steps = math.ceil(train_images / batch)
-    print(f"communication per step: {gradient_bytes / 1e6:.2f} MB of gradients all-reduced "
-          f"({rows[0]['trainable_params']:,} float32 values); a ring all-reduce sends from each process "
-          + ", ".join(f"{b / 1e6:.2f} MB at {p} processes" for p, b in ring.items())
-          + f"; {steps} steps per epoch of {train_images:,} images at global batch {batch}")
+    print(
+        f"communication per step: {gradient_bytes / 1e6:.2f} MB of gradients all-reduced "
+        f"({rows[0]['trainable_params']:,} float32 values); a ring all-reduce sends from each process "
+        + ", ".join(f"{b / 1e6:.2f} MB at {p} processes" for p, b in ring.items())
+        + f"; {steps} steps per epoch of {train_images:,} images at global batch {batch}"
+    )
     if args.json:
-        result = {"recipe": recipe.name, "subset": args.subset, "epochs": args.epochs, "train_images": train_images,
-                  "global_batch": batch, "steps_per_epoch": steps, "runs": rows,
-                  "gradient_bytes_per_step": gradient_bytes,
-                  "ring_bytes_sent_per_process_per_step": {str(p): b for p, b in ring.items()}, "machine": machine}
+        result = {
+            "recipe": recipe.name,
+            "subset": args.subset,
+            "epochs": args.epochs,
+            "train_images": train_images,
+            "global_batch": batch,
+            "steps_per_epoch": steps,
+            "runs": rows,
+            "gradient_bytes_per_step": gradient_bytes,
+            "ring_bytes_sent_per_process_per_step": {str(p): b for p, b in ring.items()},
+            "machine": machine,
+        }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

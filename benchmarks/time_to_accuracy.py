@@ -14,6 +14,7 @@ For a frozen-feature recipe, point CIFARKIT_CACHE at an empty folder: the first
 run then pays for the backbone pass over all 60,000 images (cold cache), and
 the second reuses the cached features, i.e. retrains the head (warm cache).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,23 +60,39 @@ def main() -> None:
         wall = time.perf_counter() - t0
         train_seconds = json.loads((run_dir / "metrics.json").read_text())["train_seconds"]
         bf16 = json.loads((run_dir / "config.json").read_text()).get("bf16", False)  # as resolved for this machine
-        row = {"seed": recipe.seed, "wall_seconds": wall, "train_seconds": train_seconds, "bf16": bf16,
-               "test_acc": metrics["test_acc"], "test_acc_tta": metrics.get("test_acc_tta"), "run_dir": str(run_dir)}
+        row = {
+            "seed": recipe.seed,
+            "wall_seconds": wall,
+            "train_seconds": train_seconds,
+            "bf16": bf16,
+            "test_acc": metrics["test_acc"],
+            "test_acc_tta": metrics.get("test_acc_tta"),
+            "run_dir": str(run_dir),
+        }
         runs.append(row)
         tta = f"{row['test_acc_tta']:.4f}" if row["test_acc_tta"] is not None else "n/a"
-        print(f"run {i + 1}/{args.runs} seed {recipe.seed}: {wall / 60:.1f} min ({train_seconds:.0f} s training), "
-              f"test acc {row['test_acc']:.4f}, with TTA {tta}", flush=True)
+        print(
+            f"run {i + 1}/{args.runs} seed {recipe.seed}: {wall / 60:.1f} min ({train_seconds:.0f} s training), "
+            f"test acc {row['test_acc']:.4f}, with TTA {tta}",
+            flush=True,
+        )
 
     def summary(key: str) -> dict[str, float]:
         values = [r[key] for r in runs if r[key] is not None]
         if not values:
             return {}
-        return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "min": min(values), "max": max(values)}
+        return {
+            "mean": statistics.mean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+        }
 
     result = {
-        "recipe": base.to_dict(), "runs": runs,
-        "wall_seconds": summary("wall_seconds"), "train_seconds": summary("train_seconds"),
+        "recipe": base.to_dict(),
+        "runs": runs,
+        "wall_seconds": summary("wall_seconds"),
+        "train_seconds": summary("train_seconds"),
         "test_acc": summary("test_acc"),
         "test_acc_tta": summary("test_acc_tta"),
         "machine": machine,

@@ -21,6 +21,7 @@ the CPU has it natively, AVX512-BF16 or AMX, else float32), ``true`` or
 ``false``; several values time each precision they resolve to. The first line
 printed describes the machine (CPU model and kind, cores, threads, torch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,15 +98,24 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(PRESETS), choices=[m.name for m in list_models()])
     parser.add_argument("--input-size", type=int, help="input_size for transfer models (upsampling inside)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[256, 512])
-    parser.add_argument("--formats", nargs="+", default=["channels_last", "contiguous"],
-                        choices=["channels_last", "contiguous"])
+    parser.add_argument(
+        "--formats", nargs="+", default=["channels_last", "contiguous"], choices=["channels_last", "contiguous"]
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bf16", nargs="+", default=["auto"], choices=["auto", "true", "false"],
-                        help="precision as in a recipe: auto (bf16 where native), true, false; several to compare")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's allocator as it is, to measure what cifarkit.runtime gains")
+    parser.add_argument(
+        "--bf16",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "true", "false"],
+        help="precision as in a recipe: auto (bf16 where native), true, false; several to compare",
+    )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's allocator as it is, to measure what cifarkit.runtime gains",
+    )
     args = parser.parse_args()
     malloc = "glibc default" if args.default_malloc else f"tuned: {keep_freed_memory()}"
     # Explicit, so numbers are comparable between machines and with the 2-core target.
@@ -117,8 +127,10 @@ def main() -> None:
 
     print(f"machine: {json.dumps(machine_info('cpu'))}")
     print(f"malloc {malloc}")
-    print(f"{'model':<18} {'batch':>5} {'format':<18} {'img/s':>7} {'ms/step':>8} {'median':>7} "
-          f"{'fwd GFLOP/img':>13} {'GFLOP/s':>8} {'s/epoch':>8}")
+    print(
+        f"{'model':<18} {'batch':>5} {'format':<18} {'img/s':>7} {'ms/step':>8} {'median':>7} "
+        f"{'fwd GFLOP/img':>13} {'GFLOP/s':>8} {'s/epoch':>8}"
+    )
     kwargs = {"input_size": args.input_size} if args.input_size else {}
     for name in args.models:
         settings = [(fmt, bf16) for fmt in args.formats for bf16 in precisions]
@@ -130,9 +142,12 @@ def main() -> None:
                 median, fastest = time_steps(model, batch_size, args.steps, args.warmup, bf16)
                 images_per_s = batch_size / fastest
                 label = fmt + ("+bf16" if bf16 else "")
-                print(f"{name:<18} {batch_size:>5} {label:<18} {images_per_s:>7.0f} {1e3 * fastest:>8.0f} "
-                      f"{1e3 * median:>7.0f} {gflop:>13.3f} {3 * gflop * images_per_s:>8.1f} "
-                      f"{TRAIN_IMAGES / images_per_s:>8.0f}", flush=True)
+                print(
+                    f"{name:<18} {batch_size:>5} {label:<18} {images_per_s:>7.0f} {1e3 * fastest:>8.0f} "
+                    f"{1e3 * median:>7.0f} {gflop:>13.3f} {3 * gflop * images_per_s:>8.1f} "
+                    f"{TRAIN_IMAGES / images_per_s:>8.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny learnable synthetic data set, and thread limits for a 2-core machine."""
+
 from __future__ import annotations
 
 import os

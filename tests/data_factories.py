@@ -3,6 +3,7 @@
 Images are random but sorted by label, and their file names sort in image
 order, so every format decodes to exactly the arrays of :func:`make_dataset`.
 """
+
 from __future__ import annotations
 
 import hashlib

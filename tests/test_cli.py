@@ -3,7 +3,6 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -56,10 +55,22 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch, tiny_d
     # Feed the CLI the synthetic set through the data API it calls.
     monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
     config = tmp_path / "cfg.toml"
-    config.write_text('lr = 0.003\nflip = true\n')
+    config.write_text("lr = 0.003\nflip = true\n")
     run = tmp_path / "run"
-    code, out, err = run_cli(capsys, "train", "--recipe", "seed_cnn3", "--epochs", "2", "--config", str(config),
-                             "--set", "translate=2", "--out", str(run))
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        "--recipe",
+        "seed_cnn3",
+        "--epochs",
+        "2",
+        "--config",
+        str(config),
+        "--set",
+        "translate=2",
+        "--out",
+        str(run),
+    )
     assert code == 0, err
     assert "test accuracy" in out and "precision" in out
     cfg = json.loads((run / "config.json").read_text())
@@ -67,15 +78,17 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch, tiny_d
 
     Image.fromarray(tiny_data.x_test[3]).save(tmp_path / "img.png")
     (tmp_path / "bad.jpg").write_bytes(b"\x00garbage")
-    code, out, _ = run_cli(capsys, "predict", str(run), str(tmp_path / "img.png"), str(tmp_path / "bad.jpg"),
-                           "--json", "--top-k", "2")
+    code, out, _ = run_cli(
+        capsys, "predict", str(run), str(tmp_path / "img.png"), str(tmp_path / "bad.jpg"), "--json", "--top-k", "2"
+    )
     results = json.loads(out)
     assert code == 1  # one file failed, and the exit status says so
     assert len(results[0]["predictions"]) == 2 and "error" in results[1]
 
     html = tmp_path / "report.html"
-    code, out, err = run_cli(capsys, "report", str(run), "-o", str(html), "--robustness-images", "20",
-                             "--gradcam-images", "2")
+    code, out, err = run_cli(
+        capsys, "report", str(run), "-o", str(html), "--robustness-images", "20", "--gradcam-images", "2"
+    )
     assert code == 0, err
     page = html.read_text()
     # temperature scaling ran on the run's own validation split, handed over by the CLI
@@ -112,9 +125,11 @@ def test_python_dash_m_cifarkit_works():
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"]])
 def test_version_and_help_import_no_heavy_library(argv):
-    probe = ("import sys; from cifarkit.cli import main\n"
-             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-             "print([m for m in ('torch', 'matplotlib', 'sklearn') if m in sys.modules])")
+    probe = (
+        "import sys; from cifarkit.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'matplotlib', 'sklearn') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
@@ -145,8 +160,9 @@ def test_bad_train_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch, tin
     fractional.write_text("epochs = 1.5\n")
     assert "'epochs' expects an integer, got 1.5" in _error(capsys, "train", "--config", str(fractional))
     assert "unknown model 'nope'" in _error(capsys, "train", "--set", "model=nope", "--out", str(tmp_path / "b"))
-    assert "--subset must be between" in _error(capsys, "train", "--recipe", "seed_cnn3", "--subset", "0",
-                                                "--out", str(tmp_path / "c"))
+    assert "--subset must be between" in _error(
+        capsys, "train", "--recipe", "seed_cnn3", "--subset", "0", "--out", str(tmp_path / "c")
+    )
     (tmp_path / "file").write_text("x")
     assert "is a file" in _error(capsys, "train", "--recipe", "seed_cnn3", "--out", str(tmp_path / "file"))
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
@@ -174,8 +190,21 @@ def test_resume_needs_only_the_run_directory(tmp_path, capsys, monkeypatch, tiny
 
     monkeypatch.setattr(train_module, "train_one_epoch", dies_in_second_epoch)
     run = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", "--recipe", "seed_cnn3", "--epochs", "2", "--set", "lr=0.003",
-                           "--subset", "200", "--out", str(run), "--no-eval")
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--recipe",
+        "seed_cnn3",
+        "--epochs",
+        "2",
+        "--set",
+        "lr=0.003",
+        "--subset",
+        "200",
+        "--out",
+        str(run),
+        "--no-eval",
+    )
     assert code == 130 and f"cifarkit train --resume --out {run}" in err
     monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
     code, out, err = run_cli(capsys, "train", "--resume", "--out", str(run), "--no-eval")

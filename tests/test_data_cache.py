@@ -1,4 +1,5 @@
 """The decoded-array cache: hit on an unchanged source, rebuilt when it changes or is corrupt."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarkit.data import CIFAR10, default_cache_dir, load_cifar10
-from cifarkit.data import cache, loader
+from cifarkit.data import CIFAR10, cache, default_cache_dir, load_cifar10, loader
 from cifarkit.errors import DataError
 from data_factories import assert_same_data, make_dataset, write_archive, write_image_folders, write_python_batches
 

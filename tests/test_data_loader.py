@@ -1,12 +1,12 @@
 """Where load_cifar10 looks: argument, CIFARKIT_DATA, the cache folder's archive, a download."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from cifarkit.data import CIFAR10, load_cifar10
-from cifarkit.data import loader
+from cifarkit.data import CIFAR10, load_cifar10, loader
 from cifarkit.data.sources import PYTHON_MD5
 from cifarkit.errors import DataError
 from data_factories import assert_same_data, make_dataset, python_archive, write_image_folders
@@ -89,6 +89,4 @@ def test_nothing_found_downloads_to_the_cache(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(DataError, match="offline"):
         load_cifar10(cache_dir=tmp_path / "cache", url="http://example.invalid/a.tar.gz")
     assert PYTHON_MD5 == "c58f30108f718f92721af3b95e74349a"
-    assert calls == [
-        ("http://example.invalid/a.tar.gz", tmp_path / "cache" / "cifar-10-python.tar.gz", PYTHON_MD5)
-    ]
+    assert calls == [("http://example.invalid/a.tar.gz", tmp_path / "cache" / "cifar-10-python.tar.gz", PYTHON_MD5)]

@@ -2,6 +2,7 @@
 
 Run with, e.g., CIFARKIT_DATA=/work/shared/data/cifar10 CIFARKIT_CACHE=$(mktemp -d).
 """
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cifarkit.data import CLASSES, load_cifar10
-from cifarkit.data import loader
+from cifarkit.data import CLASSES, load_cifar10, loader
 
 pytestmark = pytest.mark.skipif(not os.environ.get("CIFARKIT_DATA"), reason="CIFARKIT_DATA is not set")
 

@@ -1,4 +1,5 @@
 """The restricted unpickler: numpy batches load, anything that could run code does not."""
+
 from __future__ import annotations
 
 import io

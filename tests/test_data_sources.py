@@ -1,4 +1,5 @@
 """Every CIFAR-10 layout decodes to the same arrays; every malformed one is a clear DataError."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarkit.data import CIFAR10, CLASSES, load_cifar10
-from cifarkit.data import sources
+from cifarkit.data import CIFAR10, CLASSES, load_cifar10, sources
 from cifarkit.errors import DataError
 from data_factories import (
     assert_same_data,

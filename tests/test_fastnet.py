@@ -1,4 +1,5 @@
 """FastNet: registered presets, parameter counts, BatchNorm convention, patch whitening."""
+
 from __future__ import annotations
 
 import pytest

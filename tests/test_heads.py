@@ -1,4 +1,5 @@
 """Classifier heads on feature vectors."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Real CIFAR-10 from $CIFARKIT_DATA (set by .ci/run): train briefly, evaluate on the full test set."""
+
 import json
 
 import pytest
@@ -26,7 +27,9 @@ def test_one_epoch_of_the_fastest_recipe_on_10000_real_images(real_data_path, tm
     data = load_cifar10(real_data_path)
     run = train(get_recipe("fast90").replace(epochs=1), data, tmp_path / "run", subset=10_000, progress=False)
     metrics = evaluate(run, data)
-    print(f"fast90, 1 epoch on 10,000 images: test accuracy {metrics['test_acc']:.4f}, "
-          f"with TTA {metrics['test_acc_tta']:.4f}")
+    print(
+        f"fast90, 1 epoch on 10,000 images: test accuracy {metrics['test_acc']:.4f}, "
+        f"with TTA {metrics['test_acc_tta']:.4f}"
+    )
     # Chance is 10%. One epoch is only 5 steps of 2,000 images; it reached 28.2% here.
     assert metrics["test_acc"] > 0.20

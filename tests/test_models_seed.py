@@ -15,9 +15,13 @@ def _layer_shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     """(layer kind, output shape without batch) for conv, pool, flatten and dense layers, in order."""
     shapes = []
     kinds = {nn.Conv2d: "conv", nn.MaxPool2d: "pool", nn.Flatten: "flatten", nn.Linear: "dense"}
+
+    def record(kind: str):
+        return lambda module, inputs, output: shapes.append((kind, tuple(output.shape[1:])))
+
     for m in model.modules():
         if type(m) in kinds:
-            m.register_forward_hook(lambda mod, i, o, k=kinds[type(m)]: shapes.append((k, tuple(o.shape[1:]))))
+            m.register_forward_hook(record(kinds[type(m)]))
     model.eval()(torch.zeros(2, 3, 32, 32))
     return shapes
 
@@ -28,17 +32,27 @@ def _keras(h, w, c):  # Keras reports NHWC; torch gives NCHW
 
 def test_seed_cnn3_layer_shapes_match_notebook_summary():
     assert _layer_shapes(create_model("seed_cnn3")) == [
-        ("conv", _keras(32, 32, 16)), ("conv", _keras(32, 32, 32)), ("pool", _keras(16, 16, 32)),
-        ("conv", _keras(16, 16, 32)), ("conv", _keras(16, 16, 64)), ("pool", _keras(8, 8, 64)),
-        ("flatten", (4096,)), ("dense", (256,)), ("dense", (10,)),
+        ("conv", _keras(32, 32, 16)),
+        ("conv", _keras(32, 32, 32)),
+        ("pool", _keras(16, 16, 32)),
+        ("conv", _keras(16, 16, 32)),
+        ("conv", _keras(16, 16, 64)),
+        ("pool", _keras(8, 8, 64)),
+        ("flatten", (4096,)),
+        ("dense", (256,)),
+        ("dense", (10,)),
     ]
 
 
 @pytest.mark.parametrize("name", ["seed_cnn1", "seed_cnn2"])
 def test_seed_cnn1_2_layer_shapes_match_notebook_summary(name):
     assert _layer_shapes(create_model(name)) == [
-        ("conv", _keras(32, 32, 16)), ("conv", _keras(32, 32, 32)), ("pool", _keras(16, 16, 32)),
-        ("flatten", (8192,)), ("dense", (256,)), ("dense", (10,)),
+        ("conv", _keras(32, 32, 16)),
+        ("conv", _keras(32, 32, 32)),
+        ("pool", _keras(16, 16, 32)),
+        ("flatten", (8192,)),
+        ("dense", (256,)),
+        ("dense", (10,)),
     ]
 
 

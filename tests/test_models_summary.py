@@ -31,8 +31,12 @@ def test_seed_cnn3_layers_shapes_and_counts_match_the_notebook() -> None:
     convs_and_dense = [(r.output_shape, r.params) for r in summary.layers if r.kind in ("Conv2d", "Linear")]
     # 3x3 convs: 9 * c_in * c_out + c_out; dense: in * out + out.
     assert convs_and_dense == [
-        ("(None, 16, 32, 32)", 448), ("(None, 32, 32, 32)", 4_640), ("(None, 32, 16, 16)", 9_248),
-        ("(None, 64, 16, 16)", 18_496), ("(None, 256)", 1_048_832), ("(None, 10)", 2_570),
+        ("(None, 16, 32, 32)", 448),
+        ("(None, 32, 32, 32)", 4_640),
+        ("(None, 32, 16, 16)", 9_248),
+        ("(None, 64, 16, 16)", 18_496),
+        ("(None, 256)", 1_048_832),
+        ("(None, 10)", 2_570),
     ]
     pooled = [r.output_shape for r in summary.layers if r.kind == "MaxPool2d"]
     assert pooled == ["(None, 32, 16, 16)", "(None, 64, 8, 8)"]

@@ -1,4 +1,5 @@
 """Muon: Newton-Schulz orthogonalisation, the update rule, and that it trains."""
+
 from __future__ import annotations
 
 import pytest
@@ -80,9 +81,15 @@ def test_muon_trains_tiny_conv_net() -> None:
     x = torch.randn(128, 3, 8, 8)
     y = (x[:, 0].mean(dim=(1, 2)) > 0).long() + 2 * (x[:, 1, :4].mean(dim=(1, 2)) > 0).long()
     net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.GELU(),
-        nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.GELU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.GELU(),
+        nn.Conv2d(16, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.GELU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
     )
     filters = [p for p in net.parameters() if p.ndim == 4]
     others = [p for p in net.parameters() if p.ndim != 4]

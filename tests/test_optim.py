@@ -1,4 +1,5 @@
 """Learning-rate schedules, weight EMA and the whitening-bias freeze, against hand-computed values."""
+
 from __future__ import annotations
 
 import math
@@ -110,4 +111,3 @@ def test_whiten_bias_epochs_needs_a_whitening_layer():
     recipe = get_recipe("seed_cnn3").replace(whiten_bias_epochs=3)
     with pytest.raises(CifarkitError, match="whiten_bias_epochs=0"):
         build_optimizer(nn.Linear(4, 2), recipe)
-

@@ -1,4 +1,5 @@
 """Expected calibration error by hand, and temperature scaling on a miscalibrated toy model."""
+
 import numpy as np
 import pytest
 import torch
@@ -77,7 +78,8 @@ def test_temperature_scaling_fixes_logits_scaled_by_five():
     raw = calibration.softmax(test_logits)
     scaled = calibration.softmax(test_logits, temperature)
     assert analysis.expected_calibration_error(scaled, test_labels) < 0.5 * analysis.expected_calibration_error(
-        raw, test_labels)
+        raw, test_labels
+    )
     assert (scaled.argmax(1) == raw.argmax(1)).all()
 
 

@@ -1,4 +1,5 @@
 """Corruptions change images by their documented amounts; robustness feeds the corrupted images to the model."""
+
 import numpy as np
 import pytest
 import torch
@@ -94,10 +95,13 @@ def test_blur_spreads_a_point_like_the_documented_sigma():
     assert blurred[16] == pytest.approx(255 / (2 * np.pi * sigma**2), rel=0.06)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"name": "fog", "severity": 1}, "unknown corruption"),
-    ({"name": "jpeg", "severity": 6}, "severity"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "fog", "severity": 1}, "unknown corruption"),
+        ({"name": "jpeg", "severity": 6}, "severity"),
+    ],
+)
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         corrupt(_natural(1), **kwargs)

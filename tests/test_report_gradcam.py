@@ -1,4 +1,5 @@
 """Grad-CAM: a toy CNN that only looks at one image quadrant must be explained by that quadrant."""
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +29,7 @@ class QuadrantNet(nn.Module):
         with torch.no_grad():
             self.head.weight.copy_(torch.tensor([[-1.0] * 4, [1.0] * 4]))
         mask = torch.zeros(1, 1, SIZE, SIZE)
-        mask[..., : SIZE // 2, SIZE // 2:] = 1.0  # top rows, right columns
+        mask[..., : SIZE // 2, SIZE // 2 :] = 1.0  # top rows, right columns
         self.register_buffer("mask", mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +55,7 @@ def test_grad_cam_highlights_the_decisive_quadrant():
     half = SIZE // 2
     inside = maps[:, :half, half:].mean()
     # two pixels of margin: the 3x3 kernels and the bilinear upsampling blur the quadrant border
-    outside = np.concatenate([maps[:, half + 2:, :].ravel(), maps[:, :, : half - 2].ravel()]).mean()
+    outside = np.concatenate([maps[:, half + 2 :, :].ravel(), maps[:, :, : half - 2].ravel()]).mean()
     assert inside > 0.5 and outside < 0.05
     assert maps[:, :half, half:].mean() > 5 * maps[:, half:, :half].mean()  # not transposed
 

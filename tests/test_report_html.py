@@ -3,6 +3,7 @@
 Chromium comes from Debian (``apt-get install -y chromium``); the rendering test
 is skipped, saying so, only where no chromium binary is on PATH.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,16 @@ from cifarkit.report.html import build_report
 from cifarkit.report.options import ReportOptions
 from cifarkit.runs import load_model, load_run, save_weights
 
-RUN_SECTIONS = ("classification", "confusion", "confused-pairs", "gallery", "top-losses", "gradcam", "calibration",
-                "robustness")
+RUN_SECTIONS = (
+    "classification",
+    "confusion",
+    "confused-pairs",
+    "gallery",
+    "top-losses",
+    "gradcam",
+    "calibration",
+    "robustness",
+)
 OPTIONS = ReportOptions(top_losses=6, gradcam_images=3, robustness_images=24, batch_size=64)
 
 
@@ -47,14 +56,38 @@ def _write_run(path: Path, model: str, seed: int, tta: str) -> Path:
     """A run directory as training leaves it: config, history, metrics and the weights of a random ``model``."""
     path.mkdir(parents=True)
     epochs = 3
-    history = [{"epoch": e, "train_loss": 2.3 - 0.3 * e, "train_acc": 0.1 + 0.1 * e, "val_loss": 2.3 - 0.2 * e,
-                "val_acc": 0.1 + 0.08 * e, "lr": 0.1, "seconds": 1.5} for e in range(1, epochs + 1)]
-    config = {"name": "fake", "model": model, "model_kwargs": {}, "epochs": epochs, "tta": tta, "bf16": False,
-              "val_fraction": 0.2, "seed": seed, "subset": None, "classes": list(CLASSES)}
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 2.3 - 0.3 * e,
+            "train_acc": 0.1 + 0.1 * e,
+            "val_loss": 2.3 - 0.2 * e,
+            "val_acc": 0.1 + 0.08 * e,
+            "lr": 0.1,
+            "seconds": 1.5,
+        }
+        for e in range(1, epochs + 1)
+    ]
+    config = {
+        "name": "fake",
+        "model": model,
+        "model_kwargs": {},
+        "epochs": epochs,
+        "tta": tta,
+        "bf16": False,
+        "val_fraction": 0.2,
+        "seed": seed,
+        "subset": None,
+        "classes": list(CLASSES),
+    }
     torch.manual_seed(seed)
     weights = create_model(model).state_dict()
-    metrics = {"params": sum(v.numel() for v in weights.values()), "best_val_acc": 0.34, "train_seconds": 4.5,
-               "epochs_run": epochs}
+    metrics = {
+        "params": sum(v.numel() for v in weights.values()),
+        "best_val_acc": 0.34,
+        "train_seconds": 4.5,
+        "epochs_run": epochs,
+    }
     for name, record in (("config.json", config), ("history.json", history), ("metrics.json", metrics)):
         (path / name).write_text(json.dumps(record))
     save_weights(weights, path / "best.safetensors")
@@ -71,6 +104,7 @@ def report(tmp_path_factory):
     assert not (runs[1] / "eval").exists()
     out = build_report(runs, root / "out" / "report.html", data=data, options=OPTIONS)
     return out, runs
+
 
 class _BalanceChecker(HTMLParser):
     """Records tag-nesting errors: every non-void start tag needs its own matching end tag."""
@@ -173,8 +207,18 @@ def test_each_section_writes_its_files_into_the_run(report):
     _, runs = report
     for run in runs:
         insight = run / "insight"
-        expected = ["curves.png", "confused_pairs.csv", "top_losses.csv", "top_losses.png", "gradcam.json",
-                    "calibration.json", "reliability.png", "robustness.csv", "robustness.json", "robustness.png"]
+        expected = [
+            "curves.png",
+            "confused_pairs.csv",
+            "top_losses.csv",
+            "top_losses.png",
+            "gradcam.json",
+            "calibration.json",
+            "reliability.png",
+            "robustness.csv",
+            "robustness.json",
+            "robustness.png",
+        ]
         assert all((insight / f).stat().st_size > 0 for f in expected), sorted(p.name for p in insight.iterdir())
         assert list(insight.glob("*.tmp")) == []
         calibration = json.loads((insight / "calibration.json").read_text())
@@ -215,8 +259,9 @@ def test_cli_arguments_build_the_report(tmp_path, monkeypatch):
     run = _write_run(tmp_path / "run", "seed_cnn3", 0, tta="none")
     parser = argparse.ArgumentParser()
     add_report_arguments(parser)
-    args = parser.parse_args([str(run), "-o", str(tmp_path / "x.html"), "--no-model", "--seed", "3",
-                              "--robustness-images", "5"])
+    args = parser.parse_args(
+        [str(run), "-o", str(tmp_path / "x.html"), "--no-model", "--seed", "3", "--robustness-images", "5"]
+    )
     assert report_options(args).seed == 3 and report_options(args).robustness_images == 5
 
     def refuse(_path):
@@ -250,9 +295,20 @@ def _chromium() -> str:
 
 def _headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
     """Run headless Chromium (no sandbox: CI runs as root) with console messages logged to stderr."""
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-               "--disable-extensions", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-               "--virtual-time-budget=10000", *args]
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=10000",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
 
 
@@ -287,6 +343,7 @@ def test_chromium_renders_every_section_and_decodes_every_image(report, tmp_path
     assert console == []
 
     screenshot = tmp_path / "page.png"
-    _headless(browser, tmp_path / "profile2", f"--screenshot={screenshot}", "--window-size=1280,2000",
-              report[0].as_uri())
+    _headless(
+        browser, tmp_path / "profile2", f"--screenshot={screenshot}", "--window-size=1280,2000", report[0].as_uri()
+    )
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000

@@ -1,4 +1,5 @@
 """Prediction metrics and analyses (shared by evaluate and the report) against values computed by hand."""
+
 import numpy as np
 import pytest
 
@@ -63,12 +64,14 @@ def test_confused_pairs_are_ordered_off_diagonal_cells_largest_first():
 
 
 def test_top_losses_are_the_lowest_true_class_probabilities():
-    probs = np.array([
-        [0.9, 0.1],   # right, loss -log 0.9
-        [0.2, 0.8],   # label 0: wrong, loss -log 0.2
-        [0.6, 0.4],   # label 1: wrong, loss -log 0.4
-        [0.05, 0.95],  # label 0: confidently wrong, loss -log 0.05
-    ])
+    probs = np.array(
+        [
+            [0.9, 0.1],  # right, loss -log 0.9
+            [0.2, 0.8],  # label 0: wrong, loss -log 0.2
+            [0.6, 0.4],  # label 1: wrong, loss -log 0.4
+            [0.05, 0.95],  # label 0: confidently wrong, loss -log 0.05
+        ]
+    )
     labels = np.array([0, 0, 1, 0])
     top = analysis.top_losses(probs, labels, k=3, classes=("cat", "dog"))
     assert [p.index for p in top] == [3, 1, 2] and top[0].source == "test[3]"
@@ -76,14 +79,22 @@ def test_top_losses_are_the_lowest_true_class_probabilities():
     assert (top[0].actual, top[0].predicted, top[0].probability) == ("cat", "dog", pytest.approx(0.95))
     assert not top[0].correct and top[2].top == (("cat", pytest.approx(0.6)),)
     assert analysis.prediction_rows(top[:1]) == [
-        {"index": 3, "actual": "cat", "predicted": "dog", "probability": pytest.approx(0.95),
-         "loss": pytest.approx(-np.log(0.05))}]
+        {
+            "index": 3,
+            "actual": "cat",
+            "predicted": "dog",
+            "probability": pytest.approx(0.95),
+            "loss": pytest.approx(-np.log(0.05)),
+        }
+    ]
 
 
 def test_ranked_lists_the_most_probable_classes_first():
     assert analysis.ranked(np.array([0.2, 0.5, 0.3]), NAMES, 2) == (("b", 0.5), ("c", 0.3))
     assert analysis.Prediction("x.png", analysis.ranked(np.array([0.2, 0.5, 0.3]), NAMES, 1)).to_dict() == {
-        "image": "x.png", "predictions": [{"class": "b", "probability": 0.5}]}
+        "image": "x.png",
+        "predictions": [{"class": "b", "probability": 0.5}],
+    }
 
 
 def test_random_predictions_are_distinct_and_reproducible():

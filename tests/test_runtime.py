@@ -110,7 +110,16 @@ def test_autocast_runs_bf16_only_when_asked():
 
 def test_machine_info_names_what_a_figure_needs():
     info = runtime.machine_info("cpu")
-    assert {"cifarkit", "torch", "device", "cpu_model", "cpu_kind", "cpu_features", "cores", "torch_threads",
-            "bf16_auto"} <= set(info)
+    assert {
+        "cifarkit",
+        "torch",
+        "device",
+        "cpu_model",
+        "cpu_kind",
+        "cpu_features",
+        "cores",
+        "torch_threads",
+        "bf16_auto",
+    } <= set(info)
     assert set(info["cpu_features"]) == {"avx2", "avx512", "avx512_bf16", "amx"}
     assert info["bf16_auto"] is runtime.cpu_has_native_bf16()

@@ -115,7 +115,8 @@ def test_batch_keeps_order_and_top_k(api):
     # the same image alone or in a batch: same classes, probabilities up to float rounding of the batch's kernels
     assert [p["class"] for p in single["predictions"]] == [p["class"] for p in results[1]["predictions"]]
     assert [p["probability"] for p in single["predictions"]] == pytest.approx(
-        [p["probability"] for p in results[1]["predictions"]], abs=1e-6)
+        [p["probability"] for p in results[1]["predictions"]], abs=1e-6
+    )
     assert len(api.post("/v1/predict", files=[files[0]]).json()["results"][0]["predictions"]) == 3  # default
 
 

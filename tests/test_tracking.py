@@ -1,4 +1,5 @@
 """The training loop's callbacks, and the TensorBoard and MLflow trackers read back with their own readers."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,25 @@ def test_train_track_tensorboard_writes_readable_events(tiny_data, tmp_path, cap
     monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
     run = tmp_path / "run"
     try:
-        main(["train", "--recipe", "seed_cnn3", "--epochs", "2", "--lr", "0.003", "--set", "bf16=false",
-              "--subset", "100", "--out", str(run), "--track", "tensorboard"])
+        main(
+            [
+                "train",
+                "--recipe",
+                "seed_cnn3",
+                "--epochs",
+                "2",
+                "--lr",
+                "0.003",
+                "--set",
+                "bf16=false",
+                "--subset",
+                "100",
+                "--out",
+                str(run),
+                "--track",
+                "tensorboard",
+            ]
+        )
     except SystemExit as e:
         pytest.fail(f"exit {e.code}: {capsys.readouterr().err}")
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()

@@ -1,4 +1,5 @@
 """Transfer learning through the one training loop: frozen features (cached) and fine-tuning."""
+
 import json
 
 import numpy as np
@@ -49,16 +50,24 @@ def test_frozen_features_train_the_head_only_and_reuse_the_cache(tiny_data, tmp_
     assert metrics["trainable_params"] == 1280 * 10 + 10
 
     # Another head / learning rate: the same cached features, no backbone pass.
-    train(frozen(lr=3e-3, model_kwargs={"input_size": 32, "head": "mlp", "hidden": 64, "trainable_blocks": 0}),
-          tiny_data, tmp_path / "b", progress=False)
+    train(
+        frozen(lr=3e-3, model_kwargs={"input_size": 32, "head": "mlp", "hidden": 64, "trainable_blocks": 0}),
+        tiny_data,
+        tmp_path / "b",
+        progress=False,
+    )
     assert len(extractions) == 1
     # Test features are cached too: the second evaluation runs no backbone.
     first = evaluate(run, tiny_data)
     assert extractions[-1] == (32, 100)
     assert evaluate(run, tiny_data)["test_acc"] == first["test_acc"] and len(extractions) == 2
     # A new input size, or float32 instead of the recipe's bfloat16, means new features.
-    train(frozen(model_kwargs={"input_size": 48, "head": "linear", "trainable_blocks": 0, "hidden": None}), tiny_data,
-          tmp_path / "c", progress=False)
+    train(
+        frozen(model_kwargs={"input_size": 48, "head": "linear", "trainable_blocks": 0, "hidden": None}),
+        tiny_data,
+        tmp_path / "c",
+        progress=False,
+    )
     assert extractions[-1] == (48, 300)
     train(frozen(bf16=False), tiny_data, tmp_path / "d", progress=False)
     assert extractions[-1] == (32, 300) and len(extractions) == 4
@@ -70,8 +79,9 @@ def test_frozen_features_refuse_augmentation(tiny_data, tmp_path, extractions):
 
 
 def test_finetuning_changes_the_backbone(tiny_data, tmp_path):
-    recipe = get_recipe("lite0_finetune").replace(epochs=1, batch_size=32,
-                                                 model_kwargs={"input_size": 32, "head": "linear"})
+    recipe = get_recipe("lite0_finetune").replace(
+        epochs=1, batch_size=32, model_kwargs={"input_size": 32, "head": "linear"}
+    )
     run = train(recipe, tiny_data, tmp_path / "ft", subset=100, progress=False)
     pretrained = create_model("efficientnet_lite0", input_size=32).state_dict()
     changed = [k for k, v in backbone_weights(run / "last.safetensors").items() if not torch.equal(pretrained[k], v)]

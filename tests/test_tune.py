@@ -1,4 +1,5 @@
 """cifarkit tune: search spaces checked up front; tiny studies that prune, resume, share PostgreSQL and report."""
+
 from __future__ import annotations
 
 import json
@@ -36,16 +37,20 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 # --- search spaces ------------------------------------------------------------------------------------------
 
+
 def test_space_holds_fixed_values_ranges_and_choices():
     fast = get_recipe("fast90")
-    space = parse_space({
-        "epochs": 2,
-        "lr": {"low": 1e-4, "high": 1e-2, "log": True},
-        "batch_size": {"choices": [500, 1000]},
-        "translate": {"low": 0, "high": 2},
-        "label_smoothing": {"low": 0.0, "high": 0.2, "step": 0.1},
-        "model_kwargs": {"bn_momentum": {"low": 0, "high": 0.8}, "whiten_kernel": {"low": 1, "high": 3}},
-    }, fast)
+    space = parse_space(
+        {
+            "epochs": 2,
+            "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+            "batch_size": {"choices": [500, 1000]},
+            "translate": {"low": 0, "high": 2},
+            "label_smoothing": {"low": 0.0, "high": 0.2, "step": 0.1},
+            "model_kwargs": {"bn_momentum": {"low": 0, "high": 0.8}, "whiten_kernel": {"low": 1, "high": 3}},
+        },
+        fast,
+    )
     assert space.fixed == {"epochs": 2}
     dists = space.params
     assert isinstance(dists["lr"], optuna.distributions.FloatDistribution) and dists["lr"].log
@@ -55,28 +60,43 @@ def test_space_holds_fixed_values_ranges_and_choices():
     # Keys of model_kwargs take their type from the range: 0.8 makes a float, whole ends an integer.
     assert isinstance(dists["model_kwargs.bn_momentum"], optuna.distributions.FloatDistribution)
     assert isinstance(dists["model_kwargs.whiten_kernel"], optuna.distributions.IntDistribution)
-    recipe = space.recipe(fast, {"lr": 0.003, "batch_size": 500, "translate": 1, "label_smoothing": 0.1,
-                                 "model_kwargs.bn_momentum": 0.5, "model_kwargs.whiten_kernel": 3})
+    recipe = space.recipe(
+        fast,
+        {
+            "lr": 0.003,
+            "batch_size": 500,
+            "translate": 1,
+            "label_smoothing": 0.1,
+            "model_kwargs.bn_momentum": 0.5,
+            "model_kwargs.whiten_kernel": 3,
+        },
+    )
     assert (recipe.epochs, recipe.lr, recipe.batch_size, recipe.translate) == (2, 0.003, 500, 1)
     assert recipe.model_kwargs == {**fast.model_kwargs, "bn_momentum": 0.5, "whiten_kernel": 3}
 
 
-@pytest.mark.parametrize("table, message", [
-    ({"lrr": {"low": 0.1, "high": 1.0}}, "unknown recipe field 'lrr'"),
-    ({"lr": {"low": 0.1, "high": 0.1}}, "lr: low (0.1) must be below high (0.1)"),
-    ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "lr: a log scale needs low > 0"),
-    ({"lr": {"choices": []}}, "lr: choices must be a non-empty list"),
-    ({"lr": {"low": 0.1, "hihg": 1.0}}, "lr: unknown key(s) hihg"),
-    ({"lr": {"low": 0.1, "high": 1.0, "step": 0.1, "log": True}}, "step must be a number > 0, and cannot be combined"),
-    ({"epochs": {"low": 1, "high": 2.5}}, "epochs is an integer field"),
-    ({"optimizer": {"low": 0, "high": 1}}, "optimizer is not numeric: search it with choices"),
-    ({"optimizer": {"choices": ["adamw", "rmsprop"]}}, "optimizer = 'rmsprop' is not a valid trial"),
-    ({"label_smoothing": {"low": 0.0, "high": 1.5}}, "label_smoothing = 1.5 is not a valid trial"),
-    ({"epochs": 3}, "nothing to search"),
-    ({"val_fraction": 0.0, "lr": {"low": 0.001, "high": 0.01}}, "val_fraction must be > 0"),
-    ({"model_kwargs": 3}, "model_kwargs is a table of keys: [model_kwargs]"),
-    ({"model_kwargs": {"dropout": {"low": 0.1, "high": 0.5}}}, "model_kwargs.dropout = 0.1 is not a valid trial"),
-])
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ({"lrr": {"low": 0.1, "high": 1.0}}, "unknown recipe field 'lrr'"),
+        ({"lr": {"low": 0.1, "high": 0.1}}, "lr: low (0.1) must be below high (0.1)"),
+        ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "lr: a log scale needs low > 0"),
+        ({"lr": {"choices": []}}, "lr: choices must be a non-empty list"),
+        ({"lr": {"low": 0.1, "hihg": 1.0}}, "lr: unknown key(s) hihg"),
+        (
+            {"lr": {"low": 0.1, "high": 1.0, "step": 0.1, "log": True}},
+            "step must be a number > 0, and cannot be combined",
+        ),
+        ({"epochs": {"low": 1, "high": 2.5}}, "epochs is an integer field"),
+        ({"optimizer": {"low": 0, "high": 1}}, "optimizer is not numeric: search it with choices"),
+        ({"optimizer": {"choices": ["adamw", "rmsprop"]}}, "optimizer = 'rmsprop' is not a valid trial"),
+        ({"label_smoothing": {"low": 0.0, "high": 1.5}}, "label_smoothing = 1.5 is not a valid trial"),
+        ({"epochs": 3}, "nothing to search"),
+        ({"val_fraction": 0.0, "lr": {"low": 0.001, "high": 0.01}}, "val_fraction must be > 0"),
+        ({"model_kwargs": 3}, "model_kwargs is a table of keys: [model_kwargs]"),
+        ({"model_kwargs": {"dropout": {"low": 0.1, "high": 0.5}}}, "model_kwargs.dropout = 0.1 is not a valid trial"),
+    ],
+)
 def test_bad_space_is_a_clear_error(table, message):
     with pytest.raises(CifarkitError) as error:
         parse_space(table, BASE)
@@ -101,6 +121,7 @@ def test_tune_help_shows_an_example_and_bad_space_is_one_line(capsys, tmp_path):
 
 # --- a tiny study with a pruned trial, shared by the tests below ---------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def pruned_study(tmp_path_factory) -> Path:
     """Two trials of 3 epochs: a good learning rate, then a hopeless one that the median pruner stops."""
@@ -110,8 +131,17 @@ def pruned_study(tmp_path_factory) -> Path:
     first = optuna.create_study(storage=storage, study_name="tiny", direction="maximize")
     first.enqueue_trial({"lr": 3e-3})
     first.enqueue_trial({"lr": 1e-7})
-    tune(BASE, space, synthetic_cifar(), out, n_trials=2, storage=storage, study_name="tiny", progress=False,
-         pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2))
+    tune(
+        BASE,
+        space,
+        synthetic_cifar(),
+        out,
+        n_trials=2,
+        storage=storage,
+        study_name="tiny",
+        progress=False,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2),
+    )
     return out
 
 
@@ -134,8 +164,21 @@ def test_best_config_is_accepted_by_train(pruned_study, tmp_path, capsys, monkey
     best = json.loads((pruned_study / BEST_CONFIG).read_text())
     assert best == {"epochs": 3, "lr": 3e-3, "bf16": False}  # only what differs from seed_cnn3
     monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
-    code, _, err = run_cli(capsys, "train", "--recipe", "seed_cnn3", "--config", str(pruned_study / BEST_CONFIG),
-                           "--epochs", "1", "--subset", "100", "--no-eval", "--out", str(tmp_path / "run"))
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--recipe",
+        "seed_cnn3",
+        "--config",
+        str(pruned_study / BEST_CONFIG),
+        "--epochs",
+        "1",
+        "--subset",
+        "100",
+        "--no-eval",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert code == 0, err
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["lr"], config["bf16"]) == (3e-3, False)
@@ -144,8 +187,16 @@ def test_best_config_is_accepted_by_train(pruned_study, tmp_path, capsys, monkey
 def test_a_different_space_does_not_resume_the_study(pruned_study, tiny_data):
     other = parse_space({"epochs": 3, "lr": {"low": 1e-6, "high": 1e-2, "log": True}}, BASE)
     with pytest.raises(CifarkitError, match="was started with a different space"):
-        tune(BASE, other, tiny_data, pruned_study, n_trials=3, storage=f"sqlite:///{pruned_study.parent / 'optuna.db'}",
-             study_name="tiny", progress=False)
+        tune(
+            BASE,
+            other,
+            tiny_data,
+            pruned_study,
+            n_trials=3,
+            storage=f"sqlite:///{pruned_study.parent / 'optuna.db'}",
+            study_name="tiny",
+            progress=False,
+        )
 
 
 def test_study_report(pruned_study, tmp_path, capsys):
@@ -199,12 +250,17 @@ tune(base, space, synthetic_cifar(), out, n_trials=n_trials, storage=storage, su
 """
 
 
-def start_worker(out: Path, storage: str | None, n_trials: int, kill_in: str | None = None,
-                 barrier: Path | None = None) -> subprocess.Popen:
+def start_worker(
+    out: Path, storage: str | None, n_trials: int, kill_in: str | None = None, barrier: Path | None = None
+) -> subprocess.Popen:
     """A worker process running the same study command; ``kill_in`` (e.g. "0001") dies in that trial."""
     args = json.dumps([str(out), storage, n_trials, kill_in, barrier and str(barrier)])
-    return subprocess.Popen([sys.executable, "-c", WORKER.format(tests=str(TESTS)), args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER.format(tests=str(TESTS)), args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_killed_study_resumes_without_duplicate_trials(tmp_path):
@@ -257,19 +313,35 @@ def test_two_workers_share_a_postgresql_study(postgres_url, tmp_path):
     assert len(numbers) == len(set(numbers)) and ran[0] | ran[1] == {f"{n:04d}" for n in numbers}
     # Done: 3 finished trials, or 4 when both workers were mid-trial as the third finished.
     assert 3 <= len(study.get_trials(states=(TrialState.COMPLETE,))) <= 4
-    assert all(t.params["lr"] == json.loads((out / t.user_attrs["run_dir"] / "config.json").read_text())["lr"]
-               for t in study.trials)
+    assert all(
+        t.params["lr"] == json.loads((out / t.user_attrs["run_dir"] / "config.json").read_text())["lr"]
+        for t in study.trials
+    )
 
 
 # --- the command line, with --final ------------------------------------------------------------------------
+
 
 def test_tune_command_with_final(tmp_path, capsys, monkeypatch, tiny_data):
     monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
     space = tmp_path / "space.toml"
     space.write_text("epochs = 1\nbf16 = false\nlr = {low = 1e-3, high = 1e-2, log = true}\n")
     out = tmp_path / "study"
-    code, stdout, err = run_cli(capsys, "tune", "--recipe", "seed_cnn3", "--space", str(space), "--trials", "1",
-                                "--subset", "100", "--out", str(out), "--final")
+    code, stdout, err = run_cli(
+        capsys,
+        "tune",
+        "--recipe",
+        "seed_cnn3",
+        "--space",
+        str(space),
+        "--trials",
+        "1",
+        "--subset",
+        "100",
+        "--out",
+        str(out),
+        "--final",
+    )
     assert code == 0, err
     assert "best: trial 0" in stdout and "test accuracy" in stdout
     final = out / "final-0000"

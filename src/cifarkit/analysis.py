@@ -13,6 +13,7 @@ confidence bins (Naeini et al. 2015; Guo et al. 2017): bin b holds the
 predictions whose confidence (max probability) lies in ((b-1)/M, b/M];
 ``ECE = sum_b |B_b| / N * |acc(B_b) - conf(B_b)|``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -58,8 +59,7 @@ class Prediction:
         if self.error:
             return {"image": self.source, "error": self.error}
         labelled = {"actual": self.actual, "loss": self.loss} if self.actual is not None else {}
-        return {"image": self.source, **labelled,
-                "predictions": [{"class": c, "probability": p} for c, p in self.top]}
+        return {"image": self.source, **labelled, "predictions": [{"class": c, "probability": p} for c, p in self.top]}
 
 
 class ConfusedPair(NamedTuple):
@@ -97,16 +97,24 @@ def normalize_rows(cm: np.ndarray) -> np.ndarray:
 def classification_report(labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """Per-class precision, recall, F1 and support plus accuracy and macro/weighted averages (sklearn's dict)."""
     return skm.classification_report(
-        labels, preds, labels=np.arange(len(class_names)), target_names=list(class_names),
-        output_dict=True, zero_division=0,
+        labels,
+        preds,
+        labels=np.arange(len(class_names)),
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
     )
 
 
 def classification_report_text(labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str]) -> str:
     """The same report as sklearn's fixed-width text table."""
     return skm.classification_report(
-        labels, preds, labels=np.arange(len(class_names)), target_names=list(class_names),
-        digits=4, zero_division=0,
+        labels,
+        preds,
+        labels=np.arange(len(class_names)),
+        target_names=list(class_names),
+        digits=4,
+        zero_division=0,
     )
 
 
@@ -139,18 +147,25 @@ def losses(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(p_true, 1e-12, 1.0))
 
 
-def describe(probs: np.ndarray, labels: np.ndarray, indices: np.ndarray, classes: Sequence[str],
-             top_k: int = 1) -> list[Prediction]:
+def describe(
+    probs: np.ndarray, labels: np.ndarray, indices: np.ndarray, classes: Sequence[str], top_k: int = 1
+) -> list[Prediction]:
     """:class:`Prediction` records of the labelled test images at ``indices``, in that order."""
     loss = losses(probs, labels)
-    return [Prediction(f"test[{i}]", ranked(probs[i], classes, top_k), index=int(i),
-                       actual=classes[labels[i]], loss=float(loss[i])) for i in indices]
+    return [
+        Prediction(
+            f"test[{i}]", ranked(probs[i], classes, top_k), index=int(i), actual=classes[labels[i]], loss=float(loss[i])
+        )
+        for i in indices
+    ]
 
 
 def prediction_rows(predictions: Sequence[Prediction]) -> list[dict[str, Any]]:
     """Test predictions as flat CSV rows: index, actual, predicted, probability, loss."""
-    return [{"index": p.index, "actual": p.actual, "predicted": p.predicted, "probability": p.probability,
-             "loss": p.loss} for p in predictions]
+    return [
+        {"index": p.index, "actual": p.actual, "predicted": p.predicted, "probability": p.probability, "loss": p.loss}
+        for p in predictions
+    ]
 
 
 def top_losses(probs: np.ndarray, labels: np.ndarray, k: int, classes: Sequence[str]) -> list[Prediction]:
@@ -159,8 +174,9 @@ def top_losses(probs: np.ndarray, labels: np.ndarray, k: int, classes: Sequence[
     return describe(probs, labels, order, classes)
 
 
-def random_predictions(probs: np.ndarray, labels: np.ndarray, k: int, seed: int,
-                       classes: Sequence[str]) -> list[Prediction]:
+def random_predictions(
+    probs: np.ndarray, labels: np.ndarray, k: int, seed: int, classes: Sequence[str]
+) -> list[Prediction]:
     """``k`` test predictions drawn uniformly without replacement, reproducible for a seed."""
     rng = np.random.default_rng(seed)
     return describe(probs, labels, rng.choice(len(labels), size=min(k, len(labels)), replace=False), classes)
@@ -185,9 +201,9 @@ def sample_by_correctness(probs: np.ndarray, labels: np.ndarray, k: int, seed: i
 class ReliabilityBins:
     """Per-bin statistics of equal-width confidence bins; empty bins have count 0 and NaN means."""
 
-    edges: np.ndarray       # (M + 1,) from 0 to 1
-    counts: np.ndarray      # (M,) predictions per bin
-    accuracy: np.ndarray    # (M,) fraction correct per bin
+    edges: np.ndarray  # (M + 1,) from 0 to 1
+    counts: np.ndarray  # (M,) predictions per bin
+    accuracy: np.ndarray  # (M,) fraction correct per bin
     confidence: np.ndarray  # (M,) mean confidence per bin
 
     @property

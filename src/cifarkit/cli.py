@@ -1,4 +1,5 @@
 """The `cifarkit` command line: each verb parses its flags and calls the Python API, nothing else."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,18 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     info = machine_info(args.device)
     features = ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in info["cpu_features"].items())
-    lines = [("cifarkit", info["cifarkit"]), ("torch", info["torch"]), ("python", info["python"]),
-             ("device", info["device"] + (f" ({info['gpu']})" if "gpu" in info else "")),
-             ("CPU", info["cpu_model"]), ("CPU kind", info["cpu_kind"]), ("ISA", features),
-             ("cores", info["cores"]), ("torch threads", info["torch_threads"]),
-             ("bf16=auto means", precision_name(info["bf16_auto"]))]
+    lines = [
+        ("cifarkit", info["cifarkit"]),
+        ("torch", info["torch"]),
+        ("python", info["python"]),
+        ("device", info["device"] + (f" ({info['gpu']})" if "gpu" in info else "")),
+        ("CPU", info["cpu_model"]),
+        ("CPU kind", info["cpu_kind"]),
+        ("ISA", features),
+        ("cores", info["cores"]),
+        ("torch threads", info["torch_threads"]),
+        ("bf16=auto means", precision_name(info["bf16_auto"])),
+    ]
     if args.json:
         print(json.dumps(info, indent=2))
         return
@@ -82,8 +90,10 @@ def cmd_recipes(args: argparse.Namespace) -> None:
     model_width = max(len(r.model) for r in RECIPES.values()) + 2
     for r in RECIPES.values():
         mark = "*" if r.name == DEFAULT_RECIPE else " "
-        print(f"{mark} {r.name:<{name_width}}{r.model:<{model_width}}{r.epochs:>3} ep  {r.optimizer:<7} "
-              f"lr {r.lr:<8g} {r.description}")
+        print(
+            f"{mark} {r.name:<{name_width}}{r.model:<{model_width}}{r.epochs:>3} ep  {r.optimizer:<7} "
+            f"lr {r.lr:<8g} {r.description}"
+        )
     if args.verbose:
         for r in RECIPES.values():
             print(json.dumps(r.to_dict()))
@@ -119,10 +129,14 @@ def _recipe_and_subset(args: argparse.Namespace):
     config = on_main(lambda: read_config(args.out))  # the run directory is where rank 0 wrote it
     recipe = recipe_from_config(config)
     if args.recipe and args.recipe != recipe.name:
-        raise CifarkitError(f"--resume: {args.out} trains recipe {recipe.name!r}, not {args.recipe!r}; "
-                            f"drop --recipe (the run directory knows its recipe)")
+        raise CifarkitError(
+            f"--resume: {args.out} trains recipe {recipe.name!r}, not {args.recipe!r}; "
+            f"drop --recipe (the run directory knows its recipe)"
+        )
     args.data = args.data or config.get("data_source")
-    return validate(recipe.replace(**_overrides(args))), args.subset if args.subset is not None else config.get("subset")
+    return validate(recipe.replace(**_overrides(args))), args.subset if args.subset is not None else config.get(
+        "subset"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -192,17 +206,31 @@ def cmd_tune(args: argparse.Namespace) -> None:
     data = _data(args)
     print(f"tuning {recipe.name} over {', '.join(space.params)} in {out}")
     try:
-        study = tune(recipe, space, data, out, n_trials=args.trials, storage=args.storage, study_name=args.study,
-                     pruner=args.pruner, subset=args.subset, track_with=args.track, device=args.device)
+        study = tune(
+            recipe,
+            space,
+            data,
+            out,
+            n_trials=args.trials,
+            storage=args.storage,
+            study_name=args.study,
+            pruner=args.pruner,
+            subset=args.subset,
+            track_with=args.track,
+            device=args.device,
+        )
     except KeyboardInterrupt:
         print("cifarkit: interrupted; the same command resumes the study", file=sys.stderr)
         sys.exit(130)
     best = best_trial(study)
-    print(f"best: trial {best.number}, validation accuracy {best.value:.4f}, {best.params}\n"
-          f"wrote {out / BEST_CONFIG}: `cifarkit train --recipe {recipe.name} --config {out / BEST_CONFIG}`")
+    print(
+        f"best: trial {best.number}, validation accuracy {best.value:.4f}, {best.params}\n"
+        f"wrote {out / BEST_CONFIG}: `cifarkit train --recipe {recipe.name} --config {out / BEST_CONFIG}`"
+    )
     if args.final:
-        run_dir, metrics = retrain_best(study, recipe, space, data, out, subset=args.subset,
-                                        track_with=args.track, device=args.device)
+        run_dir, metrics = retrain_best(
+            study, recipe, space, data, out, subset=args.subset, track_with=args.track, device=args.device
+        )
         _print_eval(metrics, run_dir)
 
 
@@ -252,8 +280,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.output:
         _output_file(args.output)
     data = _data(args)
-    path, parity = export_model(args.run, args.format, sample(data.x_test, args.check_images), out=args.output,
-                                tta=args.tta)
+    path, parity = export_model(
+        args.run, args.format, sample(data.x_test, args.check_images), out=args.output, tta=args.tta
+    )
     print(f"wrote {path}\n{parity}")
     if args.int8:
         report = quantize_int8(path, data)
@@ -264,28 +293,55 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from cifarkit.serve.server import serve
     from cifarkit.serve.settings import ServeSettings
 
-    settings = ServeSettings(max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_pixels=args.max_pixels,
-                             max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
-                             api_key=args.api_key)
-    serve(args.run, host=args.host, port=args.port, backend=args.backend, device=args.device, tta=args.tta,
-          model_file=args.model_file, settings=settings)
+    settings = ServeSettings(
+        max_upload_mb=args.max_upload_mb,
+        max_files=args.max_files,
+        max_pixels=args.max_pixels,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue=args.max_queue,
+        api_key=args.api_key,
+    )
+    serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        device=args.device,
+        tta=args.tta,
+        model_file=args.model_file,
+        settings=settings,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cifarkit", description="Train, evaluate, explain, serve and export CIFAR-10 "
-                                     "image classifiers. `cifarkit COMMAND --help` for each command.")
+    parser = argparse.ArgumentParser(
+        prog="cifarkit",
+        description="Train, evaluate, explain, serve and export CIFAR-10 "
+        "image classifiers. `cifarkit COMMAND --help` for each command.",
+    )
     parser.add_argument("--version", action="version", version=f"cifarkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data_opts = argparse.ArgumentParser(add_help=False)
-    data_opts.add_argument("--data", help="CIFAR-10 location: archive, batches folder or class-folder tree "
-                                          "(default: $CIFARKIT_DATA, then the download cache)")
-    data_opts.add_argument("--cache-dir", help="where downloads and decoded arrays are kept "
-                                               "(default: $CIFARKIT_CACHE or ~/.cache/cifarkit)")
+    data_opts.add_argument(
+        "--data",
+        help="CIFAR-10 location: archive, batches folder or class-folder tree "
+        "(default: $CIFARKIT_DATA, then the download cache)",
+    )
+    data_opts.add_argument(
+        "--cache-dir",
+        help="where downloads and decoded arrays are kept (default: $CIFARKIT_CACHE or ~/.cache/cifarkit)",
+    )
     device_opts = argparse.ArgumentParser(add_help=False)
-    device_opts.add_argument("--device", default="auto", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    device_opts.add_argument("--threads", type=_positive_int, help="CPU threads for PyTorch (default: one per core); "
-                                                         "1 is fastest on a machine busy with other work")
+    device_opts.add_argument(
+        "--device", default="auto", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+    )
+    device_opts.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="CPU threads for PyTorch (default: one per core); 1 is fastest on a machine busy with other work",
+    )
 
     p = sub.add_parser("data", parents=[data_opts], help="describe or show the data set")
     p.add_argument("action", choices=["info", "show"])
@@ -294,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("info", parents=[device_opts], help="version, device, CPU features and the precision "
-                                                           "bf16=auto picks here")
+    p = sub.add_parser(
+        "info", parents=[device_opts], help="version, device, CPU features and the precision bf16=auto picks here"
+    )
     p.add_argument("--json", action="store_true", help="print JSON (what the benchmarks record)")
     p.set_defaults(func=cmd_info)
 
@@ -321,35 +378,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON or TOML file of recipe fields to override")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override one recipe field (repeatable)")
     p.add_argument("--out", help="run directory (default runs/RECIPE-TIMESTAMP)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint (its recipe and data come from the run)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (its recipe and data come from the run)",
+    )
     p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation after training")
-    p.add_argument("--track", choices=TRACKERS, help="mirror the run to TensorBoard (event files in RUN/tensorboard) "
-                                                    "or MLflow ($MLFLOW_TRACKING_URI); needs cifarkit[track]")
+    p.add_argument(
+        "--track",
+        choices=TRACKERS,
+        help="mirror the run to TensorBoard (event files in RUN/tensorboard) "
+        "or MLflow ($MLFLOW_TRACKING_URI); needs cifarkit[track]",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("tune", parents=[data_opts, device_opts], help="search a recipe's hyperparameters with Optuna",
-                       epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "tune",
+        parents=[data_opts, device_opts],
+        help="search a recipe's hyperparameters with Optuna",
+        epilog=TUNE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--recipe", help=f"recipe to tune (default {DEFAULT_RECIPE})")
     p.add_argument("--space", required=True, help="TOML search space (see below; examples/spaces/ has some)")
-    p.add_argument("--trials", type=_positive_int, required=True,
-                   help="finished (completed or pruned) trials the study should hold; more are run until it does")
+    p.add_argument(
+        "--trials",
+        type=_positive_int,
+        required=True,
+        help="finished (completed or pruned) trials the study should hold; more are run until it does",
+    )
     p.add_argument("--out", help="study directory (default studies/RECIPE-SPACE)")
     p.add_argument("--study", help="study name in the storage (default: the study directory's name)")
-    p.add_argument("--storage", help="SQLAlchemy URL of a database many workers share, e.g. "
-                                     "postgresql://user@host/db (default: a SQLite file in the study directory)")
-    p.add_argument("--pruner", choices=["median", "halving", "none"], default="median",
-                   help="stop bad trials early: below the median of earlier trials at the same epoch (default), "
-                        "successive halving, or never")
+    p.add_argument(
+        "--storage",
+        help="SQLAlchemy URL of a database many workers share, e.g. "
+        "postgresql://user@host/db (default: a SQLite file in the study directory)",
+    )
+    p.add_argument(
+        "--pruner",
+        choices=["median", "halving", "none"],
+        default="median",
+        help="stop bad trials early: below the median of earlier trials at the same epoch (default), "
+        "successive halving, or never",
+    )
     p.add_argument("--subset", type=int, help="train every trial on a class-balanced subset of N training images")
     p.add_argument("--track", choices=TRACKERS, help="mirror every trial to TensorBoard or MLflow")
-    p.add_argument("--final", action="store_true", help="then retrain the best trial on all training images "
-                                                        "and evaluate it on the test set")
+    p.add_argument(
+        "--final",
+        action="store_true",
+        help="then retrain the best trial on all training images and evaluate it on the test set",
+    )
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", parents=[data_opts, device_opts], help="evaluate a run on the test set")
     p.add_argument("run", help="run directory")
-    p.add_argument("--tta", choices=["none", "flip", "flip_translate"], help="test-time augmentation (default: the recipe's)")
+    p.add_argument(
+        "--tta", choices=["none", "flip", "flip_translate"], help="test-time augmentation (default: the recipe's)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", parents=[device_opts], help="classify image files with a trained run")
@@ -363,9 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", parents=[data_opts, device_opts], help="self-contained HTML report comparing runs")
     add_report_arguments(p)
-    p.add_argument("--no-data", action="store_true",
-                   help="render what `cifarkit evaluate` wrote alone (no top-loss images, Grad-CAM, robustness "
-                        "or temperature scaling; runs must be evaluated already)")
+    p.add_argument(
+        "--no-data",
+        action="store_true",
+        help="render what `cifarkit evaluate` wrote alone (no top-loss images, Grad-CAM, robustness "
+        "or temperature scaling; runs must be evaluated already)",
+    )
     p.set_defaults(func=cmd_report)
 
     tta_modes = ["none", "flip", "flip_translate"]
@@ -374,10 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("-o", "--output", help="file to write (default RUN/model.onnx or RUN/model.torchscript.pt)")
     p.add_argument("--tta", choices=tta_modes, help="test-time augmentation built in (default: the recipe's)")
-    p.add_argument("--check-images", type=int, default=1000,
-                   help="CIFAR-10 test images the export is checked against PyTorch on (default 1000)")
-    p.add_argument("--int8", action="store_true", help="also write an int8-quantised ONNX model, with its test "
-                                                       "accuracy and speed beside the float model's")
+    p.add_argument(
+        "--check-images",
+        type=int,
+        default=1000,
+        help="CIFAR-10 test images the export is checked against PyTorch on (default 1000)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write an int8-quantised ONNX model, with its test accuracy and speed beside the float model's",
+    )
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: one per core)")
     p.set_defaults(func=cmd_export)
 
@@ -386,30 +481,58 @@ def build_parser() -> argparse.ArgumentParser:
     limits = ServeSettings()
     p = sub.add_parser("serve", parents=[device_opts], help="serve a run over HTTP: a web page and a JSON API")
     p.add_argument("run", help="run directory")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; any other needs an API key)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; any other needs an API key)",
+    )
     p.add_argument("--port", type=int, default=8000, help="default 8000")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                   help="PyTorch (default) or ONNX Runtime on the file `cifarkit export` wrote")
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="PyTorch (default) or ONNX Runtime on the file `cifarkit export` wrote",
+    )
     p.add_argument("--model-file", help="ONNX file for --backend onnx (default RUN/model.onnx)")
-    p.add_argument("--tta", choices=tta_modes,
-                   help="test-time augmentation (default: the recipe's, or the ONNX file's)")
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ requests (default "
-                                     "$CIFARKIT_API_KEY, which keeps the key out of the process list)")
+    p.add_argument(
+        "--tta", choices=tta_modes, help="test-time augmentation (default: the recipe's, or the ONNX file's)"
+    )
+    p.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on /v1/ requests (default "
+        "$CIFARKIT_API_KEY, which keeps the key out of the process list)",
+    )
     g = p.add_argument_group("limits and batching")
-    g.add_argument("--max-upload-mb", type=float, default=limits.max_upload_mb,
-                   help="largest request body; 413 beyond (default %(default)s)")
-    g.add_argument("--max-files", type=int, default=limits.max_files,
-                   help="most images per request (default %(default)s)")
-    g.add_argument("--max-pixels", type=int, default=limits.max_pixels,
-                   help="largest image, width x height, refused before decoding (default %(default)s)")
-    g.add_argument("--max-batch", type=int, default=limits.max_batch,
-                   help="most images in one forward pass (default %(default)s)")
-    g.add_argument("--batch-wait-ms", type=float, default=limits.batch_wait_ms,
-                   help="how long an idle model waits for requests being decoded, to batch them "
-                        "(default %(default)s)")
-    g.add_argument("--max-queue", type=int, default=limits.max_queue,
-                   help="most images waiting for the model; 503 with Retry-After beyond (default %(default)s)")
+    g.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=limits.max_upload_mb,
+        help="largest request body; 413 beyond (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-files", type=int, default=limits.max_files, help="most images per request (default %(default)s)"
+    )
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        default=limits.max_pixels,
+        help="largest image, width x height, refused before decoding (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-batch", type=int, default=limits.max_batch, help="most images in one forward pass (default %(default)s)"
+    )
+    g.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=limits.batch_wait_ms,
+        help="how long an idle model waits for requests being decoded, to batch them (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-queue",
+        type=int,
+        default=limits.max_queue,
+        help="most images waiting for the model; 503 with Retry-After beyond (default %(default)s)",
+    )
     p.set_defaults(func=cmd_serve)
     return parser
 

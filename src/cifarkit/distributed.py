@@ -24,6 +24,7 @@ after ``CIFARKIT_DIST_TIMEOUT`` seconds (default 600) where a machine
 vanishes silently; torchrun then stops the launch and names the rank that
 failed, instead of the survivors hanging.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -100,8 +101,10 @@ def _local_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is None:
         count = torch.cuda.device_count()
         if local_rank() >= count:
-            raise CifarkitError(f"local rank {local_rank()} has no GPU: this machine has {count}; "
-                                f"start at most {count} processes per machine (torchrun --nproc_per_node)")
+            raise CifarkitError(
+                f"local rank {local_rank()} has no GPU: this machine has {count}; "
+                f"start at most {count} processes per machine (torchrun --nproc_per_node)"
+            )
         device = torch.device("cuda", local_rank())
     return device
 
@@ -121,8 +124,9 @@ def setup(device: str = "auto") -> torch.device:
     if not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout(),
-                                device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if dev.type == "cuda" else "gloo", timeout=timeout(), device_id=dev if dev.type == "cuda" else None
+        )
         atexit.register(_shutdown)
     return dev
 
@@ -150,8 +154,10 @@ def describe(batch_size: int) -> str:
 def check_sync_bn(sync_bn: bool, device: torch.device) -> None:
     """Refuse ``sync_bn`` where PyTorch cannot do it: its SyncBatchNorm runs on GPUs only."""
     if sync_bn and world_size() > 1 and device.type != "cuda":
-        raise CifarkitError("sync_bn=true needs CUDA GPUs (PyTorch's SyncBatchNorm); on CPUs set sync_bn=false "
-                            "(each process then normalises with its own part of the batch)")
+        raise CifarkitError(
+            "sync_bn=true needs CUDA GPUs (PyTorch's SyncBatchNorm); on CPUs set sync_bn=false "
+            "(each process then normalises with its own part of the batch)"
+        )
 
 
 def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
@@ -210,7 +216,7 @@ def gather_rows(part: np.ndarray, total: int) -> np.ndarray:
     rows = torch.from_numpy(np.ascontiguousarray(part)).to(_comm_device())
     # all_gather moves equal-sized tensors: pad every part to the longest (rank 0's), then cut the padding off.
     padded = rows.new_zeros((sizes[0], *rows.shape[1:]))
-    padded[:len(rows)] = rows
+    padded[: len(rows)] = rows
     pieces = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(pieces, padded)
     return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)]).cpu().numpy()

@@ -8,6 +8,7 @@ mode), the metrics computed from them and their figures (layout in
 its own. :func:`predict_logits` is the one forward pass over uint8 images that
 evaluation, prediction and the report share.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,7 @@ def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     p = max(abs(dy), abs(dx))
     padded = nn.functional.pad(x, (p, p, p, p), mode="reflect")
     h, w = x.shape[-2:]
-    return padded[..., p - dy:p - dy + h, p - dx:p - dx + w]
+    return padded[..., p - dy : p - dy + h, p - dx : p - dx + w]
 
 
 def _check_tta(mode: str) -> None:
@@ -92,8 +93,15 @@ def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.T
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray, *, tta: str = "none", batch_size: int = 500,
-                   device: str = "auto", bf16: bool = False) -> np.ndarray:
+def predict_logits(
+    model: nn.Module,
+    images: np.ndarray,
+    *,
+    tta: str = "none",
+    batch_size: int = 500,
+    device: str = "auto",
+    bf16: bool = False,
+) -> np.ndarray:
     """Logits (N, C) float32 for uint8 images (N, H, W, 3), in eval mode, optionally with TTA.
 
     The model is moved to ``device``. ``bf16`` runs the forward passes under
@@ -106,7 +114,7 @@ def predict_logits(model: nn.Module, images: np.ndarray, *, tta: str = "none", b
     step = max(1, batch_size // TTA_VIEWS[tta])  # about batch_size images per forward pass, views included
     out = []
     for start in range(0, len(images), step):
-        x = to_tensor(images[start:start + step]).to(dev).contiguous(memory_format=torch.channels_last)
+        x = to_tensor(images[start : start + step]).to(dev).contiguous(memory_format=torch.channels_last)
         with autocast(dev, bf16):
             out.append(tta_logits(model, x, tta).float().cpu())
     return torch.cat(out).numpy()
@@ -137,8 +145,7 @@ def _plain_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device
 
 def _shared_probs(model: nn.Module, images: np.ndarray, **kwargs) -> np.ndarray:
     """:func:`predict_proba`, each process of a distributed launch predicting its share, gathered on all of them."""
-    return distributed.gather_rows(predict_proba(model, images[distributed.shard(len(images))], **kwargs),
-                                   len(images))
+    return distributed.gather_rows(predict_proba(model, images[distributed.shard(len(images))], **kwargs), len(images))
 
 
 def _finite(value: Any) -> Any:
@@ -159,22 +166,31 @@ def _update_summary(path: Path, record: dict[str, Any]) -> None:
     write_json(path, _finite({**kept, **{k: record[k] for k in SUMMARY_KEYS if k in record}}))
 
 
-def _write_figures_and_tables(out: Path, data: CIFAR10, analysed: np.ndarray, cm: np.ndarray, report: str,
-                              gallery_size: int, seed: int) -> None:
+def _write_figures_and_tables(
+    out: Path, data: CIFAR10, analysed: np.ndarray, cm: np.ndarray, report: str, gallery_size: int, seed: int
+) -> None:
     """The people-readable files of RUN/eval/: report text, confusion matrices, a gallery of predictions."""
     classes = list(data.classes)
     write_text(out / "classification_report.txt", report)
     for name, values in (("confusion_matrix", cm), ("confusion_matrix_normalized", normalize_rows(cm))):
-        write_csv(out / f"{name}.csv",
-                  [{"actual": c, **dict(zip(classes, row.tolist()))} for c, row in zip(classes, values)])
+        write_csv(
+            out / f"{name}.csv", [{"actual": c, **dict(zip(classes, row.tolist()))} for c, row in zip(classes, values)]
+        )
     save_png(confusion_matrices(cm, classes), out / "confusion_matrix.png")
     gallery = random_predictions(analysed, data.y_test, gallery_size, seed, classes)
     write_csv(out / "gallery.csv", prediction_rows(gallery))
     save_png(prediction_grid(data.x_test, gallery), out / "gallery.png")
 
 
-def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, device: str = "auto",
-             gallery_size: int = 24, seed: int = 0) -> dict[str, Any]:
+def evaluate(
+    run_dir: str | Path,
+    data: CIFAR10,
+    *,
+    tta: str | None = None,
+    device: str = "auto",
+    gallery_size: int = 24,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Evaluate a run's best weights on ``data``'s test set; write RUN/eval/ and update RUN/metrics.json.
 
     ``tta`` defaults to the recipe's TTA mode; accuracy without TTA is always
@@ -191,16 +207,21 @@ def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, devi
     config = distributed.on_main(lambda: read_config(run_dir))
     classes = list(data.classes)
     if classes != config["classes"]:
-        raise CifarkitError(f"the data's classes {classes} differ from the run's {config['classes']}; "
-                            "evaluate on the data set the run was trained for")
+        raise CifarkitError(
+            f"the data's classes {classes} differ from the run's {config['classes']}; "
+            "evaluate on the data set the run was trained for"
+        )
     if len(data.y_test) == 0:
         raise CifarkitError(f"{data.source} has no test images; pass a data set with a test split")
     tta = tta or config.get("tta", "none")
     _check_tta(tta)
     model = distributed.on_main(lambda: load_model(run_dir))
     probs = _plain_probs(model, config, data, device)
-    probs_tta = (_shared_probs(model, data.x_test, tta=tta, device=device, bf16=config.get("bf16", False))
-                 if tta != "none" else None)
+    probs_tta = (
+        _shared_probs(model, data.x_test, tta=tta, device=device, bf16=config.get("bf16", False))
+        if tta != "none"
+        else None
+    )
     analysed = probs if probs_tta is None else probs_tta
     preds = predicted_classes(analysed)
     cm = confusion_matrix(data.y_test, preds, len(classes))
@@ -214,8 +235,11 @@ def evaluate(run_dir: str | Path, data: CIFAR10, *, tta: str | None = None, devi
         "classification_report": classification_report(data.y_test, preds, classes),
     }
     for pair in confused_pairs(cm, 1):
-        record["most_confused"] = {"actual": classes[pair.actual], "predicted": classes[pair.predicted],
-                                   "count": pair.count}
+        record["most_confused"] = {
+            "actual": classes[pair.actual],
+            "predicted": classes[pair.predicted],
+            "count": pair.count,
+        }
     report = classification_report_text(data.y_test, preds, classes)
     if not distributed.is_main():
         return {**record, "report": report}

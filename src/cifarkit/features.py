@@ -6,6 +6,7 @@ extracting them at ImageNet resolution is minutes of CPU time. So
 changes them: the backbone's name, a digest of its weights, the input size,
 the caller's data key and a digest of the pixels themselves.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def extract_features(
-    backbone: Backbone, images_uint8: np.ndarray, *, batch_size: int = 64, progress: bool = True,
+    backbone: Backbone,
+    images_uint8: np.ndarray,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
     bf16: bool = False,
 ) -> np.ndarray:
     """Pooled features (N, feature_dim) as float16 of uint8 RGB images (N, H, W, 3).
@@ -43,20 +48,19 @@ def extract_features(
     ``bf16`` so that training, evaluation and serving read the same features.
     """
     if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
-        raise CifarkitError(
-            f"expected uint8 RGB images (N, H, W, 3), got {images_uint8.dtype} {images_uint8.shape}"
-        )
+        raise CifarkitError(f"expected uint8 RGB images (N, H, W, 3), got {images_uint8.dtype} {images_uint8.shape}")
     model = backbone.inference_copy().to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
     out = np.empty((len(images_uint8), model.feature_dim), dtype=np.float16)
-    bar = tqdm(total=len(images_uint8), disable=not progress, unit="img",
-               desc=f"features {model.name} @{model.input_size}px")
+    bar = tqdm(
+        total=len(images_uint8), disable=not progress, unit="img", desc=f"features {model.name} @{model.input_size}px"
+    )
     with torch.inference_mode(), autocast(device, bf16), bar:
         for start in range(0, len(images_uint8), batch_size):
             # NHWC uint8 permuted to NCHW *is* channels-last memory; .float() keeps that layout.
-            batch = torch.from_numpy(images_uint8[start:start + batch_size]).to(device).permute(0, 3, 1, 2)
+            batch = torch.from_numpy(images_uint8[start : start + batch_size]).to(device).permute(0, 3, 1, 2)
             x01 = batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
-            out[start:start + len(batch)] = model.forward_features(x01).float().cpu().numpy()
+            out[start : start + len(batch)] = model.forward_features(x01).float().cpu().numpy()
             bar.update(len(batch))
     return out
 
@@ -70,16 +74,23 @@ def feature_cache_dir() -> Path:
     return default_cache_dir() / "features"
 
 
-def feature_cache_path(backbone: Backbone, images: np.ndarray, data_key: str, cache_dir: str | Path,
-                       bf16: bool = False) -> Path:
+def feature_cache_path(
+    backbone: Backbone, images: np.ndarray, data_key: str, cache_dir: str | Path, bf16: bool = False
+) -> Path:
     """Where :func:`cached_features` keeps the features of ``images`` under ``backbone``.
 
     The name is readable (backbone, size, data key) and ends in a digest of
     the full key, so different weights or pixels never share a file.
     """
     key = hashlib.sha256()
-    for part in (backbone.name, backbone.weights_digest(), str(backbone.input_size), data_key,
-                 f"{images.dtype}{images.shape}", "bf16" if bf16 else "fp32"):
+    for part in (
+        backbone.name,
+        backbone.weights_digest(),
+        str(backbone.input_size),
+        data_key,
+        f"{images.dtype}{images.shape}",
+        "bf16" if bf16 else "fp32",
+    ):
         key.update(part.encode() + b"\0")
     key.update(np.ascontiguousarray(images).data)
     precision = "-bf16" if bf16 else ""
@@ -112,8 +123,10 @@ def cached_features(
     if distributed.all_true(features is not None):
         return features
     part = images[distributed.shard(len(images))]
-    features = distributed.gather_rows(extract_features(backbone, part, batch_size=batch_size, bf16=bf16,
-                                                        progress=progress and distributed.is_main()), len(images))
+    features = distributed.gather_rows(
+        extract_features(backbone, part, batch_size=batch_size, bf16=bf16, progress=progress and distributed.is_main()),
+        len(images),
+    )
     if distributed.local_rank() == 0:
         buf = io.BytesIO()
         np.save(buf, features)

@@ -4,6 +4,7 @@ Every writer goes through :func:`atomic_write_bytes`: the data lands in a
 temporary file beside the target, is flushed to disk, and is renamed over the
 target with ``os.replace`` (atomic on POSIX and Windows).
 """
+
 from __future__ import annotations
 
 import csv

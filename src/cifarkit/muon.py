@@ -18,6 +18,7 @@ converging exactly: singular values of the result land roughly in [0.7, 1.2]
 rather than at exactly 1, which does not hurt training. (Directions much
 weaker than the strongest, under ~1/100 of it, are lifted only part of the way.)
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable

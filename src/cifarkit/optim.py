@@ -3,6 +3,7 @@
 Schedules are pure functions of the step, so a resumed run lands on exactly
 the learning rate it would have had: no scheduler state to save.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,10 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> OptimizerChain:
     if unknown:
         raise CifarkitError(f"lr_scale names roles {sorted(unknown)} that {recipe.model} lacks; it has {sorted(roles)}")
     if recipe.whiten_bias_epochs and "whiten_bias" not in roles:
-        raise CifarkitError(f"whiten_bias_epochs needs a model with a whitening layer (fastnet_*), not {recipe.model}; "
-                            "set whiten_bias_epochs=0")
+        raise CifarkitError(
+            f"whiten_bias_epochs needs a model with a whitening layer (fastnet_*), not {recipe.model}; "
+            "set whiten_bias_epochs=0"
+        )
     groups, muon_params = [], []
     for role, params in roles.items():
         params = [p for p in params if p.requires_grad]
@@ -84,15 +87,27 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> OptimizerChain:
             muon_params += params
             continue
         scale = recipe.lr_scale.get(role, 1.0)
-        group = {"params": params, "role": role, "lr": recipe.lr * scale,
-                 "weight_decay": recipe.weight_decay / scale if scale else 0.0}
+        group = {
+            "params": params,
+            "role": role,
+            "lr": recipe.lr * scale,
+            "weight_decay": recipe.weight_decay / scale if scale else 0.0,
+        }
         if role == "whiten_bias" and 0 < recipe.whiten_bias_epochs < recipe.epochs:
             group["train_fraction"] = recipe.whiten_bias_epochs / recipe.epochs
         groups.append(group)
     optimizers = [_make(recipe.optimizer, groups, recipe)] if groups else []
     if muon_params:
-        optimizers.append(Muon([{"params": muon_params, "role": "filters"}], lr=recipe.muon_lr,
-                               momentum=recipe.muon_momentum, nesterov=True, ns_steps=3, normalize_weights=True))
+        optimizers.append(
+            Muon(
+                [{"params": muon_params, "role": "filters"}],
+                lr=recipe.muon_lr,
+                momentum=recipe.muon_momentum,
+                nesterov=True,
+                ns_steps=3,
+                normalize_weights=True,
+            )
+        )
     for opt in optimizers:
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]

@@ -5,6 +5,7 @@ Agg renderer when saved (:func:`save_png`); pyplot is never imported and no
 backend is chosen, so importing this module changes no process-wide state and
 no GUI, global figure registry or leaked figure is involved.
 """
+
 from __future__ import annotations
 
 import io
@@ -57,8 +58,10 @@ def image_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, *, c
 
 def prediction_grid(images: np.ndarray, predictions: Sequence[Prediction], show_loss: bool = False) -> Figure:
     """Test images (``images[p.index]``) titled actual / predicted and its probability (and loss); green if right."""
-    titles = [f"{p.actual}\n{p.predicted} {p.probability:.2f}" + (f"\nloss {p.loss:.2f}" if show_loss else "")
-              for p in predictions]
+    titles = [
+        f"{p.actual}\n{p.predicted} {p.probability:.2f}" + (f"\nloss {p.loss:.2f}" if show_loss else "")
+        for p in predictions
+    ]
     colors = [_GOOD if p.correct else _BAD for p in predictions]
     return _grid(images[[p.index for p in predictions]], titles, colors, cols=8)
 
@@ -102,8 +105,15 @@ def confusion_matrices(cm: np.ndarray, class_names: Sequence[str]) -> Figure:
         ax.set(title=title, xlabel="predicted", ylabel="actual")
         threshold = values.max() / 2 if values.max() > 0 else 1
         for (row, col), value in np.ndenumerate(values):
-            ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize=6,
-                    color="white" if value > threshold else "black")
+            ax.text(
+                col,
+                row,
+                fmt.format(value),
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if value > threshold else "black",
+            )
     return fig
 
 
@@ -114,13 +124,33 @@ def reliability_diagrams(panels: Mapping[str, ReliabilityBins]) -> Figure:
     for ax, (title, bins) in zip(axes, panels.items()):
         width = np.diff(bins.edges)
         filled = bins.counts > 0
-        ax.bar(bins.edges[:-1][filled], bins.accuracy[filled], width=width[filled], align="edge",
-               edgecolor="black", color="#4c72b0", label="accuracy")
-        ax.bar(bins.edges[:-1][filled], (bins.confidence - bins.accuracy)[filled], width=width[filled],
-               bottom=bins.accuracy[filled], align="edge", color=_BAD, alpha=0.3, label="gap to confidence")
+        ax.bar(
+            bins.edges[:-1][filled],
+            bins.accuracy[filled],
+            width=width[filled],
+            align="edge",
+            edgecolor="black",
+            color="#4c72b0",
+            label="accuracy",
+        )
+        ax.bar(
+            bins.edges[:-1][filled],
+            (bins.confidence - bins.accuracy)[filled],
+            width=width[filled],
+            bottom=bins.accuracy[filled],
+            align="edge",
+            color=_BAD,
+            alpha=0.3,
+            label="gap to confidence",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-               title=f"{title}\nECE = {100 * bins.ece:.2f} %")
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="confidence",
+            ylabel="accuracy",
+            title=f"{title}\nECE = {100 * bins.ece:.2f} %",
+        )
         ax.legend(loc="upper left", fontsize=8)
     return fig
 
@@ -134,8 +164,11 @@ def gradcam_grid(images: np.ndarray, maps: np.ndarray, predictions: Sequence[Pre
         ax.axis("off")
     for col, (image, heat, pred) in enumerate(zip(images, maps, predictions)):
         axes[0, col].imshow(image, interpolation="nearest")
-        axes[0, col].set_title(f"{pred.actual}\n-> {pred.predicted} {pred.probability:.2f}",
-                               fontsize=7, color=_GOOD if pred.correct else _BAD)
+        axes[0, col].set_title(
+            f"{pred.actual}\n-> {pred.predicted} {pred.probability:.2f}",
+            fontsize=7,
+            color=_GOOD if pred.correct else _BAD,
+        )
         axes[1, col].imshow(image, interpolation="nearest")
         axes[1, col].imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
     return fig

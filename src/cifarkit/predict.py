@@ -1,4 +1,5 @@
 """Classify any image file: decode with Pillow, bring it to 32x32 RGB, return the top-k classes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,15 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 3, de
             errors[i] = str(e)
     probs = {}
     if arrays:
-        stacked = predict_proba(load_model(run_dir), np.stack(list(arrays.values())), tta=config.get("tta", "none"),
-                                device=device, bf16=config.get("bf16", False))
+        stacked = predict_proba(
+            load_model(run_dir),
+            np.stack(list(arrays.values())),
+            tta=config.get("tta", "none"),
+            device=device,
+            bf16=config.get("bf16", False),
+        )
         probs = dict(zip(arrays, stacked))
-    return [Prediction(str(src), error=errors[i]) if i in errors
-            else Prediction(str(src), ranked(probs[i], classes, top_k)) for i, src in enumerate(images)]
+    return [
+        Prediction(str(src), error=errors[i]) if i in errors else Prediction(str(src), ranked(probs[i], classes, top_k))
+        for i, src in enumerate(images)
+    ]

@@ -5,6 +5,7 @@ schedule, augmentation, evaluation. Any field can be overridden from the
 command line (``--set lr=0.01``) or a JSON/TOML config file, and the run
 directory records the resolved result, so every run can be repeated exactly.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,36 +31,36 @@ class Recipe:
     model: str
     epochs: int
     batch_size: int
-    optimizer: str = "adamax"            # adamax | adamw | sgd (see cifarkit.optim)
+    optimizer: str = "adamax"  # adamax | adamw | sgd (see cifarkit.optim)
     lr: float = 1e-3
     weight_decay: float = 0.0
-    momentum: float = 0.9                 # sgd / muon only
+    momentum: float = 0.9  # sgd / muon only
     nesterov: bool = False
-    schedule: str = "constant"            # constant | linear | cosine (see cifarkit.optim)
+    schedule: str = "constant"  # constant | linear | cosine (see cifarkit.optim)
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     val_fraction: float = 0.1
     flip: bool = False
     alternating_flip: bool = False
-    translate: int = 0                    # max shift in pixels (reflect padding)
-    cutout: int = 0                       # side of the zeroed square, 0 = off
-    ema: float = 0.0                      # decay of an exponential moving average of weights, 0 = off
-    tta: str = "none"                     # none | flip | flip_translate, used by evaluate
-    patience: int = 0                     # early stopping on validation accuracy, 0 = off
+    translate: int = 0  # max shift in pixels (reflect padding)
+    cutout: int = 0  # side of the zeroed square, 0 = off
+    ema: float = 0.0  # decay of an exponential moving average of weights, 0 = off
+    tta: str = "none"  # none | flip | flip_translate, used by evaluate
+    patience: int = 0  # early stopping on validation accuracy, 0 = off
     seed: int = 42
     lr_scale: dict[str, float] = field(default_factory=dict)  # per parameter role, see cifarkit.optim
-    muon_lr: float = 0.0                  # > 0: conv filters train with Muon at this lr
+    muon_lr: float = 0.0  # > 0: conv filters train with Muon at this lr
     muon_momentum: float = 0.6
-    whiten_bias_epochs: float = 0.0       # > 0: fastnet's whitening bias trains only this long; 0 = throughout
-    frozen_features: bool = False         # transfer: train only the head, on cached backbone features
-    bf16: bool | str = "auto"             # bfloat16 autocast: auto (where native: GPUs, CPUs with AVX512-BF16/AMX) | true | false
-    compile: bool = False                 # torch.compile the model, on CUDA only (slower on CPU here)
+    whiten_bias_epochs: float = 0.0  # > 0: fastnet's whitening bias trains only this long; 0 = throughout
+    frozen_features: bool = False  # transfer: train only the head, on cached backbone features
+    bf16: bool | str = "auto"  # bfloat16 autocast: auto (where native: GPUs, CPUs with AVX512-BF16/AMX) | true | false
+    compile: bool = False  # torch.compile the model, on CUDA only (slower on CPU here)
     # Several processes (torchrun, see cifarkit.distributed): batch_size is the global batch, split over them,
     # so a recipe trains the same on 1 or N processes. batch_per_process > 0 instead fixes each process's
     # share (global batch = N x it) and scales every lr by lr_scaling: none | linear | sqrt of global / batch_size.
     batch_per_process: int = 0
     lr_scaling: str = "none"
-    sync_bn: bool = False                 # BatchNorm statistics over the global batch (SyncBatchNorm: CUDA only)
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm: CUDA only)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Recipe:
@@ -190,7 +191,9 @@ def validate(recipe: Recipe) -> Recipe:
         above = value >= low if low_in else value > low
         below = value <= high if high_in else value < high
         if not (above and below):
-            raise CifarkitError(f"recipe field {key!r} must be {_range_text(low, high, low_in, high_in)}, got {value!r}")
+            raise CifarkitError(
+                f"recipe field {key!r} must be {_range_text(low, high, low_in, high_in)}, got {value!r}"
+            )
     if recipe.warmup_epochs > recipe.epochs:
         raise CifarkitError(f"warmup_epochs ({recipe.warmup_epochs:g}) must not exceed epochs ({recipe.epochs})")
     bad_scales = {k: v for k, v in recipe.lr_scale.items() if not isinstance(v, (int, float)) or v < 0}
@@ -210,8 +213,10 @@ def _check_model(recipe: Recipe) -> None:
     except CifarkitError as e:
         raise CifarkitError(f"model_kwargs {recipe.model_kwargs} for {recipe.model}: {e}") from None
     except (TypeError, ValueError) as e:
-        raise CifarkitError(f"model_kwargs {recipe.model_kwargs} do not fit {recipe.model} ({e}); "
-                            f"see `cifarkit recipes -v` for the keyword arguments recipes use") from None
+        raise CifarkitError(
+            f"model_kwargs {recipe.model_kwargs} do not fit {recipe.model} ({e}); "
+            f"see `cifarkit recipes -v` for the keyword arguments recipes use"
+        ) from None
 
 
 LR_SCALING_POWER = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
@@ -237,12 +242,15 @@ def for_processes(recipe: Recipe, processes: int) -> Recipe:
 def recipe_from_config(config: dict[str, Any]) -> Recipe:
     """The recipe a run directory's config.json recorded (its extra keys, such as the data source, ignored)."""
     known = {f.name for f in dataclasses.fields(Recipe)}
-    missing = sorted(f.name for f in dataclasses.fields(Recipe)
-                     if f.name not in config and f.default is dataclasses.MISSING
-                     and f.default_factory is dataclasses.MISSING)
+    missing = sorted(
+        f.name
+        for f in dataclasses.fields(Recipe)
+        if f.name not in config and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
     if missing:
-        raise CifarkitError(f"the run's config.json lacks recipe field(s) {', '.join(missing)}; it was not written "
-                            "by `cifarkit train`")
+        raise CifarkitError(
+            f"the run's config.json lacks recipe field(s) {', '.join(missing)}; it was not written by `cifarkit train`"
+        )
     base = Recipe(**{k: config[k] for k in ("name", "description", "model", "epochs", "batch_size")})
     return base.replace(**{k: v for k, v in config.items() if k in known and k not in ("name", "description")})
 
@@ -265,11 +273,28 @@ def _fast(name: str, model: str, epochs: int, description: str, batch_size: int 
     (3x faster on an AVX512-BF16 CPU), float32 elsewhere.
     """
     return Recipe(
-        name, description, model, epochs=epochs, batch_size=batch_size,
-        optimizer="sgd", lr=0.053 * batch_size, momentum=0.85, nesterov=True,
-        weight_decay=2e-6 * batch_size / (0.053 * batch_size), lr_scale={"head": 0.67 / 0.053},
-        muon_lr=0.24, muon_momentum=0.6, whiten_bias_epochs=3.0, schedule="linear", label_smoothing=0.2,
-        val_fraction=0.02, flip=True, alternating_flip=True, translate=2, tta="flip_translate", seed=0,
+        name,
+        description,
+        model,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer="sgd",
+        lr=0.053 * batch_size,
+        momentum=0.85,
+        nesterov=True,
+        weight_decay=2e-6 * batch_size / (0.053 * batch_size),
+        lr_scale={"head": 0.67 / 0.053},
+        muon_lr=0.24,
+        muon_momentum=0.6,
+        whiten_bias_epochs=3.0,
+        schedule="linear",
+        label_smoothing=0.2,
+        val_fraction=0.02,
+        flip=True,
+        alternating_flip=True,
+        translate=2,
+        tta="flip_translate",
+        seed=0,
     )
 
 
@@ -279,42 +304,84 @@ _NOTEBOOK = dict(optimizer="adamax", batch_size=32, val_fraction=0.1, seed=42)
 # keeps its batch statistics (batches of 64 are large enough), and 160 px keeps the
 # objects near ImageNet scale at half the compute of 224 px (2.3x the speed here).
 LITE0_FINETUNE = Recipe(
-    "lite0_finetune", "EfficientNet-Lite0 fine-tuned end to end at 160 px (about 80 minutes on 2 CPU cores)",
-    "efficientnet_lite0", epochs=10, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9,
-    nesterov=True, weight_decay=5e-5, lr_scale={"backbone": 0.2}, schedule="cosine",
-    warmup_epochs=0.3, label_smoothing=0.1, flip=True, translate=2, tta="flip",
+    "lite0_finetune",
+    "EfficientNet-Lite0 fine-tuned end to end at 160 px (about 80 minutes on 2 CPU cores)",
+    "efficientnet_lite0",
+    epochs=10,
+    batch_size=64,
+    optimizer="sgd",
+    lr=0.05,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-5,
+    lr_scale={"backbone": 0.2},
+    schedule="cosine",
+    warmup_epochs=0.3,
+    label_smoothing=0.1,
+    flip=True,
+    translate=2,
+    tta="flip",
     model_kwargs={"input_size": 160, "head": "linear", "dropout": 0.2},
 )
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
-        Recipe("seed_cnn1", "notebook CNN 1 exactly as trained there", "seed_cnn1",
-               epochs=10, lr=0.005, **_NOTEBOOK),
-        Recipe("seed_cnn2", "notebook CNN 2 exactly as trained there", "seed_cnn2",
-               epochs=10, lr=0.005, **_NOTEBOOK),
-        Recipe("seed_cnn3", "notebook CNN 3 exactly as trained there (its best model)", "seed_cnn3",
-               epochs=15, lr=0.001, **_NOTEBOOK),
-        Recipe("lite0_frozen", "EfficientNet-Lite0 ImageNet features at 160 px (cached, bf16) + MLP head",
-               "efficientnet_lite0", epochs=20, batch_size=256, optimizer="adamw", lr=1e-3, weight_decay=0.05,
-               schedule="cosine", label_smoothing=0.1, frozen_features=True, patience=8,
-               model_kwargs={"input_size": 160, "head": "mlp", "hidden": 1024, "dropout": 0.5,
-                             "trainable_blocks": 0}),
-        Recipe("lite0_frozen_notebook", "EfficientNet-Lite0 features + the notebook's VGG16 head and settings",
-               "efficientnet_lite0", epochs=10, batch_size=250, optimizer="adamax", lr=0.0005,
-               frozen_features=True,
-               model_kwargs={"input_size": 160, "head": "notebook", "trainable_blocks": 0}),
+        Recipe("seed_cnn1", "notebook CNN 1 exactly as trained there", "seed_cnn1", epochs=10, lr=0.005, **_NOTEBOOK),
+        Recipe("seed_cnn2", "notebook CNN 2 exactly as trained there", "seed_cnn2", epochs=10, lr=0.005, **_NOTEBOOK),
+        Recipe(
+            "seed_cnn3",
+            "notebook CNN 3 exactly as trained there (its best model)",
+            "seed_cnn3",
+            epochs=15,
+            lr=0.001,
+            **_NOTEBOOK,
+        ),
+        Recipe(
+            "lite0_frozen",
+            "EfficientNet-Lite0 ImageNet features at 160 px (cached, bf16) + MLP head",
+            "efficientnet_lite0",
+            epochs=20,
+            batch_size=256,
+            optimizer="adamw",
+            lr=1e-3,
+            weight_decay=0.05,
+            schedule="cosine",
+            label_smoothing=0.1,
+            frozen_features=True,
+            patience=8,
+            model_kwargs={"input_size": 160, "head": "mlp", "hidden": 1024, "dropout": 0.5, "trainable_blocks": 0},
+        ),
+        Recipe(
+            "lite0_frozen_notebook",
+            "EfficientNet-Lite0 features + the notebook's VGG16 head and settings",
+            "efficientnet_lite0",
+            epochs=10,
+            batch_size=250,
+            optimizer="adamax",
+            lr=0.0005,
+            frozen_features=True,
+            model_kwargs={"input_size": 160, "head": "notebook", "trainable_blocks": 0},
+        ),
         LITE0_FINETUNE,
         # Not measured: no GPU was lent while it was written; `--set compile=true` for more speed.
         LITE0_FINETUNE.replace(
-            name="lite0_finetune_gpu", description="EfficientNet-Lite0 fine-tuned at 224 px, for a CUDA GPU",
-            epochs=15, batch_size=128, lr=0.1, warmup_epochs=1.0,
-            model_kwargs={**LITE0_FINETUNE.model_kwargs, "input_size": 224}),
-        *[_fast(name, model, epochs, description) for name, model, epochs, description in [
-            ("fast90", "fastnet_xs", 10, "fast from-scratch training: 90%+ in about 5 minutes on 2 CPU cores"),
-            ("fast93", "fastnet_s", 10, "fast from-scratch training: 93%+, the recommended start"),
-            ("fast94", "fastnet_s", 14, "fast from-scratch training: 94%+"),
-        ]],
+            name="lite0_finetune_gpu",
+            description="EfficientNet-Lite0 fine-tuned at 224 px, for a CUDA GPU",
+            epochs=15,
+            batch_size=128,
+            lr=0.1,
+            warmup_epochs=1.0,
+            model_kwargs={**LITE0_FINETUNE.model_kwargs, "input_size": 224},
+        ),
+        *[
+            _fast(name, model, epochs, description)
+            for name, model, epochs, description in [
+                ("fast90", "fastnet_xs", 10, "fast from-scratch training: 90%+ in about 5 minutes on 2 CPU cores"),
+                ("fast93", "fastnet_s", 10, "fast from-scratch training: 93%+, the recommended start"),
+                ("fast94", "fastnet_s", 14, "fast from-scratch training: 94%+"),
+            ]
+        ],
     ]
 }
 
@@ -338,9 +405,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         table = tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise CifarkitError(f"config file {path} is not valid {kind} ({e}); "
-                            "name TOML files *.toml and anything else JSON") from None
+        raise CifarkitError(
+            f"config file {path} is not valid {kind} ({e}); name TOML files *.toml and anything else JSON"
+        ) from None
     if not isinstance(table, dict):
-        raise CifarkitError(f"config file {path} holds a {type(table).__name__}; it must be one table of "
-                            'field = value, e.g. {"lr": 0.01, "epochs": 5}')
+        raise CifarkitError(
+            f"config file {path} holds a {type(table).__name__}; it must be one table of "
+            'field = value, e.g. {"lr": 0.01, "epochs": 5}'
+        )
     return table

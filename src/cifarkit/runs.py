@@ -15,6 +15,7 @@
 
 Every reader here raises :class:`CifarkitError` naming the file and a fix, never a traceback.
 """
+
 from __future__ import annotations
 
 import io
@@ -90,8 +91,9 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     """The resolved configuration of a run; a clear error when ``run_dir`` is not a run or its config is damaged."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise CifarkitError(f"{run_dir} is not a cifarkit run directory (no config.json); "
-                            "pass the --out of `cifarkit train`")
+        raise CifarkitError(
+            f"{run_dir} is not a cifarkit run directory (no config.json); pass the --out of `cifarkit train`"
+        )
     fix = f"restore it from a copy, or {RETRAIN}"
     config = _read_json(path, dict, fix)
     missing = [key for key in ("model", "classes") if key not in config]
@@ -119,8 +121,10 @@ def _missing_weights(run_dir: Path, weights: Path) -> str:
     """
     if (run_dir / "resume.pt").is_file():
         return f"{weights} is missing although the run has a checkpoint; restore the file from a copy, or {RETRAIN}"
-    return (f"{weights} is missing: the run never finished an epoch, so there are no weights to load; train it "
-            f"again: `cifarkit train --resume --out {run_dir}` starts it afresh with its recorded recipe and data")
+    return (
+        f"{weights} is missing: the run never finished an epoch, so there are no weights to load; train it "
+        f"again: `cifarkit train --resume --out {run_dir}` starts it afresh with its recorded recipe and data"
+    )
 
 
 def load_model(run_dir: str | Path, which: str = "best") -> nn.Module:
@@ -135,16 +139,20 @@ def load_model(run_dir: str | Path, which: str = "best") -> nn.Module:
     try:
         get_model_info(name)
     except CifarkitError:
-        raise CifarkitError(f"{config_path} names model {name!r}, which this cifarkit does not have (see `cifarkit "
-                            "models`); load the run with the cifarkit version that trained it") from None
+        raise CifarkitError(
+            f"{config_path} names model {name!r}, which this cifarkit does not have (see `cifarkit "
+            "models`); load the run with the cifarkit version that trained it"
+        ) from None
     weights = run_dir / f"{which}.safetensors"
     if not weights.is_file():
         raise CifarkitError(_missing_weights(run_dir, weights))
     try:
         model = build_model(config, pretrained=False)
     except (TypeError, ValueError, CifarkitError) as exc:
-        raise CifarkitError(f"{config_path}: model {name} cannot be built with model_kwargs "
-                            f"{config.get('model_kwargs', {})} ({exc}); correct them there, or {RETRAIN}") from None
+        raise CifarkitError(
+            f"{config_path}: model {name} cannot be built with model_kwargs "
+            f"{config.get('model_kwargs', {})} ({exc}); correct them there, or {RETRAIN}"
+        ) from None
     try:
         state = load_file(weights)
     except (SafetensorError, OSError) as exc:
@@ -153,8 +161,10 @@ def load_model(run_dir: str | Path, which: str = "best") -> nn.Module:
         model.load_state_dict(state)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1].strip()
-        raise CifarkitError(f"{weights} does not fit the {name} model of {config_path} ({reason}); "
-                            f"put the run's own weights back, or {RETRAIN}") from None
+        raise CifarkitError(
+            f"{weights} does not fit the {name} model of {config_path} ({reason}); "
+            f"put the run's own weights back, or {RETRAIN}"
+        ) from None
     return model.eval()
 
 
@@ -211,8 +221,9 @@ class Evaluation:
         return np.asarray(self.metrics["confusion_matrix"], dtype=np.int64)
 
 
-def save_predictions(eval_dir: Path, labels: np.ndarray, probs: np.ndarray, probs_tta: np.ndarray | None,
-                     tta: str) -> None:
+def save_predictions(
+    eval_dir: Path, labels: np.ndarray, probs: np.ndarray, probs_tta: np.ndarray | None, tta: str
+) -> None:
     """Write ``predictions.npz``: labels, plain probabilities, and with TTA its probabilities and mode."""
     arrays = {"labels": labels.astype(np.int64), "probs": probs.astype(np.float32), "tta": np.array(tta)}
     if probs_tta is not None:
@@ -245,8 +256,9 @@ def load_evaluation(run_dir: str | Path) -> Evaluation:
     metrics = _read_json(eval_dir / "metrics.json", dict, fix)
     missing = [key for key in EVAL_METRICS_KEYS if key not in metrics]
     if missing:
-        raise CifarkitError(f"{eval_dir / 'metrics.json'} lacks {', '.join(missing)} "
-                            f"(an older cifarkit wrote it); {fix}")
+        raise CifarkitError(
+            f"{eval_dir / 'metrics.json'} lacks {', '.join(missing)} (an older cifarkit wrote it); {fix}"
+        )
     return Evaluation(eval_dir, labels, probs, probs_tta, metrics)
 
 

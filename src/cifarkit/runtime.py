@@ -86,11 +86,14 @@ def pick_device(name: str = "auto") -> torch.device:
         raise CifarkitError(f"--device {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise CifarkitError(f"--device {name}: this machine has no CUDA GPU visible to PyTorch; "
-                                "use --device cpu (or auto)")
+            raise CifarkitError(
+                f"--device {name}: this machine has no CUDA GPU visible to PyTorch; use --device cpu (or auto)"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise CifarkitError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here; "
-                                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+            raise CifarkitError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here; "
+                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
     elif device.type == "mps" and not _mps_available():
         raise CifarkitError(f"--device {name}: Apple's MPS is not available here; use --device cpu (or auto)")
     elif device.type not in ("cpu", "cuda", "mps"):
@@ -128,8 +131,11 @@ def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
         return native_bf16(device)
     if setting is True and not native_bf16(device):
         kind = "this CPU has neither AVX512-BF16 nor AMX" if device.type == "cpu" else f"{device} lacks native bf16"
-        warnings.warn(f"bf16=true but {kind}: bfloat16 is emulated, likely {EMULATED_BF16_SLOWDOWN} slower than "
-                      "float32; use bf16=auto (or false)", stacklevel=2)
+        warnings.warn(
+            f"bf16=true but {kind}: bfloat16 is emulated, likely {EMULATED_BF16_SLOWDOWN} slower than "
+            "float32; use bf16=auto (or false)",
+            stacklevel=2,
+        )
     return bool(setting)
 
 
@@ -162,8 +168,12 @@ def cpu_features() -> dict[str, bool]:
 
     cpu = torch.cpu
     probe = lambda name: bool(getattr(cpu, name, lambda: False)())  # noqa: E731
-    return {"avx2": probe("_is_avx2_supported"), "avx512": probe("_is_avx512_supported"),
-            "avx512_bf16": probe("_is_avx512_bf16_supported"), "amx": probe("_is_amx_tile_supported")}
+    return {
+        "avx2": probe("_is_avx2_supported"),
+        "avx512": probe("_is_avx512_supported"),
+        "avx512_bf16": probe("_is_avx512_bf16_supported"),
+        "amx": probe("_is_amx_tile_supported"),
+    }
 
 
 def cpu_kind() -> str:
@@ -184,9 +194,15 @@ def machine_info(device: str = "auto") -> dict[str, Any]:
 
     dev = pick_device(device)
     info: dict[str, Any] = {
-        "cifarkit": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "device": str(dev), "cpu_model": _cpu_model(), "cpu_kind": cpu_kind(), "cpu_features": cpu_features(),
-        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cifarkit": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(dev),
+        "cpu_model": _cpu_model(),
+        "cpu_kind": cpu_kind(),
+        "cpu_features": cpu_features(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "bf16_auto": resolve_bf16("auto", dev),
     }
     if dev.type == "cuda":

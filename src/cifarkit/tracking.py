@@ -12,6 +12,7 @@ evaluation are done, logging what they wrote. Each needs an optional extra:
 ``pip install 'cifarkit[track]'``. Nothing here imports torch, TensorBoard or
 MLflow until a tracker is opened.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
@@ -96,8 +97,9 @@ class TensorBoardTracker(Callback):
         for path in _figures(self.run_dir):
             with Image.open(path) as image:
                 pixels = np.asarray(image.convert("RGB"))
-            self.writer.add_image(path.relative_to(self.run_dir).with_suffix("").as_posix(), pixels, self.step,
-                                  dataformats="HWC")
+            self.writer.add_image(
+                path.relative_to(self.run_dir).with_suffix("").as_posix(), pixels, self.step, dataformats="HWC"
+            )
         self.writer.close()
 
 
@@ -129,8 +131,10 @@ class MLflowTracker(Callback):
     def on_train_end(self, metrics: Mapping[str, Any]) -> None:
         if self.run_id is None:
             return
-        self.mlflow.log_metrics({k: float(metrics[k]) for k in ("best_val_acc", "train_seconds")
-                                 if metrics.get(k) is not None}, step=self.step)
+        self.mlflow.log_metrics(
+            {k: float(metrics[k]) for k in ("best_val_acc", "train_seconds") if metrics.get(k) is not None},
+            step=self.step,
+        )
 
     def close(self, finished: bool) -> None:
         if self.run_id is None:

@@ -5,6 +5,7 @@ optimiser, then for each epoch augment, step, validate, checkpoint. All
 randomness of an epoch is derived from (seed, epoch), so a run resumed from
 its last checkpoint retraces the uninterrupted run exactly.
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,9 +22,9 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from cifarkit import __version__, distributed
-from cifarkit.data.dataset import CIFAR10
 from cifarkit.data.augment import augment
 from cifarkit.data.batches import batches, to_tensor
+from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
 from cifarkit.files import write_csv, write_json
@@ -50,14 +51,17 @@ def prepare_split(data: CIFAR10, val_fraction: float, seed: int, subset: int | N
     """The training images (optionally a class-balanced subset) split into train and validation."""
     train_idx, val_idx = split_indices(data.y_train, val_fraction, seed, subset)
     return Split(
-        to_tensor(data.x_train[train_idx]), torch.from_numpy(data.y_train[train_idx]).long(),
-        to_tensor(data.x_train[val_idx]), torch.from_numpy(data.y_train[val_idx]).long(),
+        to_tensor(data.x_train[train_idx]),
+        torch.from_numpy(data.y_train[train_idx]).long(),
+        to_tensor(data.x_train[val_idx]),
+        torch.from_numpy(data.y_train[val_idx]).long(),
     )
 
 
 @torch.no_grad()
-def evaluate_loss_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                      batch_size: int = 500, bf16: bool = False) -> tuple[float, float]:
+def evaluate_loss_acc(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 500, bf16: bool = False
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode, in the training precision.
 
     With several processes each evaluates its share of (x, y) and the sums are
@@ -86,8 +90,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_one_epoch(
-    model: nn.Module, optimizer: OptimizerChain, split: Split, recipe: Recipe, epoch: int,
-    lr_at: Callable[[float], float], first_step: int, device: torch.device, ema: AveragedModel | None,
+    model: nn.Module,
+    optimizer: OptimizerChain,
+    split: Split,
+    recipe: Recipe,
+    epoch: int,
+    lr_at: Callable[[float], float],
+    first_step: int,
+    device: torch.device,
+    ema: AveragedModel | None,
     progress: bool,
 ) -> tuple[float, float]:
     """One pass over the (augmented) training set; returns mean loss and accuracy.
@@ -100,13 +111,27 @@ def train_one_epoch(
     model.train()
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(_epoch_seed(recipe.seed, epoch) + (rank << 32))  # dropout etc.: each process its own draws
-    x = augment(split.x_train, epoch=epoch, seed=recipe.seed, flip=recipe.flip,
-                alternating_flip=recipe.alternating_flip, pad=recipe.translate, cutout_size=recipe.cutout)
+    x = augment(
+        split.x_train,
+        epoch=epoch,
+        seed=recipe.seed,
+        flip=recipe.flip,
+        alternating_flip=recipe.alternating_flip,
+        pad=recipe.translate,
+        cutout_size=recipe.cutout,
+    )
     steps = -(-len(x) // recipe.batch_size)
-    bar = tqdm(batches(x, split.y_train, recipe.batch_size, shuffle_seed=_epoch_seed(recipe.seed, epoch),
-                       rank=rank, world=world),
-               total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress,
-               leave=False, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+    bar = tqdm(
+        batches(
+            x, split.y_train, recipe.batch_size, shuffle_seed=_epoch_seed(recipe.seed, epoch), rank=rank, world=world
+        ),
+        total=steps,
+        desc=f"epoch {epoch + 1}/{recipe.epochs}",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -115,8 +140,9 @@ def train_one_epoch(
         xb, yb = _to_device(xb, device), yb.to(device, non_blocking=True)
         with autocast(device, recipe.bf16):
             logits = model(xb)
-        batch_loss = nn.functional.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing,
-                                                 reduction="sum")
+        batch_loss = nn.functional.cross_entropy(
+            logits.float(), yb, label_smoothing=recipe.label_smoothing, reduction="sum"
+        )
         # The sum over this process's part / the global batch's size x the processes DDP averages over: the
         # gradient of the global batch's mean loss, however unevenly the batch was split.
         loss = batch_loss * (world / min(recipe.batch_size, len(x) - i * recipe.batch_size))
@@ -167,14 +193,15 @@ def check_split(labels: np.ndarray, recipe: Recipe, subset: int | None) -> None:
     """Refuse a subset or validation fraction that would train on nothing or validate on nothing."""
     classes = len(np.unique(labels))
     if subset is not None and not classes <= subset <= len(labels):
-        raise CifarkitError(f"--subset must be between {classes} (one image per class) and {len(labels)}, "
-                            f"got {subset}")
+        raise CifarkitError(f"--subset must be between {classes} (one image per class) and {len(labels)}, got {subset}")
     if recipe.val_fraction > 0:
         train_idx, val_idx = split_indices(labels, recipe.val_fraction, recipe.seed, subset)
         if len(val_idx) == 0 or len(train_idx) == 0:
-            raise CifarkitError(f"--subset {subset} leaves no {'validation' if len(train_idx) else 'training'} "
-                                f"images at val_fraction {recipe.val_fraction:g}; use a larger --subset "
-                                "(or --set val_fraction=0 to train without model selection)")
+            raise CifarkitError(
+                f"--subset {subset} leaves no {'validation' if len(train_idx) else 'training'} "
+                f"images at val_fraction {recipe.val_fraction:g}; use a larger --subset "
+                "(or --set val_fraction=0 to train without model selection)"
+            )
 
 
 def _start_or_resume(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
@@ -204,8 +231,9 @@ def _start_or_resume(out: Path, config: dict[str, Any], resume: bool) -> dict[st
     if resume:
         raise CifarkitError(f"--resume: {out} holds no run to continue; drop --resume to start one there")
     if out.is_dir() and any(out.iterdir()):
-        raise CifarkitError(f"--out {out} is a folder that holds other files, not a cifarkit run; "
-                            "name a new or empty directory")
+        raise CifarkitError(
+            f"--out {out} is a folder that holds other files, not a cifarkit run; name a new or empty directory"
+        )
     return None
 
 
@@ -277,8 +305,9 @@ def train(
     if recipe.compile and dev.type == "cuda":
         net.compile()  # in place: parameter names, and so checkpoints, stay as they are
     steps_per_epoch = -(-len(split.x_train) // recipe.batch_size)
-    lr_at = lr_multiplier(recipe.schedule, recipe.epochs * steps_per_epoch,
-                          round(recipe.warmup_epochs * steps_per_epoch))
+    lr_at = lr_multiplier(
+        recipe.schedule, recipe.epochs * steps_per_epoch, round(recipe.warmup_epochs * steps_per_epoch)
+    )
     ema = weight_ema(net, recipe.ema) if recipe.ema else None
 
     history: list[dict[str, Any]] = []
@@ -299,20 +328,33 @@ def train(
         if _finished(recipe, epoch, best_epoch):
             break
         t0 = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(trained, optimizer, split, recipe, epoch, lr_at,
-                                                epoch * steps_per_epoch, dev, ema, progress)
+        train_loss, train_acc = train_one_epoch(
+            trained, optimizer, split, recipe, epoch, lr_at, epoch * steps_per_epoch, dev, ema, progress
+        )
         seconds = time.perf_counter() - t0
         kept = _model_for_eval(net, ema)
         distributed.broadcast_buffers(kept)  # rank 0's BatchNorm statistics: the ones checkpointed
         # No validation split: null in the history, and the last epoch is the best one we can know of.
-        val_loss, val_acc = (evaluate_loss_acc(kept, split.x_val, split.y_val, dev, bf16=recipe.bf16)
-                             if len(split.x_val) else (None, None))
-        row = dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss,
-                   val_acc=val_acc, lr=optimizer.param_groups[0]["lr"], seconds=seconds)
+        val_loss, val_acc = (
+            evaluate_loss_acc(kept, split.x_val, split.y_val, dev, bf16=recipe.bf16)
+            if len(split.x_val)
+            else (None, None)
+        )
+        row = dict(
+            epoch=epoch + 1,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            lr=optimizer.param_groups[0]["lr"],
+            seconds=seconds,
+        )
         history.append(row)
         if progress:
-            tqdm.write(f"epoch {epoch + 1:3d}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}  "
-                       f"val_loss {_fmt(val_loss)}  val_acc {_fmt(val_acc)}  {seconds:.1f}s")
+            tqdm.write(
+                f"epoch {epoch + 1:3d}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}  "
+                f"val_loss {_fmt(val_loss)}  val_acc {_fmt(val_acc)}  {seconds:.1f}s"
+            )
         improved = val_acc is None or best_acc is None or val_acc > best_acc
         if improved:
             best_acc, best_epoch = val_acc, epoch
@@ -321,10 +363,19 @@ def train(
             if improved:
                 save_weights(weights, out / "best.safetensors")
             save_weights(weights, out / "last.safetensors")
-            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "ema": ema.state_dict() if ema is not None else None, "history": history,
-                        "best_acc": best_acc, "best_epoch": best_epoch, "epoch": epoch + 1,
-                        "global_batch": recipe.batch_size}, out / "resume.pt")
+            save_torch(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "history": history,
+                    "best_acc": best_acc,
+                    "best_epoch": best_epoch,
+                    "epoch": epoch + 1,
+                    "global_batch": recipe.batch_size,
+                },
+                out / "resume.pt",
+            )
             write_json(out / "history.json", history)
         # Every callback sees the epoch, on rank 0 only; what they decide holds for every process.
         stop = distributed.is_main() and any([callback.on_epoch_end(row) for callback in callbacks])
@@ -336,10 +387,16 @@ def train(
     write_csv(out / "history.csv", history)
     plot_history(history, out / "curves.png", title=recipe.name)
     metrics = {
-        "params": params, "trainable_params": count_parameters(net, trainable_only=True), "epochs_run": len(history),
-        "best_epoch": best_epoch + 1, "best_val_acc": best_acc,
-        "train_seconds": sum(r["seconds"] for r in history), "cifarkit_version": __version__,
-        "torch_version": torch.__version__, "device": str(dev), "processes": distributed.world_size(),
+        "params": params,
+        "trainable_params": count_parameters(net, trainable_only=True),
+        "epochs_run": len(history),
+        "best_epoch": best_epoch + 1,
+        "best_val_acc": best_acc,
+        "train_seconds": sum(r["seconds"] for r in history),
+        "cifarkit_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(dev),
+        "processes": distributed.world_size(),
     }
     write_json(out / "metrics.json", metrics)
     for callback in callbacks:
@@ -351,9 +408,11 @@ def _check_global_batch(state: dict[str, Any] | None, recipe: Recipe, out: Path)
     """Refuse to resume with another global batch: ``batch_per_process`` x a different number of processes."""
     saved = recipe.batch_size if state is None else state.get("global_batch", recipe.batch_size)
     if saved != recipe.batch_size:
-        raise CifarkitError(f"--resume: {out} trains with a global batch of {saved}, but batch_per_process "
-                            f"{recipe.batch_per_process} on {distributed.world_size()} processes makes "
-                            f"{recipe.batch_size}; resume it on {saved // recipe.batch_per_process} processes")
+        raise CifarkitError(
+            f"--resume: {out} trains with a global batch of {saved}, but batch_per_process "
+            f"{recipe.batch_per_process} on {distributed.world_size()} processes makes "
+            f"{recipe.batch_size}; resume it on {saved // recipe.batch_per_process} processes"
+        )
 
 
 def _finished(recipe: Recipe, epoch: int, best_epoch: int) -> bool:

@@ -4,6 +4,7 @@ Augmentation works on a full epoch's worth of images in a few vectorised
 operations, never image by image: on a 2-core CPU a Python loop over 50,000
 images would cost more than the training steps it feeds.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,7 @@ def translate(images: torch.Tensor, pad: int, generator: torch.Generator) -> tor
     for sx in range(2 * pad + 1):
         for sy in range(2 * pad + 1):
             sel = (dx == sx) & (dy == sy)
-            out[sel] = padded[sel, :, sy:sy + h, sx:sx + w]
+            out[sel] = padded[sel, :, sy : sy + h, sx : sx + w]
     return out
 
 

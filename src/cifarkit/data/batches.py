@@ -1,4 +1,5 @@
 """From uint8 arrays to float tensors, validation splits, subsets and batches."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -56,7 +57,12 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle_seed: int | None = None, rank: int = 0,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    rank: int = 0,
     world: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) batches in order, or shuffled by ``shuffle_seed``; the last batch may be short.
@@ -73,5 +79,5 @@ def batches(
         else torch.arange(n)
     )
     for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size].tensor_split(world)[rank]
+        idx = order[start : start + batch_size].tensor_split(world)[rank]
         yield x[idx], y[idx]

@@ -11,6 +11,7 @@ changed source so never matches old files, and writing its new ones deletes
 the old. Each file is written atomically (temp file, then os.replace), and
 files that are missing, corrupt or malformed are ignored and rebuilt.
 """
+
 from __future__ import annotations
 
 import hashlib

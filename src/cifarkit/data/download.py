@@ -5,6 +5,7 @@ the next call asks the server for the rest with an HTTP Range request (or
 starts again when the server ignores Range). Only a file whose MD5 matches is
 renamed to ``dest``, atomically, so ``dest`` is either absent or complete.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -24,9 +25,7 @@ DEFAULT_TIMEOUT = 10.0
 CHUNK_SIZE = 1 << 20
 
 
-def download_file(
-    url: str, dest: str | os.PathLike[str], md5: str, *, timeout: float = DEFAULT_TIMEOUT
-) -> Path:
+def download_file(url: str, dest: str | os.PathLike[str], md5: str, *, timeout: float = DEFAULT_TIMEOUT) -> Path:
     """Download ``url`` to ``dest``, resuming a partial ``dest.part``, and verify its MD5.
 
     Returns:
@@ -74,13 +73,16 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
             offset = 0
         expected = int(response.headers.get("Content-Length") or -1)
         received = 0
-        with part.open("ab" if offset else "wb") as out, tqdm(
-            total=offset + expected if expected >= 0 else None,
-            initial=offset,
-            desc=part.name,
-            unit="B",
-            unit_scale=True,
-        ) as progress:
+        with (
+            part.open("ab" if offset else "wb") as out,
+            tqdm(
+                total=offset + expected if expected >= 0 else None,
+                initial=offset,
+                desc=part.name,
+                unit="B",
+                unit_scale=True,
+            ) as progress,
+        ):
             while chunk := response.read(CHUNK_SIZE):
                 out.write(chunk)
                 received += len(chunk)

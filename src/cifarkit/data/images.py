@@ -93,8 +93,10 @@ def image_to_array(source: ImageSource, size: int = SIZE, *, max_pixels: int = M
 
 
 def _unreadable(name: str, reason: str) -> str:
-    return f"{name} is not a readable image ({reason}): replace it with a valid {', '.join(FORMATS[:-1])} or " \
-           f"{FORMATS[-1]} file"
+    return (
+        f"{name} is not a readable image ({reason}): replace it with a valid {', '.join(FORMATS[:-1])} or "
+        f"{FORMATS[-1]} file"
+    )
 
 
 def _bomb_message(name: str, found: str, max_pixels: int) -> str:

@@ -1,4 +1,5 @@
 """``load_cifar10``: find CIFAR-10 (argument, environment, cache, download) and load it."""
+
 from __future__ import annotations
 
 import os
@@ -57,9 +58,7 @@ def load_cifar10(
     return data
 
 
-def _locate(
-    path: str | os.PathLike[str] | None, cache_root: Path, download: bool, url: str, md5: str | None
-) -> Path:
+def _locate(path: str | os.PathLike[str] | None, cache_root: Path, download: bool, url: str, md5: str | None) -> Path:
     """The path to load: the argument, $CIFARKIT_DATA, or the cached archive (downloaded if need be)."""
     if path is not None:
         return Path(path)

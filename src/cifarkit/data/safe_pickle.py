@@ -6,6 +6,7 @@ rebuild their numpy ``data`` array; :class:`RestrictedUnpickler` resolves
 exactly those and refuses every other one before anything is called. Plain
 containers and scalars (dict, list, bytes, str, int) need no globals at all.
 """
+
 from __future__ import annotations
 
 import pickle

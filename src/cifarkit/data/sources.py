@@ -17,6 +17,7 @@ Every reader returns the same :class:`CIFAR10`: uint8 RGB images (N, 32, 32, 3)
 and int64 labels, batches in their official order, and every problem is a
 :class:`DataError` that names the file and the fix.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,10 +26,11 @@ import os
 import tarfile
 import warnings
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -197,8 +199,9 @@ def _parse_python_batch(stream: BinaryIO, name: str) -> tuple[np.ndarray, np.nda
             f"replace it with the file from the official {PYTHON_ARCHIVE}."
         )
     data = fields["data"]
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == PIXELS_PER_IMAGE):
+    if not (
+        isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == PIXELS_PER_IMAGE
+    ):
         found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(
             f"{name}: 'data' must be a uint8 array of shape (N, {PIXELS_PER_IMAGE}), found {found}; "
@@ -262,8 +265,7 @@ def _read_archive(path: Path, md5: str | None) -> CIFAR10:
             }
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(
-            f"{path} is not a readable tar archive ({exc}): delete it and download it again "
-            f"from {OFFICIAL_PAGE}."
+            f"{path} is not a readable tar archive ({exc}): delete it and download it again from {OFFICIAL_PAGE}."
         ) from exc
     if "data_batch_1" in members:
         parse, suffix = _parse_python_batch, ""
@@ -278,8 +280,7 @@ def _read_archive(path: Path, md5: str | None) -> CIFAR10:
     def open_member(name: str) -> BinaryIO:
         if name not in members:
             raise DataError(
-                f"{path} lacks {name}: the archive is incomplete. Delete it and download it again "
-                f"from {OFFICIAL_PAGE}."
+                f"{path} lacks {name}: the archive is incomplete. Delete it and download it again from {OFFICIAL_PAGE}."
             )
         return io.BytesIO(members[name])
 
@@ -356,8 +357,7 @@ def _list_images(class_dir: Path) -> list[Path]:
     strays = [name for name in names if Path(name).suffix.lower() not in IMAGE_SUFFIXES]
     if strays:
         raise DataError(
-            f"{class_dir / strays[0]} is not a .png or .jpg image: class folders may hold only "
-            "images. Move it out."
+            f"{class_dir / strays[0]} is not a .png or .jpg image: class folders may hold only images. Move it out."
         )
     if not names:
         raise DataError(f"{class_dir} holds no images: add the class's .png or .jpg files.")
@@ -373,13 +373,13 @@ def _decode_images(files: list[Path], split: str) -> np.ndarray:
     thread, so callers can catch them.
     """
     images = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    chunks = [files[start:start + DECODE_CHUNK] for start in range(0, len(files), DECODE_CHUNK)]
+    chunks = [files[start : start + DECODE_CHUNK] for start in range(0, len(files), DECODE_CHUNK)]
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     try:
         with tqdm(total=len(files), desc=f"decoding {split} images", unit="img") as progress:
             start = 0
             for pixels, resized in pool.map(_decode_chunk, chunks):
-                images[start:start + len(pixels)] = pixels
+                images[start : start + len(pixels)] = pixels
                 start += len(pixels)
                 progress.update(len(pixels))
                 for path, (width, height) in resized:

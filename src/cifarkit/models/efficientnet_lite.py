@@ -22,6 +22,7 @@ re-interpretation of it:
 The parameter names (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ...,
 ``_conv_head``, ``_bn1``, ``_fc``) are those of the checkpoint files.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -19,6 +19,7 @@ Every model takes float images in [0, 1], shape (N, 3, 32, 32), and normalises
 them inside (CIFAR-10 mean and std are buffers). Call ``model.data_init(images)``
 once with training images before training, to set the whitening filters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,6 +10,7 @@
   and BatchNormalization defaults (epsilon 1e-3, momentum 0.99), so that it
   trains like the notebook's.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -39,10 +40,13 @@ def mlp_head(in_features: int, num_classes: int = 10, hidden: int = 512, dropout
 def notebook_head(in_features: int, num_classes: int = 10) -> nn.Sequential:
     """The notebook's VGG16 transfer head (see the module docstring)."""
     head = nn.Sequential(
-        nn.Linear(in_features, 256), nn.ReLU(inplace=True),
-        nn.Linear(256, 128), nn.ReLU(inplace=True),
+        nn.Linear(in_features, 256),
+        nn.ReLU(inplace=True),
+        nn.Linear(256, 128),
+        nn.ReLU(inplace=True),
         nn.Dropout(0.3),
-        nn.Linear(128, 64), nn.ReLU(inplace=True),
+        nn.Linear(128, 64),
+        nn.ReLU(inplace=True),
         nn.BatchNorm1d(64, eps=1e-3, momentum=0.01),
         nn.Linear(64, num_classes),
     )

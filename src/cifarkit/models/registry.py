@@ -6,10 +6,11 @@ images in [0, 1], shape (N, 3, H, W) (32x32 for CIFAR-10), and returns logits
 the model, so training, evaluation, prediction and export never need to know
 which model they hold.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
@@ -29,7 +30,9 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(name: str, description: str = "", pretrained: bool = False) -> Callable[[ModelBuilder], ModelBuilder]:
+def register_model(
+    name: str, description: str = "", pretrained: bool = False
+) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: register ``builder(num_classes=10, **kwargs) -> nn.Module`` under ``name``.
 
     ``pretrained``: the builder loads pretrained weights by default and accepts ``pretrained=False``.
@@ -48,8 +51,9 @@ def register_model(name: str, description: str = "", pretrained: bool = False) -
 def get_model_info(name: str) -> ModelInfo:
     """The registry entry of ``name``; an unknown name is a :class:`CifarkitError` listing the known ones."""
     if name not in _REGISTRY:
-        raise CifarkitError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))} "
-                            "(see `cifarkit models`)")
+        raise CifarkitError(
+            f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))} (see `cifarkit models`)"
+        )
     return _REGISTRY[name]
 
 

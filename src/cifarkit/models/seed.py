@@ -10,6 +10,7 @@ The notebook stated the dropout rates of ``seed_cnn2`` (0.2 / 0.2 / 0.5) and
 ``seed_cnn2`` with the classic Keras rates (0.25 after pooling, 0.5 after the
 dense layer) and no dropout between its convolutions.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -37,9 +38,15 @@ def _keras_init(model: nn.Module) -> nn.Module:
 def _one_stage_cnn(num_classes: int, drop_conv: float, drop_pool: float, drop_dense: float) -> nn.Sequential:
     """conv16 - conv32 - pool - flatten(16*16*32) - dense256 - dense10."""
     layers = [
-        *_conv(3, 16), *_dropout(drop_conv),
-        *_conv(16, 32), nn.MaxPool2d(2), *_dropout(drop_pool),
-        nn.Flatten(), nn.Linear(16 * 16 * 32, 256), nn.LeakyReLU(0.1), *_dropout(drop_dense),
+        *_conv(3, 16),
+        *_dropout(drop_conv),
+        *_conv(16, 32),
+        nn.MaxPool2d(2),
+        *_dropout(drop_pool),
+        nn.Flatten(),
+        nn.Linear(16 * 16 * 32, 256),
+        nn.LeakyReLU(0.1),
+        *_dropout(drop_dense),
         nn.Linear(256, num_classes),
     ]
     return _keras_init(nn.Sequential(*layers))
@@ -58,9 +65,18 @@ def seed_cnn2(num_classes: int = 10) -> nn.Module:
 @register_model("seed_cnn3", "notebook CNN 3: conv16-32-pool-conv32-64-pool-dense256")
 def seed_cnn3(num_classes: int = 10) -> nn.Module:
     layers = [
-        *_conv(3, 16), *_conv(16, 32), nn.MaxPool2d(2), nn.Dropout(0.25),
-        *_conv(32, 32), *_conv(32, 64), nn.MaxPool2d(2), nn.Dropout(0.25),
-        nn.Flatten(), nn.Linear(8 * 8 * 64, 256), nn.LeakyReLU(0.1), nn.Dropout(0.5),
+        *_conv(3, 16),
+        *_conv(16, 32),
+        nn.MaxPool2d(2),
+        nn.Dropout(0.25),
+        *_conv(32, 32),
+        *_conv(32, 64),
+        nn.MaxPool2d(2),
+        nn.Dropout(0.25),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 64, 256),
+        nn.LeakyReLU(0.1),
+        nn.Dropout(0.5),
         nn.Linear(256, num_classes),
     ]
     return _keras_init(nn.Sequential(*layers))

@@ -45,12 +45,18 @@ class ModelSummary:
             return f"{layer:<{w[0]}}  {shape:<{w[1]}}  {params:>{w[2]}}"
 
         rule = "-" * (sum(w) + 4)
-        return "\n".join([
-            rule, line(*header), rule, *(line(*c) for c in cells), rule,
-            f"total params: {self.total:,}",
-            f"trainable params: {self.trainable:,}",
-            f"non-trainable params: {self.non_trainable:,}",
-        ])
+        return "\n".join(
+            [
+                rule,
+                line(*header),
+                rule,
+                *(line(*c) for c in cells),
+                rule,
+                f"total params: {self.total:,}",
+                f"trainable params: {self.trainable:,}",
+                f"non-trainable params: {self.non_trainable:,}",
+            ]
+        )
 
 
 def _shape_text(output: object) -> str:
@@ -90,8 +96,9 @@ def summarize(model: nn.Module, input_size: int = 32) -> ModelSummary:
         for handle in handles:
             handle.remove()
     rows = [
-        LayerRow(name, type(module).__name__, shapes.get(name, "-"),
-                 sum(p.numel() for p in module.parameters(recurse=False)))
+        LayerRow(
+            name, type(module).__name__, shapes.get(name, "-"), sum(p.numel() for p in module.parameters(recurse=False))
+        )
         for name, module in layers.items()
     ]
     return ModelSummary(rows, count_parameters(model), count_parameters(model, trainable_only=True))

@@ -10,6 +10,7 @@ positive). It changes confidences, never the arg-max, so accuracy is unchanged.
 Probabilities can be turned back into valid logits with :func:`logits_from_probs`
 (log p differs from the logits by a per-row constant, which softmax ignores).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -10,6 +10,7 @@ Usage in ``cli.py``::
 Importing this module is cheap (no torch, matplotlib or scikit-learn), so
 ``cifarkit --help`` stays fast; :func:`run_report` imports the report itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,21 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ReportOptions()
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories to compare")
     parser.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="HTML file to write")
-    parser.add_argument("--no-model", action="store_true",
-                        help="do not load models: skip Grad-CAM, robustness and temperature scaling")
-    parser.add_argument("--robustness-images", type=int, default=defaults.robustness_images,
-                        help="test images corrupted for the robustness table (default %(default)s)")
-    parser.add_argument("--gradcam-images", type=int, default=defaults.gradcam_images,
-                        help="Grad-CAM images of correct and of wrong predictions each (default %(default)s)")
+    parser.add_argument(
+        "--no-model", action="store_true", help="do not load models: skip Grad-CAM, robustness and temperature scaling"
+    )
+    parser.add_argument(
+        "--robustness-images",
+        type=int,
+        default=defaults.robustness_images,
+        help="test images corrupted for the robustness table (default %(default)s)",
+    )
+    parser.add_argument(
+        "--gradcam-images",
+        type=int,
+        default=defaults.gradcam_images,
+        help="Grad-CAM images of correct and of wrong predictions each (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of every random sample")
 
 
@@ -45,5 +55,6 @@ def run_report(args: argparse.Namespace, *, data: CIFAR10 | None, device: str = 
     """Build the report the arguments describe (``--no-model`` loads no model). Returns the HTML path."""
     from .html import build_report
 
-    return build_report(args.runs, args.output, data=data, use_model=not args.no_model, device=device,
-                        options=report_options(args))
+    return build_report(
+        args.runs, args.output, data=data, use_model=not args.no_model, device=device, options=report_options(args)
+    )

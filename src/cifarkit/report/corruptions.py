@@ -23,6 +23,7 @@ contrast          factor c: x -> m + c (x - m), m = image mean     0.75   0.50  
 Only gaussian_noise is random; it draws from ``numpy.random.default_rng(seed)``,
 so a seed gives the same images every time.
 """
+
 from __future__ import annotations
 
 import io

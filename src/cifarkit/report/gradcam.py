@@ -10,6 +10,7 @@ with a backward hook on its output tensor; gradients are taken with
 ``torch.autograd.grad`` so the model's parameter ``.grad`` are left untouched.
 If the layer runs more than once per forward pass, the last call is explained.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@ has no ``RUN/eval/`` yet and data is given), runs every section of
 ``RUN/insight/``) and writes one HTML file with all images embedded, so it can
 be mailed or archived and opened offline.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -60,8 +61,13 @@ def build_report(
             device=device,
         )
         parts.append(_run_section(context))
-    nav = markup.link_list([("comparison", "Comparison"), ("curves", "Curves"),
-                            *((f"run{i}", run.name) for i, run in enumerate(runs, start=1))])
+    nav = markup.link_list(
+        [
+            ("comparison", "Comparison"),
+            ("curves", "Curves"),
+            *((f"run{i}", run.name) for i, run in enumerate(runs, start=1)),
+        ]
+    )
     out = Path(out_path)
     write_text(out, markup.page("cifarkit report", nav + "".join(parts)))
     return out
@@ -74,12 +80,16 @@ def _load(path: Path, data: CIFAR10 | None, device: str) -> Run:
     run = load_run(path)
     evaluation = run.evaluation
     if evaluation.probs.shape[1] != len(run.config["classes"]):
-        raise CifarkitError(f"{evaluation.path}: predictions have {evaluation.probs.shape[1]} classes, the run "
-                            f"{len(run.config['classes'])}; evaluate it again: `cifarkit evaluate {path}`")
+        raise CifarkitError(
+            f"{evaluation.path}: predictions have {evaluation.probs.shape[1]} classes, the run "
+            f"{len(run.config['classes'])}; evaluate it again: `cifarkit evaluate {path}`"
+        )
     if data is not None and not np.array_equal(evaluation.labels, data.y_test):
-        raise CifarkitError(f"{evaluation.path}: the labels evaluated do not match the test set of the given data "
-                            f"({data.source}); pass the data the run was evaluated on, or evaluate it on this data: "
-                            f"`cifarkit evaluate {path} --data {data.source}`")
+        raise CifarkitError(
+            f"{evaluation.path}: the labels evaluated do not match the test set of the given data "
+            f"({data.source}); pass the data the run was evaluated on, or evaluate it on this data: "
+            f"`cifarkit evaluate {path} --data {data.source}`"
+        )
     return run
 
 
@@ -92,8 +102,10 @@ def _validation(data: CIFAR10, run: Run) -> tuple[np.ndarray, np.ndarray] | None
 def _run_section(context: RunContext) -> str:
     """All per-run sections of one run, under a heading with the run's model and path."""
     run = context.run
-    intro = markup.paragraph(f"Model {run.config.get('model', '?')}, recipe {run.config.get('name', '?')}, "
-                             f"directory {run.path}. {describe_predictions(run)} "
-                             f"Further files in {run.insight_dir}.")
+    intro = markup.paragraph(
+        f"Model {run.config.get('model', '?')}, recipe {run.config.get('name', '?')}, "
+        f"directory {run.path}. {describe_predictions(run)} "
+        f"Further files in {run.insight_dir}."
+    )
     body = intro + "".join(section(context) for section in RUN_SECTIONS)
     return markup.section(context.prefix, f"Run {run.name}", body, css_class="run")

@@ -3,6 +3,7 @@
 Images are embedded as ``data:`` URIs and the style sheet is inline, so the page
 references nothing outside itself and works offline. The page uses no script.
 """
+
 from __future__ import annotations
 
 import base64

@@ -1,4 +1,5 @@
 """What the report computes and how much: one object shared by the API and the CLI."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ The result is a flat table, one row per (corruption, severity) plus the clean
 accuracy (corruption ``"none"``, severity 0), ready for CSV, JSON or a plot.
 The same seed is used at every severity, so the noise pattern only grows.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

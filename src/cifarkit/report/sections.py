@@ -9,6 +9,7 @@ the comparison sections take all runs. A section that lacks an input (test
 images, a model, validation data) says so in a note instead of failing, so a
 report can always be made from evaluated run directories alone.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -104,8 +105,17 @@ def describe_predictions(run: Run) -> str:
 
 def comparison_section(runs: Sequence[Run]) -> str:
     """The table of model, size, training time and accuracies, one row per run."""
-    header = ("run", "model", "parameters", "epochs", "training time", "best val acc", "test acc", "test acc (TTA)",
-              "test images")
+    header = (
+        "run",
+        "model",
+        "parameters",
+        "epochs",
+        "training time",
+        "best val acc",
+        "test acc",
+        "test acc (TTA)",
+        "test images",
+    )
     rows = [
         (
             run.name,
@@ -138,8 +148,13 @@ def classification_section(ctx: RunContext) -> str:
     """sklearn's classification report (precision, recall, F1, support per class), as evaluate wrote it."""
     report = ctx.run.evaluation.metrics["classification_report"]
     rows = [
-        (key, f"{report[key]['precision']:.4f}", f"{report[key]['recall']:.4f}",
-         f"{report[key]['f1-score']:.4f}", int(report[key]["support"]))
+        (
+            key,
+            f"{report[key]['precision']:.4f}",
+            f"{report[key]['recall']:.4f}",
+            f"{report[key]['f1-score']:.4f}",
+            int(report[key]["support"]),
+        )
         for key in (*ctx.classes, "macro avg", "weighted avg")
     ]
     body = markup.paragraph(f"Test accuracy: {_percent(report['accuracy'])} on {len(ctx.labels)} images.")
@@ -160,14 +175,23 @@ def confused_pairs_section(ctx: RunContext) -> str:
     cm = ctx.run.evaluation.confusion_matrix
     totals = cm.sum(axis=1)
     rows = [
-        {"actual": names[p.actual], "predicted": names[p.predicted], "count": p.count,
-         "fraction_of_actual": round(p.count / totals[p.actual], 4)}
+        {
+            "actual": names[p.actual],
+            "predicted": names[p.predicted],
+            "count": p.count,
+            "fraction_of_actual": round(p.count / totals[p.actual], 4),
+        }
         for p in confused_pairs(cm, ctx.options.confused_pairs)
     ]
     write_csv(ctx.run.insight_dir / "confused_pairs.csv", rows)
-    body = (markup.table(("actual", "predicted as", "count", "share of actual class"),
-                         [(r["actual"], r["predicted"], r["count"], _percent(r["fraction_of_actual"])) for r in rows])
-            if rows else markup.note("No mistakes: every test image is classified correctly."))
+    body = (
+        markup.table(
+            ("actual", "predicted as", "count", "share of actual class"),
+            [(r["actual"], r["predicted"], r["count"], _percent(r["fraction_of_actual"])) for r in rows],
+        )
+        if rows
+        else markup.note("No mistakes: every test image is classified correctly.")
+    )
     return markup.section(ctx.id("confused-pairs"), "Most confused classes", body, level=3)
 
 
@@ -214,10 +238,15 @@ def gradcam_section(ctx: RunContext) -> str:
             body += markup.note(f"No {group} predictions in the test set.")
             continue
         predictions = describe(ctx.probs, ctx.labels, indices, ctx.classes)
-        maps = grad_cam(ctx.model, to_tensor(ctx.images[indices]), target_layer=layer,
-                        class_idx=torch.as_tensor(ctx.probs[indices].argmax(axis=1)))
-        png = save_png(gradcam_grid(ctx.images[indices], maps, predictions),
-                       ctx.run.insight_dir / f"gradcam_{group}.png")
+        maps = grad_cam(
+            ctx.model,
+            to_tensor(ctx.images[indices]),
+            target_layer=layer,
+            class_idx=torch.as_tensor(ctx.probs[indices].argmax(axis=1)),
+        )
+        png = save_png(
+            gradcam_grid(ctx.images[indices], maps, predictions), ctx.run.insight_dir / f"gradcam_{group}.png"
+        )
         body += markup.image(png, f"Grad-CAM on {group} predictions")
     return markup.section(ctx.id("gradcam"), title, body, level=3)
 
@@ -225,8 +254,13 @@ def gradcam_section(ctx: RunContext) -> str:
 def _bins_record(bins: ReliabilityBins) -> list[dict[str, Any]]:
     """Reliability bins as JSON-ready rows (empty bins get null means)."""
     return [
-        {"lower": float(lo), "upper": float(hi), "count": int(n),
-         "accuracy": None if n == 0 else float(acc), "confidence": None if n == 0 else float(conf)}
+        {
+            "lower": float(lo),
+            "upper": float(hi),
+            "count": int(n),
+            "accuracy": None if n == 0 else float(acc),
+            "confidence": None if n == 0 else float(conf),
+        }
         for lo, hi, n, acc, conf in zip(bins.edges[:-1], bins.edges[1:], bins.counts, bins.accuracy, bins.confidence)
     ]
 
@@ -234,8 +268,14 @@ def _bins_record(bins: ReliabilityBins) -> list[dict[str, Any]]:
 def _temperature_record(ctx: RunContext, test_logits: np.ndarray) -> dict[str, float]:
     """Fit T on the model's validation logits (same TTA and precision as the test predictions); NLL before and after."""
     val_x, val_y = ctx.validation
-    val_logits = predict_logits(ctx.model, val_x, tta=ctx.run.evaluation.tta, batch_size=ctx.options.batch_size,
-                                device=ctx.device, bf16=ctx.run.config.get("bf16", False))
+    val_logits = predict_logits(
+        ctx.model,
+        val_x,
+        tta=ctx.run.evaluation.tta,
+        batch_size=ctx.options.batch_size,
+        device=ctx.device,
+        bf16=ctx.run.config.get("bf16", False),
+    )
     temperature = fit_temperature(val_logits, val_y)
     return {
         "temperature": temperature,
@@ -250,9 +290,12 @@ def calibration_section(ctx: RunContext) -> str:
     n_bins = ctx.options.calibration_bins
     test_logits = logits_from_probs(ctx.probs)
     before = reliability_bins(ctx.probs, ctx.labels, n_bins)
-    record: dict[str, Any] = {"n_bins": n_bins, "ece": before.ece,
-                              "test_nll": negative_log_likelihood(test_logits, ctx.labels),
-                              "bins": _bins_record(before)}
+    record: dict[str, Any] = {
+        "n_bins": n_bins,
+        "ece": before.ece,
+        "test_nll": negative_log_likelihood(test_logits, ctx.labels),
+        "bins": _bins_record(before),
+    }
     panels = {"test, as trained": before}
     rows = [("ECE", _percent(before.ece)), ("test NLL", f"{record['test_nll']:.4f}")]
     if ctx.model is not None and ctx.validation is not None:
@@ -261,10 +304,12 @@ def calibration_section(ctx: RunContext) -> str:
         after = reliability_bins(softmax(test_logits, temperature), ctx.labels, n_bins)
         record["temperature_scaling"] = {**scaled, "ece_after": after.ece, "bins_after": _bins_record(after)}
         panels[f"test, temperature T = {temperature:.3f}"] = after
-        rows += [("temperature T (fitted on validation)", f"{temperature:.4f}"),
-                 ("ECE after scaling", _percent(after.ece)),
-                 ("test NLL after scaling", f"{scaled['test_nll_after']:.4f}"),
-                 ("validation NLL before / after", f"{scaled['val_nll_before']:.4f} / {scaled['val_nll_after']:.4f}")]
+        rows += [
+            ("temperature T (fitted on validation)", f"{temperature:.4f}"),
+            ("ECE after scaling", _percent(after.ece)),
+            ("test NLL after scaling", f"{scaled['test_nll_after']:.4f}"),
+            ("validation NLL before / after", f"{scaled['val_nll_before']:.4f} / {scaled['val_nll_after']:.4f}"),
+        ]
     write_json(ctx.run.insight_dir / "calibration.json", record)
     png = save_png(reliability_diagrams(panels), ctx.run.insight_dir / "reliability.png")
     body = markup.table(("metric", "value"), rows) + markup.image(png, "reliability diagram")
@@ -281,27 +326,43 @@ def robustness_section(ctx: RunContext) -> str:
     opts = ctx.options
     rng = np.random.default_rng(opts.seed)
     subset = np.sort(rng.choice(len(ctx.images), size=min(opts.robustness_images, len(ctx.images)), replace=False))
-    rows = evaluate_corruptions(ctx.model, ctx.images[subset], ctx.labels[subset], corruptions=opts.corruptions,
-                                severities=opts.severities, seed=opts.seed, batch_size=opts.batch_size,
-                                device=ctx.device, bf16=ctx.run.config.get("bf16", False))
+    rows = evaluate_corruptions(
+        ctx.model,
+        ctx.images[subset],
+        ctx.labels[subset],
+        corruptions=opts.corruptions,
+        severities=opts.severities,
+        seed=opts.seed,
+        batch_size=opts.batch_size,
+        device=ctx.device,
+        bf16=ctx.run.config.get("bf16", False),
+    )
     means = mean_corruption_accuracy(rows)
     clean = next(r.accuracy for r in rows if r.severity == 0)
     out = ctx.run.insight_dir
     write_csv(out / "robustness.csv", [asdict(r) for r in rows])
-    write_json(out / "robustness.json", {
-        "images": len(subset), "seed": opts.seed, "rows": [asdict(r) for r in rows], "mean_accuracy": means,
-        "parameters": {name: dict(zip(map(str, SEVERITIES), PARAMETERS[name])) for name in opts.corruptions},
-    })
+    write_json(
+        out / "robustness.json",
+        {
+            "images": len(subset),
+            "seed": opts.seed,
+            "rows": [asdict(r) for r in rows],
+            "mean_accuracy": means,
+            "parameters": {name: dict(zip(map(str, SEVERITIES), PARAMETERS[name])) for name in opts.corruptions},
+        },
+    )
     by_severity = accuracy_by_severity(rows)
     png = save_png(robustness_curves(by_severity, clean), out / "robustness.png")
     table = markup.table(
         ("corruption", *(f"severity {s}" for s in opts.severities), "mean"),
         [(name, *(_percent(by_severity[name][s]) for s in opts.severities), _percent(means[name])) for name in means],
     )
-    body = markup.paragraph(f"{len(subset)} random test images, plain forward passes (no TTA); "
-                            f"clean accuracy {_percent(clean)}.")
-    return markup.section(ctx.id("robustness"), title, body + table + markup.image(png, "accuracy under corruption"),
-                          level=3)
+    body = markup.paragraph(
+        f"{len(subset)} random test images, plain forward passes (no TTA); clean accuracy {_percent(clean)}."
+    )
+    return markup.section(
+        ctx.id("robustness"), title, body + table + markup.image(png, "accuracy under corruption"), level=3
+    )
 
 
 RUN_SECTIONS = (

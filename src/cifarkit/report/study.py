@@ -6,6 +6,7 @@ time, parameters), the optimisation history, each trial's validation accuracy
 per epoch, parameter importances (fANOVA) and parallel coordinates. Figures
 and the table are also written to ``STUDY/insight/`` as PNG and CSV.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -34,12 +35,17 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial: number, state, validation accuracy (the best; a pruned trial's last), epochs run,
     seconds and parameters."""
     names = sorted({name for trial in study.trials for name in trial.params})
-    return [{
-        "trial": t.number, "state": t.state.name.lower(), "val_acc": t.value,
-        "epochs": len(t.intermediate_values),
-        "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
-        **{name: t.params.get(name) for name in names},
-    } for t in study.trials]
+    return [
+        {
+            "trial": t.number,
+            "state": t.state.name.lower(),
+            "val_acc": t.value,
+            "epochs": len(t.intermediate_values),
+            "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
+            **{name: t.params.get(name) for name in names},
+        }
+        for t in study.trials
+    ]
 
 
 def _cell(value: Any) -> str:
@@ -67,12 +73,16 @@ def _figure(study: optuna.Study, function: str, path: Path) -> str:
 def _summary(study: optuna.Study, complete: list[FrozenTrial]) -> str:
     settings = study.user_attrs.get("cifarkit", {})
     counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
-    lines = [f"recipe {settings.get('recipe', '?')}; {len(study.trials)} trials: "
-             + ", ".join(f"{n} {state}" for state, n in counts.items() if n)]
+    lines = [
+        f"recipe {settings.get('recipe', '?')}; {len(study.trials)} trials: "
+        + ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+    ]
     if complete:
         best = study.best_trial
-        lines.append(f"best: trial {best.number}, validation accuracy {best.value:.4f}, "
-                     + ", ".join(f"{k} = {_cell(v)}" for k, v in best.params.items()))
+        lines.append(
+            f"best: trial {best.number}, validation accuracy {best.value:.4f}, "
+            + ", ".join(f"{k} = {_cell(v)}" for k, v in best.params.items())
+        )
     return "".join(markup.paragraph(line) for line in lines)
 
 
@@ -82,17 +92,27 @@ def study_report(study: optuna.Study, study_dir: str | Path, out_path: str | Pat
     rows = trial_rows(study)
     write_csv(insight / "trials.csv", rows)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    parts = [markup.section("summary", "Summary", _summary(study, complete)),
-             markup.section("trials", "Trials", markup.table(list(rows[0]) if rows else ["trial"],
-                                                              [[_cell(v) for v in row.values()] for row in rows]))]
+    parts = [
+        markup.section("summary", "Summary", _summary(study, complete)),
+        markup.section(
+            "trials",
+            "Trials",
+            markup.table(list(rows[0]) if rows else ["trial"], [[_cell(v) for v in row.values()] for row in rows]),
+        ),
+    ]
     for section_id, title, function, needs in FIGURES:
         if len(complete) < needs:
             body = markup.note(f"needs {needs} completed trials")
         else:
             body = _figure(study, function, insight / f"{section_id}.png")
         parts.append(markup.section(section_id, title, body))
-    nav = markup.link_list([("summary", "Summary"), ("trials", "Trials"),
-                            *((section_id, title.split(" (")[0]) for section_id, title, *_ in FIGURES)])
+    nav = markup.link_list(
+        [
+            ("summary", "Summary"),
+            ("trials", "Trials"),
+            *((section_id, title.split(" (")[0]) for section_id, title, *_ in FIGURES),
+        ]
+    )
     out = Path(out_path)
     write_text(out, markup.page(f"cifarkit study {study.study_name}", nav + "".join(parts)))
     return out

@@ -6,6 +6,7 @@
 
 Needs the ``tune`` extra (``pip install 'cifarkit[tune]'``: Optuna, SQLAlchemy, the PostgreSQL driver).
 """
+
 from cifarkit.errors import CifarkitError
 
 try:
@@ -16,5 +17,15 @@ except ImportError:
 from .space import SearchSpace, load_space, parse_space  # noqa: E402
 from .study import BEST_CONFIG, PRUNERS, STUDY_FILE, best_trial, load_study, retrain_best, tune
 
-__all__ = ["BEST_CONFIG", "PRUNERS", "STUDY_FILE", "SearchSpace", "best_trial", "load_space", "load_study",
-           "parse_space", "retrain_best", "tune"]
+__all__ = [
+    "BEST_CONFIG",
+    "PRUNERS",
+    "STUDY_FILE",
+    "SearchSpace",
+    "best_trial",
+    "load_space",
+    "load_study",
+    "parse_space",
+    "retrain_best",
+    "tune",
+]

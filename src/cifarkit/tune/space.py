@@ -17,6 +17,7 @@ fields, ranges that are empty or outside what the field allows, log scales
 that reach zero, empty choice lists and values of the wrong type are one-line
 errors naming the field.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -114,8 +115,9 @@ def _entries(table: Mapping[str, Any]) -> Iterator[tuple[str, Any, str | None]]:
         elif isinstance(value, Mapping):
             yield from ((f"{field}.{key}", sub, None) for key, sub in value.items())
         else:
-            raise CifarkitError(f"{field} is a table of keys: [{field}] and lines such as "
-                                "dropout = {low = 0.1, high = 0.5}")
+            raise CifarkitError(
+                f"{field} is a table of keys: [{field}] and lines such as dropout = {{low = 0.1, high = 0.5}}"
+            )
 
 
 def _check_edges(space: SearchSpace, base: Recipe) -> None:
@@ -139,8 +141,10 @@ def _distribution(name: str, spec: Mapping[str, Any], kind: str | None) -> BaseD
     allowed = ("choices",) if "choices" in spec else RANGE_KEYS
     unknown = sorted(set(spec) - set(allowed))
     if unknown:
-        raise CifarkitError(f"{name}: unknown key(s) {', '.join(unknown)}; a range takes low, high and optionally "
-                            "log or step; a choice takes only choices = [...]")
+        raise CifarkitError(
+            f"{name}: unknown key(s) {', '.join(unknown)}; a range takes low, high and optionally "
+            "log or step; a choice takes only choices = [...]"
+        )
     if "choices" in spec:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:

@@ -16,6 +16,7 @@ SQLAlchemy URL, such as PostgreSQL, that many workers on many machines share
 Trials are selected on validation accuracy only; the test set is used once,
 by :func:`retrain_best`.
 """
+
 from __future__ import annotations
 
 import time
@@ -89,9 +90,11 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
                     raise
                 time.sleep(1)  # workers started together raced to create the tables: the others' exist now
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        raise CifarkitError(f"cannot open the study storage {_hide_password(url)} ({str(e).splitlines()[0]}); "
-                            "check --storage (a SQLAlchemy URL such as postgresql://user@host/db; "
-                            "PostgreSQL needs pip install 'cifarkit[tune]')") from None
+        raise CifarkitError(
+            f"cannot open the study storage {_hide_password(url)} ({str(e).splitlines()[0]}); "
+            "check --storage (a SQLAlchemy URL such as postgresql://user@host/db; "
+            "PostgreSQL needs pip install 'cifarkit[tune]')"
+        ) from None
 
 
 def _storage_url(study_dir: Path, storage: str | None) -> str:
@@ -114,12 +117,19 @@ def _check_same(saved: dict[str, Any], current: dict[str, Any], where: str) -> N
     """Refuse to mix two studies: the saved settings must be the current ones."""
     changed = sorted(k for k in current if saved.get(k) != current[k])
     if changed:
-        raise CifarkitError(f"{where} was started with a different {', '.join(changed)}; run the same command "
-                            "to resume it, or choose another --out / --study")
+        raise CifarkitError(
+            f"{where} was started with a different {', '.join(changed)}; run the same command "
+            "to resume it, or choose another --out / --study"
+        )
 
 
-def open_study(out: Path, identity: dict[str, Any], storage: str | None, study_name: str | None,
-               pruner: str | optuna.pruners.BasePruner) -> optuna.Study:
+def open_study(
+    out: Path,
+    identity: dict[str, Any],
+    storage: str | None,
+    study_name: str | None,
+    pruner: str | optuna.pruners.BasePruner,
+) -> optuna.Study:
     """The study in ``out`` (created, or loaded to resume), checked to be the same search as ``identity``."""
     if out.exists() and not out.is_dir():
         raise CifarkitError(f"--out {out} is a file; name a directory for the study")
@@ -133,8 +143,14 @@ def open_study(out: Path, identity: dict[str, Any], storage: str | None, study_n
     # TPE after 5 random trials (Optuna's 10 would leave a study of 12-20 trials mostly random); the constant
     # liar keeps workers that run at once from proposing the same point.
     sampler = optuna.samplers.TPESampler(n_startup_trials=5, constant_liar=True)
-    study = optuna.create_study(storage=_storage(url), study_name=name, direction="maximize",
-                                pruner=make_pruner(pruner), sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(
+        storage=_storage(url),
+        study_name=name,
+        direction="maximize",
+        pruner=make_pruner(pruner),
+        sampler=sampler,
+        load_if_exists=True,
+    )
     if "cifarkit" not in study.user_attrs:  # first worker: the database records what this study searches
         study.set_user_attr("cifarkit", identity)
     _check_same(study.user_attrs["cifarkit"], identity, f"study {name!r} in {_hide_password(url)}")
@@ -174,8 +190,7 @@ def tune(
     if n_trials < 1:
         raise CifarkitError(f"--trials must be at least 1, got {n_trials}")
     check_split(data.y_train, space.recipe(base, {}), subset)
-    study = open_study(out, {"recipe": base.name, "space": space.table, "subset": subset}, storage,
-                       study_name, pruner)
+    study = open_study(out, {"recipe": base.name, "space": space.table, "subset": subset}, storage, study_name, pruner)
 
     def objective(trial: optuna.Trial) -> float:
         recipe = space.recipe(base, space.suggest(trial))
@@ -183,8 +198,9 @@ def tune(
         trial.set_user_attr("run_dir", run_dir.relative_to(out).as_posix())
         pruning = Pruning(trial)
         with track(track_with, run_dir, f"{study.study_name}/{trial.number:04d}") as trackers:
-            train(recipe, data, run_dir, subset=subset, progress=progress, device=device,
-                  callbacks=[pruning, *trackers])
+            train(
+                recipe, data, run_dir, subset=subset, progress=progress, device=device, callbacks=[pruning, *trackers]
+            )
         metrics = read_json(run_dir / "metrics.json")
         if pruning.pruned:
             raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs_run']}")
@@ -192,8 +208,12 @@ def tune(
 
     remaining = n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
     if remaining > 0:
-        study.optimize(objective, n_trials=remaining, catch=(CifarkitError,),
-                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)])
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            catch=(CifarkitError,),
+            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
+        )
     write_best_config(study, base, space, out)
     return study
 
@@ -218,9 +238,18 @@ def write_best_config(study: optuna.Study, base: Recipe, space: SearchSpace, out
     return write_json(out / BEST_CONFIG, changed)
 
 
-def retrain_best(study: optuna.Study, base: Recipe, space: SearchSpace, data: CIFAR10, out: str | Path, *,
-                 subset: int | None = None, track_with: str | None = None, device: str = "auto",
-                 progress: bool = True) -> tuple[Path, dict[str, Any]]:
+def retrain_best(
+    study: optuna.Study,
+    base: Recipe,
+    space: SearchSpace,
+    data: CIFAR10,
+    out: str | Path,
+    *,
+    subset: int | None = None,
+    track_with: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
     """Retrain the best trial's recipe on all training images (no validation split) and evaluate it on the test set.
 
     Trains into ``out/final-NNNN`` (NNNN = the best trial's number; running
@@ -230,8 +259,16 @@ def retrain_best(study: optuna.Study, base: Recipe, space: SearchSpace, data: CI
     recipe = space.recipe(base, best.params).replace(val_fraction=0.0)
     run_dir = Path(out) / f"final-{best.number:04d}"
     with track(track_with, run_dir, f"{study.study_name}/final-{best.number:04d}") as trackers:
-        train(recipe, data, run_dir, subset=subset, resume=(run_dir / "resume.pt").is_file(), progress=progress,
-              device=device, callbacks=trackers)
+        train(
+            recipe,
+            data,
+            run_dir,
+            subset=subset,
+            resume=(run_dir / "resume.pt").is_file(),
+            progress=progress,
+            device=device,
+            callbacks=trackers,
+        )
         metrics = evaluate(run_dir, data, device=device)
     return run_dir, metrics
 
