@@ -7,18 +7,7 @@ import pytest
 from PIL import Image
 
 from cifarkit import __version__
-from cifarkit.cli import main
-
-
-def run_cli(capsys, *argv):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from cli_runner import run_cli
 
 
 def test_version_and_help_on_every_command(capsys):

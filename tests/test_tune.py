@@ -14,25 +14,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cifarkit.cli import main
 from cifarkit.errors import CifarkitError
 from cifarkit.recipes import get_recipe
 from cifarkit.tune import BEST_CONFIG, load_space, load_study, parse_space, tune
+from cli_runner import run_cli
 from conftest import synthetic_cifar
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 BASE = get_recipe("seed_cnn3").replace(bf16=False)
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # --- search spaces ------------------------------------------------------------------------------------------
