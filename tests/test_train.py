@@ -64,6 +64,18 @@ def test_best_weights_are_from_best_epoch(tiny_data, tmp_path, monkeypatch):
     assert json.loads((two / "metrics.json").read_text())["best_epoch"] == 1
 
 
+def test_select_last_keeps_the_last_epoch_whatever_validation_says(tiny_data, tmp_path, monkeypatch):
+    scripted = iter([(0.5, 0.9), (0.6, 0.4)])
+    monkeypatch.setattr(train_module, "evaluate_loss_acc", lambda *a, **k: next(scripted))
+    run = train(quick(epochs=2, select="last"), tiny_data, tmp_path / "run", progress=False)
+    best, last = load_file(run / "best.safetensors"), load_file(run / "last.safetensors")
+    assert all(torch.equal(best[k], last[k]) for k in best)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["best_epoch"], metrics["best_val_acc"]) == (2, 0.4)
+    with pytest.raises(CifarkitError, match="patience.*select=best"):
+        train(quick(select="last", patience=2), tiny_data, tmp_path / "other", progress=False)
+
+
 def test_same_seed_same_numbers(tiny_data, tmp_path):
     a = train(quick(epochs=2, flip=True, translate=2), tiny_data, tmp_path / "a", progress=False)
     b = train(quick(epochs=2, flip=True, translate=2), tiny_data, tmp_path / "b", progress=False)

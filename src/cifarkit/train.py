@@ -355,7 +355,8 @@ def train(
                 f"epoch {epoch + 1:3d}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}  "
                 f"val_loss {_fmt(val_loss)}  val_acc {_fmt(val_acc)}  {seconds:.1f}s"
             )
-        improved = val_acc is None or best_acc is None or val_acc > best_acc
+        # select=last (or no validation split): the newest epoch is the one kept.
+        improved = recipe.select == "last" or val_acc is None or best_acc is None or val_acc > best_acc
         if improved:
             best_acc, best_epoch = val_acc, epoch
         if distributed.is_main():  # one run directory, written by rank 0
