@@ -295,7 +295,8 @@ def test_two_workers_share_a_postgresql_study(postgres_url, tmp_path):
     barrier.mkdir()
     workers = [start_worker(out, storage, 3, barrier=barrier) for _ in range(2)]
     outputs = [w.communicate() for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], [err for _, err in outputs]
+    if any(w.returncode for w in workers):  # the workers' whole stderr, not pytest's shortened repr
+        pytest.fail("\n\n".join(f"worker exit {w.returncode}:\n{err}" for w, (_, err) in zip(workers, outputs)))
     ran = [{line.split()[1] for line in stdout.splitlines() if line.startswith("ran ")} for stdout, _ in outputs]
     assert ran[0] and ran[1] and not ran[0] & ran[1]  # both worked, never on the same trial
     study = load_study(out)  # through the URL the study directory recorded

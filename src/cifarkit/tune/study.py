@@ -85,7 +85,7 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS)
-            except sqlalchemy.exc.IntegrityError:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
                 if attempt == 2:
                     raise
                 time.sleep(1)  # workers started together raced to create the tables: the others' exist now
@@ -152,7 +152,10 @@ def open_study(
         load_if_exists=True,
     )
     if "cifarkit" not in study.user_attrs:  # first worker: the database records what this study searches
-        study.set_user_attr("cifarkit", identity)
+        try:
+            study.set_user_attr("cifarkit", identity)
+        except optuna.exceptions.StorageInternalError:  # another worker recorded it at the same moment
+            time.sleep(1)
     _check_same(study.user_attrs["cifarkit"], identity, f"study {name!r} in {_hide_password(url)}")
     write_json(out / STUDY_FILE, record)
     return study
