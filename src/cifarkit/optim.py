@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifarkit.errors import CifarkitError
 from cifarkit.muon import Muon
-from cifarkit.recipes import Recipe
+from cifarkit.recipes import CHOICES, Recipe
 
 
 class OptimizerChain:
@@ -48,6 +48,11 @@ class OptimizerChain:
             opt.load_state_dict(s)
 
 
+def _either(names: tuple[str, ...]) -> str:
+    """``a, b or c``."""
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def _make(name: str, groups: list[dict], recipe: Recipe) -> torch.optim.Optimizer:
     if name == "adamax":  # Keras' epsilon, so the notebook recipes train as they did there
         return torch.optim.Adamax(groups, lr=recipe.lr, eps=1e-7)
@@ -55,7 +60,7 @@ def _make(name: str, groups: list[dict], recipe: Recipe) -> torch.optim.Optimize
         return torch.optim.AdamW(groups, lr=recipe.lr)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
-    raise CifarkitError(f"unknown optimizer {name!r}; choose adamax, adamw or sgd")
+    raise CifarkitError(f"unknown optimizer {name!r}; choose {_either(CHOICES['optimizer'])}")
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> OptimizerChain:
@@ -125,8 +130,8 @@ def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int = 0) -> Cal
     Every schedule is 0 from ``total_steps`` on: the run is over. Steps may be
     fractional (see :func:`set_learning_rates`).
     """
-    if schedule not in ("constant", "linear", "cosine"):
-        raise CifarkitError(f"unknown schedule {schedule!r}; choose constant, linear or cosine")
+    if schedule not in CHOICES["schedule"]:
+        raise CifarkitError(f"unknown schedule {schedule!r}; choose {_either(CHOICES['schedule'])}")
 
     def factor(step: float) -> float:
         if step >= total_steps:

@@ -256,7 +256,8 @@ def train(
     hardware has it natively and float32 elsewhere; the resolved choice is
     printed and recorded in ``config.json``. Writes checkpoints after every
     epoch (``resume=True`` continues from the last one), keeps the weights
-    with the best validation accuracy, stops early after ``recipe.patience``
+    of the best validation accuracy (or, with ``select="last"``, of the last
+    epoch) as ``best.safetensors``, stops early after ``recipe.patience``
     epochs without improvement, and saves history, curves and a metrics
     summary. ``callbacks`` (:class:`cifarkit.tracking.Callback`) see each
     epoch's history row and the final metrics; one that returns True after an
