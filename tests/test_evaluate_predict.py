@@ -12,7 +12,8 @@ import cifarkit.features as features
 from cifarkit.cli import main
 from cifarkit.data.dataset import CLASSES
 from cifarkit.errors import CifarkitError
-from cifarkit.evaluate import evaluate, predict_proba, tta_logits
+from cifarkit.evaluate import evaluate
+from cifarkit.inference import predict_proba, tta_logits
 from cifarkit.models import create_model
 from cifarkit.predict import image_to_array, predict
 from cifarkit.recipes import get_recipe

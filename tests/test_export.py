@@ -15,7 +15,6 @@ from safetensors.torch import load_file, save_file
 
 from cifarkit.cli import main
 from cifarkit.errors import CifarkitError
-from cifarkit.evaluate import predict_proba
 from cifarkit.export import (
     METADATA_FILE,
     PARITY_TOLERANCE,
@@ -25,6 +24,7 @@ from cifarkit.export import (
     quantize_int8,
     weights_digest,
 )
+from cifarkit.inference import predict_proba
 from cifarkit.recipes import get_recipe
 from cifarkit.runs import load_model
 from cifarkit.serve.app import create_app

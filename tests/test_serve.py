@@ -17,7 +17,7 @@ from PIL import Image
 from cifarkit.cli import main
 from cifarkit.data.images import image_to_array
 from cifarkit.errors import CifarkitError
-from cifarkit.evaluate import predict_proba
+from cifarkit.inference import predict_proba
 from cifarkit.recipes import get_recipe
 from cifarkit.runs import load_model
 from cifarkit.serve.app import create_app

@@ -5,8 +5,8 @@ precision the run was trained in, without and with test-time augmentation,
 and writes the predictions (``probs`` and ``probs_tta``, labelled with the TTA
 mode), the metrics computed from them and their figures (layout in
 :mod:`cifarkit.runs`). The report renders what it wrote instead of computing
-its own. :func:`predict_logits` is the one forward pass over uint8 images that
-evaluation, prediction and the report share.
+its own. The forward pass itself is :mod:`cifarkit.inference`'s, shared with
+prediction, export, the report and serving.
 """
 
 from __future__ import annotations
@@ -31,98 +31,17 @@ from cifarkit.analysis import (
     prediction_rows,
     random_predictions,
 )
-from cifarkit.data.batches import to_tensor
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
 from cifarkit.files import read_json, write_csv, write_json, write_text
+from cifarkit.inference import check_tta, predict_proba
 from cifarkit.plots import confusion_matrices, prediction_grid, save_png
 from cifarkit.runs import load_model, read_config, save_predictions
 from cifarkit.runtime import autocast, pick_device
 
-TTA_MODES = ("none", "flip", "flip_translate")
 # The keys evaluate owns in RUN/metrics.json: replaced together, so no stale one outlives a re-evaluation.
 SUMMARY_KEYS = ("test_acc", "test_acc_tta", "tta", "test_data", "most_confused")
-
-
-def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Translate by (dy, dx) pixels, filling with the reflected border."""
-    p = max(abs(dy), abs(dx))
-    padded = nn.functional.pad(x, (p, p, p, p), mode="reflect")
-    h, w = x.shape[-2:]
-    return padded[..., p - dy : p - dy + h, p - dx : p - dx + w]
-
-
-def _check_tta(mode: str) -> None:
-    if mode not in TTA_MODES:
-        raise CifarkitError(f"unknown TTA mode {mode!r}; choose one of {', '.join(TTA_MODES)}")
-
-
-def _tta_views(x: torch.Tensor, mode: str) -> tuple[list[torch.Tensor], list[float]]:
-    """The augmented views of ``x`` that a TTA mode averages, with their weights (summing to 1)."""
-    _check_tta(mode)
-    if mode == "none":
-        return [x], [1.0]
-    if mode == "flip":
-        return [x, x.flip(-1)], [0.5, 0.5]
-    shifted = [_shift(x, -1, -1), _shift(x, 1, 1)]
-    views = [x, x.flip(-1), shifted[0], shifted[0].flip(-1), shifted[1], shifted[1].flip(-1)]
-    return views, [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
-
-
-TTA_VIEWS = {mode: len(_tta_views(torch.zeros(1, 3, 4, 4), mode)[0]) for mode in TTA_MODES}
-
-
-def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
-    """Logits averaged over augmented views of ``x``, all views in one forward pass.
-
-    - none: the plain forward pass.
-    - flip: mean of the image and its mirror.
-    - flip_translate: half the flip average, plus half the flip average of the
-      image shifted one pixel up-left and one pixel down-right (airbench's
-      strongest TTA), 6 views.
-
-    Stacking the views into one batch matters for single images (serving):
-    one pass of 6 images costs far less than 6 passes of one.
-    """
-    views, weights = _tta_views(x, mode)
-    if len(views) == 1:
-        return model(x)
-    logits = model(torch.cat(views)).unflatten(0, (len(views), -1))  # -1: the batch stays dynamic in exports
-    return torch.einsum("v,vnc->nc", torch.tensor(weights, dtype=logits.dtype, device=logits.device), logits)
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    images: np.ndarray,
-    *,
-    tta: str = "none",
-    batch_size: int = 500,
-    device: str = "auto",
-    bf16: bool = False,
-) -> np.ndarray:
-    """Logits (N, C) float32 for uint8 images (N, H, W, 3), in eval mode, optionally with TTA.
-
-    The model is moved to ``device``. ``bf16`` runs the forward passes under
-    bfloat16 autocast: pass the run's ``config["bf16"]`` so that a model is
-    tested and used in the precision it was trained in.
-    """
-    _check_tta(tta)
-    dev = pick_device(device)
-    model = model.to(dev, memory_format=torch.channels_last).eval()
-    step = max(1, batch_size // TTA_VIEWS[tta])  # about batch_size images per forward pass, views included
-    out = []
-    for start in range(0, len(images), step):
-        x = to_tensor(images[start : start + step]).to(dev).contiguous(memory_format=torch.channels_last)
-        with autocast(dev, bf16):
-            out.append(tta_logits(model, x, tta).float().cpu())
-    return torch.cat(out).numpy()
-
-
-def predict_proba(model: nn.Module, images: np.ndarray, **kwargs) -> np.ndarray:
-    """Class probabilities (N, C): the softmax of :func:`predict_logits` (same arguments)."""
-    return torch.softmax(torch.from_numpy(predict_logits(model, images, **kwargs)), dim=1).numpy()
 
 
 @torch.no_grad()
@@ -214,7 +133,7 @@ def evaluate(
     if len(data.y_test) == 0:
         raise CifarkitError(f"{data.source} has no test images; pass a data set with a test split")
     tta = tta or config.get("tta", "none")
-    _check_tta(tta)
+    check_tta(tta)
     model = distributed.on_main(lambda: load_model(run_dir))
     probs = _plain_probs(model, config, data, device)
     probs_tta = (

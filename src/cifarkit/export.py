@@ -43,8 +43,8 @@ from torch import nn
 from cifarkit import __version__
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
-from cifarkit.evaluate import TTA_MODES, predict_proba, tta_logits
 from cifarkit.files import atomic_write_bytes, read_json
+from cifarkit.inference import check_tta, predict_proba, tta_logits
 from cifarkit.runs import load_model, read_config
 
 FORMATS = ("onnx", "torchscript")
@@ -61,13 +61,12 @@ class ProbabilityModel(nn.Module):
     """A run's network with its input handling, TTA and softmax inside.
 
     Input: uint8 RGB images (N, 32, 32, 3). Output: float32 probabilities (N, C),
-    the same as :func:`cifarkit.evaluate.predict_proba` with ``tta``.
+    the same as :func:`cifarkit.inference.predict_proba` with ``tta``.
     """
 
     def __init__(self, model: nn.Module, tta: str = "none") -> None:
         super().__init__()
-        if tta not in TTA_MODES:
-            raise CifarkitError(f"unknown TTA mode {tta!r}; choose one of {', '.join(TTA_MODES)}")
+        check_tta(tta)
         self.model = model
         self.tta = tta
         self.eval()

@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,28 +75,58 @@ def feature_cache_dir() -> Path:
     return default_cache_dir() / "features"
 
 
+def cache_path(cache_dir: str | Path, stem: str, parts: Sequence[str], images: np.ndarray) -> Path:
+    """A cache file for what ``parts`` and the pixels of ``images`` determine.
+
+    The name is the readable ``stem`` followed by a digest of the parts and
+    the pixels, so different weights, settings or images never share a file.
+    """
+    key = hashlib.sha256()
+    for part in parts:
+        key.update(part.encode() + b"\0")
+    key.update(np.ascontiguousarray(images).data)
+    return Path(cache_dir) / f"{_slug(stem)}-{key.hexdigest()[:16]}.npy"
+
+
 def feature_cache_path(
     backbone: Backbone, images: np.ndarray, data_key: str, cache_dir: str | Path, bf16: bool = False
 ) -> Path:
-    """Where :func:`cached_features` keeps the features of ``images`` under ``backbone``.
-
-    The name is readable (backbone, size, data key) and ends in a digest of
-    the full key, so different weights or pixels never share a file.
-    """
-    key = hashlib.sha256()
-    for part in (
+    """Where :func:`cached_features` keeps the features of ``images`` under ``backbone``."""
+    precision = "bf16" if bf16 else "fp32"
+    parts = (
         backbone.name,
         backbone.weights_digest(),
         str(backbone.input_size),
         data_key,
         f"{images.dtype}{images.shape}",
-        "bf16" if bf16 else "fp32",
-    ):
-        key.update(part.encode() + b"\0")
-    key.update(np.ascontiguousarray(images).data)
-    precision = "-bf16" if bf16 else ""
-    name = f"{_slug(backbone.name)}-{backbone.input_size}px{precision}-{_slug(data_key)}-{key.hexdigest()[:16]}.npy"
-    return Path(cache_dir) / name
+        precision,
+    )
+    stem = f"{backbone.name}-{backbone.input_size}px{'-bf16' if bf16 else ''}-{data_key}"
+    return cache_path(cache_dir, stem, parts, images)
+
+
+def cached_rows(
+    path: Path, images: np.ndarray, compute: Callable[[np.ndarray], np.ndarray], row_shape: tuple[int, ...]
+) -> np.ndarray:
+    """``compute(images)`` (one row per image, float16 or float32), read from ``path`` if cached there.
+
+    A miss computes and writes the file atomically, so an interrupted run
+    never leaves a truncated cache. Launched on several processes (torchrun),
+    they compute together, each its share of the images, unless every one
+    finds the cache; the first process of each machine writes it (machines
+    need not share a disk; where they do, the identical files replace each
+    other).
+    """
+    rows = _read_cache(path, (len(images), *row_shape))
+    if distributed.all_true(rows is not None):
+        return rows
+    rows = distributed.gather_rows(compute(images[distributed.shard(len(images))]), len(images))
+    if distributed.local_rank() == 0:
+        buf = io.BytesIO()
+        np.save(buf, rows)
+        atomic_write_bytes(path, buf.getvalue())
+        log.info("cache written: %s", path)
+    return rows
 
 
 def cached_features(
@@ -108,40 +139,28 @@ def cached_features(
     progress: bool = True,
     bf16: bool = False,
 ) -> np.ndarray:
-    """Features of ``images`` from ``backbone`` at its input size, from disk if cached.
+    """Features of ``images`` from ``backbone`` at its input size, from disk if cached (see :func:`cached_rows`).
 
     ``data_key`` names the images for people (e.g. ``"cifar10-train"``);
-    ``cache_dir`` defaults to :func:`feature_cache_dir`. A miss extracts and
-    writes the file atomically, so an interrupted run never leaves a
-    truncated cache. Launched on several processes (torchrun), they extract
-    together, each its share of the images, unless every one finds the
-    cache; the first process of each machine writes it (machines need not
-    share a disk; where they do, the identical files replace each other).
+    ``cache_dir`` defaults to :func:`feature_cache_dir`.
     """
     path = feature_cache_path(backbone, images, data_key, cache_dir or feature_cache_dir(), bf16)
-    features = _read_cache(path, (len(images), backbone.feature_dim))
-    if distributed.all_true(features is not None):
-        return features
-    part = images[distributed.shard(len(images))]
-    features = distributed.gather_rows(
-        extract_features(backbone, part, batch_size=batch_size, bf16=bf16, progress=progress and distributed.is_main()),
-        len(images),
-    )
-    if distributed.local_rank() == 0:
-        buf = io.BytesIO()
-        np.save(buf, features)
-        atomic_write_bytes(path, buf.getvalue())
-        log.info("feature cache written: %s", path)
-    return features
+
+    def extract(part: np.ndarray) -> np.ndarray:
+        return extract_features(
+            backbone, part, batch_size=batch_size, bf16=bf16, progress=progress and distributed.is_main()
+        )
+
+    return cached_rows(path, images, extract, (backbone.feature_dim,))
 
 
-def _read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    """The cached features at ``path`` if they are there with the expected shape, else None."""
+def _read_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached rows at ``path`` if they are there with the expected shape, else None."""
     if not path.exists():
         return None
-    features = np.load(path)
-    if features.shape == shape and features.dtype == np.float16:
-        log.info("feature cache hit: %s", path)
-        return features
-    log.warning("feature cache %s has shape %s %s; recomputing", path, features.shape, features.dtype)
+    rows = np.load(path)
+    if rows.shape == shape and rows.dtype in (np.float16, np.float32):
+        log.info("cache hit: %s", path)
+        return rows
+    log.warning("cache %s has shape %s %s; recomputing", path, rows.shape, rows.dtype)
     return None

@@ -9,7 +9,7 @@ import numpy as np
 from cifarkit.analysis import Prediction, ranked  # Prediction re-exported: the type predict returns
 from cifarkit.data.images import image_to_array  # decoding lives there; re-exported for existing callers
 from cifarkit.errors import CifarkitError
-from cifarkit.evaluate import predict_proba
+from cifarkit.inference import predict_proba
 from cifarkit.runs import load_model, read_config
 
 

@@ -54,6 +54,15 @@ class Recipe:
     muon_momentum: float = 0.6
     whiten_bias_epochs: float = 0.0  # > 0: fastnet's whitening bias trains only this long; 0 = throughout
     frozen_features: bool = False  # transfer: train only the head, on cached backbone features
+    # Progressive resizing: epoch 0 trains on resize_start x resize_start images, growing to full size at epoch
+    # resize_until (see cifarkit.data.augment.progressive_size); 0 = full size throughout.
+    resize_start: int = 0
+    resize_until: float = 0.0
+    # Knowledge distillation (see cifarkit.distill): the loss mixes the labels with the softened outputs of the
+    # trained run ``teacher`` (a run directory), weight distill_weight on the teacher, at distill_temperature.
+    teacher: str = ""
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
     bf16: bool | str = "auto"  # bfloat16 autocast: auto (where native: GPUs, CPUs with AVX512-BF16/AMX) | true | false
     compile: bool = False  # torch.compile the model, on CUDA only (slower on CPU here)
     # Several processes (torchrun, see cifarkit.distributed): batch_size is the global batch, split over them,
@@ -168,6 +177,10 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "muon_lr": (0, math.inf, True, False),
     "muon_momentum": (0, 1, True, False),
     "batch_per_process": (0, math.inf, True, False),
+    "resize_start": (0, 1024, True, True),
+    "resize_until": (0, math.inf, True, False),
+    "distill_weight": (0, 1, True, True),
+    "distill_temperature": (0, math.inf, False, False),
 }
 
 
@@ -200,6 +213,20 @@ def validate(recipe: Recipe) -> Recipe:
         raise CifarkitError("patience (early stopping) needs select=best: with select=last no epoch is ever 'best'")
     if recipe.warmup_epochs > recipe.epochs:
         raise CifarkitError(f"warmup_epochs ({recipe.warmup_epochs:g}) must not exceed epochs ({recipe.epochs})")
+    if bool(recipe.resize_start) != bool(recipe.resize_until):
+        raise CifarkitError(
+            "progressive resizing needs both resize_start (the first epoch's image side) and resize_until "
+            f"(the epoch that reaches full size), got {recipe.resize_start} and {recipe.resize_until:g}"
+        )
+    if recipe.distill_weight and not recipe.teacher:
+        raise CifarkitError(
+            f"recipe {recipe.name!r} learns from a teacher (distill_weight {recipe.distill_weight:g}) but names none: "
+            "add --set teacher=RUN_DIR, a finished run such as one of lite0_finetune"
+        )
+    if recipe.teacher and not recipe.distill_weight:
+        raise CifarkitError(f"teacher {recipe.teacher} is set but distill_weight is 0; set distill_weight in (0, 1]")
+    if recipe.frozen_features and (recipe.teacher or recipe.resize_start):
+        raise CifarkitError("frozen_features trains a head on fixed features: drop teacher and resize_start")
     bad_scales = {k: v for k, v in recipe.lr_scale.items() if not isinstance(v, (int, float)) or v < 0}
     if bad_scales:
         raise CifarkitError(f"lr_scale values must be numbers >= 0, got {bad_scales}")
@@ -389,6 +416,14 @@ RECIPES: dict[str, Recipe] = {
                 ("fast90", "fastnet_xs", 10, "fast from-scratch training: 90%+ in about 5 minutes on 2 CPU cores"),
                 ("fast93", "fastnet_s", 10, "fast from-scratch training: 93%+, the recommended start"),
                 ("fast94", "fastnet_s", 14, "fast from-scratch training: 94%+"),
+            ]
+        ],
+        # Knowledge distillation: the fast recipes with most of the loss on a teacher's softened outputs.
+        *[
+            _fast(name, "fastnet_s", epochs, description).replace(distill_weight=0.9, distill_temperature=4.0)
+            for name, epochs, description in [
+                ("distill_fast93", 10, "fast93 taught by a trained run: --set teacher=RUN_DIR (e.g. lite0_finetune)"),
+                ("distill_fast94", 14, "fast94 taught by a trained run: --set teacher=RUN_DIR (e.g. lite0_finetune)"),
             ]
         ],
     ]

@@ -22,9 +22,10 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from cifarkit import __version__, distributed
-from cifarkit.data.augment import augment
+from cifarkit.data.augment import augment, flipped, progressive_size, resize
 from cifarkit.data.batches import batches, to_tensor
 from cifarkit.data.dataset import CIFAR10
+from cifarkit.distill import check_teacher, distillation_loss, teacher_logits
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
 from cifarkit.files import write_csv, write_json
@@ -39,12 +40,17 @@ from cifarkit.tracking import Callback
 
 @dataclass
 class Split:
-    """Training and validation inputs: images in [0, 1] (channels-last), or frozen-backbone features."""
+    """Training and validation inputs: images in [0, 1] (channels-last), or frozen-backbone features.
+
+    ``teacher``: when distilling, the teacher's logits (N, 2, C) for each
+    training image as it is and mirrored (see :mod:`cifarkit.distill`).
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
+    teacher: torch.Tensor | None = None
 
 
 def prepare_split(data: CIFAR10, val_fraction: float, seed: int, subset: int | None) -> Split:
@@ -120,11 +126,14 @@ def train_one_epoch(
         pad=recipe.translate,
         cutout_size=recipe.cutout,
     )
+    if recipe.resize_start:
+        x = resize(x, epoch_size(recipe, epoch, split.x_train.shape[-1]))
+    teacher = _teacher_view(split.teacher, recipe, epoch)
     steps = -(-len(x) // recipe.batch_size)
+    # Batches of indices, so labels and teacher outputs follow the images through the shuffle.
+    order = torch.arange(len(x))
     bar = tqdm(
-        batches(
-            x, split.y_train, recipe.batch_size, shuffle_seed=_epoch_seed(recipe.seed, epoch), rank=rank, world=world
-        ),
+        batches(x, order, recipe.batch_size, shuffle_seed=_epoch_seed(recipe.seed, epoch), rank=rank, world=world),
         total=steps,
         desc=f"epoch {epoch + 1}/{recipe.epochs}",
         disable=not progress,
@@ -135,13 +144,18 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for i, (xb, yb) in enumerate(bar):
+    for i, (xb, ib) in enumerate(bar):
         set_learning_rates(optimizer, lr_at, first_step + i)
-        xb, yb = _to_device(xb, device), yb.to(device, non_blocking=True)
+        xb, yb = _to_device(xb, device), split.y_train[ib].to(device, non_blocking=True)
         with autocast(device, recipe.bf16):
             logits = model(xb)
-        batch_loss = nn.functional.cross_entropy(
-            logits.float(), yb, label_smoothing=recipe.label_smoothing, reduction="sum"
+        batch_loss = distillation_loss(
+            logits.float(),
+            yb,
+            None if teacher is None else teacher[ib].to(device, non_blocking=True),
+            weight=recipe.distill_weight,
+            temperature=recipe.distill_temperature,
+            label_smoothing=recipe.label_smoothing,
         )
         # The sum over this process's part / the global batch's size x the processes DDP averages over: the
         # gradient of the global batch's mean loss, however unevenly the batch was split.
@@ -158,6 +172,34 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
     loss_total, correct_total, seen_total = distributed.all_sum(loss_sum, correct, seen)
     return loss_total / seen_total, correct_total / seen_total
+
+
+def epoch_size(recipe: Recipe, epoch: int, full: int) -> int:
+    """The side of the images trained on in ``epoch``: smaller early on with progressive resizing."""
+    return progressive_size(epoch, full=full, start=recipe.resize_start, until=recipe.resize_until)
+
+
+def _teacher_view(teacher: torch.Tensor | None, recipe: Recipe, epoch: int) -> torch.Tensor | None:
+    """The teacher's logits (N, C) for the training images as this epoch's augmentation mirrors them."""
+    if teacher is None:
+        return None
+    if not recipe.flip:
+        return teacher[:, 0]
+    mirrored = flipped(len(teacher), epoch=epoch, seed=recipe.seed, alternating=recipe.alternating_flip)
+    return teacher[torch.arange(len(teacher)), mirrored.long()]
+
+
+def teacher_split_logits(recipe: Recipe, data: CIFAR10, subset: int | None) -> torch.Tensor:
+    """The teacher's logits (N, 2, C) for this run's training images, from the teacher cache.
+
+    Computed for the union of both splits in data order, so students with
+    other seeds or validation fractions reuse the same cache file.
+    """
+    train_idx, val_idx = split_indices(data.y_train, recipe.val_fraction, recipe.seed, subset)
+    used = np.union1d(train_idx, val_idx)
+    key = f"{Path(data.source).name}-train"
+    logits = teacher_logits(recipe.teacher, data.x_train[used], key, data.classes)
+    return torch.from_numpy(logits[np.searchsorted(used, train_idx)]).float()
 
 
 def _model_for_eval(model: nn.Module, ema: AveragedModel | None) -> nn.Module:
@@ -274,6 +316,13 @@ def train(
     out = Path(out)
     validate(recipe)
     check_split(data.y_train, recipe, subset)
+    if recipe.resize_start >= data.x_train.shape[1]:
+        raise CifarkitError(
+            f"resize_start {recipe.resize_start} must be below the image side {data.x_train.shape[1]} "
+            "(progressive resizing starts small); lower it, or set resize_start=0 to turn it off"
+        )
+    if recipe.teacher:
+        check_teacher(recipe.teacher, data.classes)
     dev = distributed.setup(device)
     distributed.check_sync_bn(recipe.sync_bn, dev)
     progress = progress and distributed.is_main()
@@ -297,6 +346,8 @@ def train(
         split, net = frozen_feature_split(model, data, recipe, subset), model.head
     else:
         split = prepare_split(data, recipe.val_fraction, recipe.seed, subset)
+        if recipe.teacher:
+            split.teacher = teacher_split_logits(recipe, data, subset)
         model = build_model(config)
         if hasattr(model, "data_init"):  # data-dependent initialisation, e.g. patch whitening
             model.data_init(split.x_train)
@@ -348,6 +399,7 @@ def train(
             val_loss=val_loss,
             val_acc=val_acc,
             lr=optimizer.param_groups[0]["lr"],
+            image_size=epoch_size(recipe, epoch, split.x_train.shape[-1]) if split.x_train.dim() == 4 else None,
             seconds=seconds,
         )
         history.append(row)

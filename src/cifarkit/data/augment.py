@@ -12,18 +12,6 @@ import torch
 from cifarkit.errors import CifarkitError
 
 
-def flip_mask(n: int, epoch: int, generator: torch.Generator, alternating: bool) -> torch.Tensor:
-    """Which images to mirror this epoch.
-
-    Alternating flip (airbench): a random half in even epochs and exactly the
-    other half in odd ones, so every image is seen both ways every two epochs
-    instead of by chance. ``generator`` must be seeded identically every epoch
-    when ``alternating`` is on.
-    """
-    mask = torch.rand(n, generator=generator) < 0.5
-    return mask ^ bool(epoch % 2) if alternating else mask
-
-
 def translate(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by up to ``pad`` pixels in x and y, filling with the reflected border.
 
@@ -78,10 +66,48 @@ def augment(
         return images
     out = images
     if flip:
-        # A generator seeded without the epoch draws the same halves every epoch,
-        # which is what alternating flip needs; otherwise mix the epoch in.
-        g = torch.Generator().manual_seed(seed if alternating_flip else seed * 100_003 + epoch)
-        mask = flip_mask(len(images), epoch, g, alternating_flip)
+        mask = flipped(len(images), epoch=epoch, seed=seed, alternating=alternating_flip)
         out = torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
     g = torch.Generator().manual_seed(seed * 100_019 + epoch)
     return cutout(translate(out, pad, g), cutout_size, g)
+
+
+def flipped(n: int, *, epoch: int, seed: int, alternating: bool) -> torch.Tensor:
+    """Which of ``n`` images :func:`augment` mirrors in ``epoch`` (also used to pick a teacher's view of them).
+
+    Alternating flip (airbench): a random half in even epochs and exactly the
+    other half in odd ones, so every image is seen both ways every two epochs
+    instead of by chance. Its generator is seeded without the epoch, so it
+    draws the same half every epoch; otherwise the epoch is mixed in.
+    """
+    g = torch.Generator().manual_seed(seed if alternating else seed * 100_003 + epoch)
+    mask = torch.rand(n, generator=g) < 0.5
+    return mask ^ bool(epoch % 2) if alternating else mask
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``images`` (N, C, H, W) scaled to ``size`` x ``size``, antialiased; unchanged when already that size.
+
+    Progressive resizing trains early epochs on smaller images: the work of a
+    convolution falls with the square of the side, and the net (global max
+    pooling) accepts any size.
+    """
+    if images.shape[-2:] == (size, size):
+        return images
+    out = torch.nn.functional.interpolate(
+        images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
+    return out.clamp_(0, 1).contiguous(memory_format=torch.channels_last)
+
+
+def progressive_size(epoch: int, *, full: int, start: int, until: float) -> int:
+    """The image side in ``epoch`` (0-based): from ``start`` growing linearly to ``full`` at epoch ``until``.
+
+    Sides are multiples of 4 (rounded down, at least ``start``), so a 10-epoch
+    run visits a few sizes rather than one per epoch; ``start`` 0 (or
+    ``until`` 0) means full size throughout.
+    """
+    if not start or epoch >= until:
+        return full
+    side = start + (full - start) * epoch / until
+    return max(start, int(side) // 4 * 4)

@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from cifarkit.analysis import accuracy
-from cifarkit.evaluate import predict_logits
+from cifarkit.inference import predict_logits
 
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
 

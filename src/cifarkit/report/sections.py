@@ -30,8 +30,8 @@ from cifarkit.analysis import (
     top_losses,
 )
 from cifarkit.data.batches import to_tensor
-from cifarkit.evaluate import predict_logits
 from cifarkit.files import write_csv, write_json
+from cifarkit.inference import predict_logits
 from cifarkit.plots import (
     figure_png,
     gradcam_grid,

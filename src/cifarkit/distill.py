@@ -1,0 +1,119 @@
+"""Knowledge distillation (Hinton, Vinyals & Dean, 2015): a small net learns from a trained run's outputs.
+
+A fast net trained on labels alone sees one hard answer per image; a strong
+teacher (e.g. a fine-tuned pretrained network) also says how much an image of
+a cat looks like a dog. The student's loss mixes the two
+(:func:`distillation_loss`). The teacher runs once over the training images
+and their mirror images, and its logits are cached on disk, keyed like the
+feature cache (the teacher's weights, its precision and the pixels), so a
+student's run costs what a fast recipe costs. The student's random
+translation is not replayed for the teacher: a 2-pixel shift barely moves a
+good teacher's answer, and caching every shift would multiply its cost by 25.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from cifarkit.data.cache import default_cache_dir
+from cifarkit.errors import CifarkitError
+from cifarkit.features import cache_path, cached_rows
+from cifarkit.inference import predict_logits
+from cifarkit.runs import load_model, read_config
+from cifarkit.runtime import native_bf16, pick_device
+
+
+def teacher_cache_dir() -> Path:
+    """Where teacher outputs are cached: ``teachers/`` inside the data cache (``$CIFARKIT_CACHE``)."""
+    return default_cache_dir() / "teachers"
+
+
+def check_teacher(run_dir: str | Path, classes: Sequence[str]) -> dict:
+    """The teacher run's config, after checking it can teach: trained weights, and the student's classes."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CifarkitError(f"teacher {run_dir} is not a run directory; train one first (e.g. --recipe lite0_finetune)")
+    config = read_config(run_dir)
+    if not (run_dir / "best.safetensors").is_file():
+        raise CifarkitError(f"teacher {run_dir} has no trained weights (best.safetensors); finish training it first")
+    if list(config.get("classes", classes)) != list(classes):
+        raise CifarkitError(
+            f"teacher {run_dir} was trained on classes {config['classes']}, the data here has {list(classes)}; "
+            "choose a teacher trained on the same classes"
+        )
+    return config
+
+
+def teacher_logits(
+    run_dir: str | Path,
+    images: np.ndarray,
+    data_key: str,
+    classes: Sequence[str],
+    cache_dir: str | Path | None = None,
+    *,
+    device: str = "auto",
+) -> np.ndarray:
+    """The teacher run's logits (N, 2, C) float32 for uint8 images (N, H, W, 3), from disk if cached.
+
+    ``[:, 0]`` are the logits of the images as they are, ``[:, 1]`` of their
+    mirror images. The teacher's best weights run in its own precision where
+    that is native here (float32 otherwise). ``classes`` are the student's:
+    a teacher trained on other classes is refused.
+    """
+    run_dir = Path(run_dir)
+    config = check_teacher(run_dir, classes)
+    weights = run_dir / "best.safetensors"
+    dev = pick_device(device)
+    bf16 = bool(config.get("bf16", False)) and native_bf16(dev)
+    precision = "bf16" if bf16 else "fp32"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    parts = ("teacher", config["model"], digest, data_key, f"{images.dtype}{images.shape}", precision)
+    path = cache_path(cache_dir or teacher_cache_dir(), f"{config['model']}-{precision}-{data_key}", parts, images)
+
+    def compute(part: np.ndarray) -> np.ndarray:
+        print(
+            f"teacher {run_dir}: computing its outputs for {len(part)} images and their mirrors, once", file=sys.stderr
+        )
+        # Building the teacher draws random initial weights: leave the student's random stream as a cache hit would.
+        with torch.random.fork_rng(devices=[]):
+            model = load_model(run_dir)
+        views = (part, np.ascontiguousarray(part[:, :, ::-1]))
+        return np.stack([predict_logits(model, view, device=device, bf16=bf16) for view in views], axis=1)
+
+    return cached_rows(path, images, compute, (2, len(classes)))
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher: torch.Tensor | None,
+    *,
+    weight: float,
+    temperature: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Summed loss of a batch: (1 - weight) x cross-entropy with the labels + weight x the teacher's term.
+
+    The teacher's term is T^2 x KL(softmax(teacher / T) || softmax(logits / T)),
+    T the temperature: softening both sides shows the student the teacher's
+    small probabilities, and T^2 keeps that term's gradients the size of the
+    labels' at any T (Hinton et al., 2015). Without a teacher (None) it is
+    the labels' cross-entropy alone.
+    """
+    hard = F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
+    if teacher is None:
+        return hard
+    soft = F.kl_div(
+        F.log_softmax(logits / temperature, dim=1),
+        F.log_softmax(teacher / temperature, dim=1),
+        log_target=True,
+        reduction="sum",
+    )
+    return (1 - weight) * hard + weight * temperature**2 * soft

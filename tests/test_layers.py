@@ -1,0 +1,165 @@
+"""The import graph flows one way: every cifarkit import goes to the same or a lower layer.
+
+The sources are parsed with ``ast``, not imported, so imports inside
+functions count as much as those at the top of a module. A new module must
+be placed in :data:`LAYERS` before the test passes.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cifarkit"
+
+# Top to bottom. A unit is a module directly under cifarkit, or a whole subpackage; "__init__" is the package
+# root (``from cifarkit import __version__``). export is a task: it builds on inference and runs, and serve and
+# the CLI use it. The core modules import only base and foundation modules, and each other.
+LAYERS = {
+    "top": {"cli", "__main__"},
+    "app": {"report", "serve", "tune"},
+    "tasks": {"train", "evaluate", "predict", "export"},
+    "core": {
+        "runs",
+        "optim",
+        "features",
+        "inference",
+        "distill",
+        "distributed",
+        "muon",
+        "tracking",
+        "analysis",
+        "plots",
+        "recipes",
+    },
+    "base": {"models", "data"},
+    "foundation": {"files", "errors", "runtime", "__init__"},
+}
+LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
+RANK = {layer: len(LAYERS) - i for i, layer in enumerate(LAYERS)}
+# Imports the layers would allow but the design does not, with the reason a failure gives.
+FORBIDDEN = {
+    ("evaluate", "train"): "evaluate never imports train",
+    ("evaluate", "report"): "evaluate never imports report",
+}
+
+
+@dataclass(frozen=True)
+class Import:
+    """One cifarkit import: the importing module, the module it imports and where."""
+
+    importer: str
+    target: str
+    line: int
+
+
+def module_name(path: Path) -> str:
+    """The dotted name of a source file under :data:`PACKAGE` (a package's ``__init__.py`` names the package)."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_names() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def unit(module: str) -> str:
+    """The layered unit a module belongs to: its name under cifarkit, or ``__init__`` for the root."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports_of(path: Path, modules: set[str]) -> list[Import]:
+    """Every import of a cifarkit module in ``path``, at any depth, relative ones resolved.
+
+    ``from cifarkit import distributed`` imports the module cifarkit.distributed;
+    ``from cifarkit import __version__`` imports the package root.
+    """
+    importer = module_name(path)
+    package = importer if path.name == "__init__.py" else importer.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [Import(importer, alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            source = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:
+                submodule = f"{source}.{alias.name}"
+                found.append(Import(importer, submodule if submodule in modules else source, node.lineno))
+    return [i for i in found if i.target == "cifarkit" or i.target.startswith("cifarkit.")]
+
+
+def broken_rules(imp: Import) -> list[str]:
+    """What is wrong with one import, each as a line naming the module, the import and the rule; empty when fine."""
+    where = f"{imp.importer} (line {imp.line}) imports {imp.target}"
+    src, dst = unit(imp.importer), unit(imp.target)
+    if src not in LAYER_OF or dst not in LAYER_OF:
+        return [f"{where}: {src if src not in LAYER_OF else dst} is in no layer; add it to LAYERS"]
+    problems = []
+    if RANK[LAYER_OF[dst]] > RANK[LAYER_OF[src]]:
+        problems.append(
+            f"{where}: {src} is in layer {LAYER_OF[src]}, {dst} in the higher layer {LAYER_OF[dst]}; "
+            "imports go to the same or a lower layer"
+        )
+    if (src, dst) in FORBIDDEN:
+        problems.append(f"{where}: {FORBIDDEN[src, dst]}")
+    if dst == "cli" and src != "__main__":
+        problems.append(f"{where}: nothing imports cli (only __main__, the entry point, runs it)")
+    return problems
+
+
+def all_imports() -> list[Import]:
+    modules = module_names()
+    return [imp for path in modules.values() for imp in imports_of(path, set(modules))]
+
+
+def test_every_module_is_placed_in_a_layer() -> None:
+    unplaced = sorted({unit(m) for m in module_names()} - LAYER_OF.keys())
+    assert not unplaced, f"modules in no layer: {unplaced}; add each to LAYERS in {Path(__file__).name}"
+
+
+def test_imports_go_to_the_same_or_a_lower_layer() -> None:
+    problems = [problem for imp in all_imports() for problem in broken_rules(imp)]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    "importer, target",
+    [
+        ("cifarkit.evaluate", "cifarkit.inference"),  # module level
+        ("cifarkit.evaluate", "cifarkit.distributed"),  # from cifarkit import <module>
+        ("cifarkit.cli", "cifarkit.train"),  # inside a function
+        ("cifarkit.runtime", "cifarkit"),  # from cifarkit import __version__, inside a function
+        ("cifarkit.report.sections", "cifarkit.report.markup"),  # from . import markup
+        ("cifarkit.report.command", "cifarkit.report.options"),  # from .options import ...
+        ("cifarkit.models", "cifarkit.models.backbones"),  # a package's __init__
+    ],
+)
+def test_the_parser_finds_known_imports(importer: str, target: str) -> None:
+    assert (importer, target) in {(i.importer, i.target) for i in all_imports()}
+
+
+@pytest.mark.parametrize(
+    "importer, target, rule",
+    [
+        ("cifarkit.runs", "cifarkit.evaluate", "higher layer tasks"),
+        ("cifarkit.files", "cifarkit.models.registry", "higher layer base"),
+        ("cifarkit.evaluate", "cifarkit.train", "evaluate never imports train"),
+        ("cifarkit.evaluate", "cifarkit.report.html", "evaluate never imports report"),
+        ("cifarkit.tune.study", "cifarkit.cli", "nothing imports cli"),
+        ("cifarkit.optim", "cifarkit.newmodule", "newmodule is in no layer"),
+    ],
+)
+def test_a_broken_rule_names_the_module_the_import_and_the_rule(importer: str, target: str, rule: str) -> None:
+    problems = broken_rules(Import(importer, target, 7))
+    assert problems and all(p.startswith(f"{importer} (line 7) imports {target}: ") for p in problems)
+    assert any(rule in p for p in problems)
+
+
+def test_allowed_imports_break_no_rule() -> None:
+    for importer, target in [("cifarkit.__main__", "cifarkit.cli"), ("cifarkit.predict", "cifarkit.evaluate")]:
+        assert broken_rules(Import(importer, target, 1)) == []
