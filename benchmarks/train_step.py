@@ -15,6 +15,8 @@ can make 2 threads slower than 1.
     python benchmarks/train_step.py --models fastnet_s --batch-sizes 512 --steps 2
     python benchmarks/train_step.py --bf16 false true      # float32 beside bfloat16 autocast
     python benchmarks/train_step.py --models efficientnet_lite0 --input-size 160 --batch-sizes 32
+    python benchmarks/train_step.py --models fastnet_s --compile false true   # torch.compile (inductor) beside eager
+    python benchmarks/train_step.py --models fastnet_s --image-sizes 32 24 16  # progressive resizing's sizes
 
 ``--bf16`` takes the recipes' values: ``auto`` (the default: bfloat16 where
 the CPU has it natively, AVX512-BF16 or AMX, else float32), ``true`` or
@@ -62,21 +64,24 @@ def count_macs(model: nn.Module) -> Iterator[list[int]]:
             h.remove()
 
 
-def forward_gflop_per_image(model: nn.Module) -> float:
-    """Forward GFLOP (2 x MACs) for one 32x32 image."""
+def forward_gflop_per_image(model: nn.Module, size: int = 32) -> float:
+    """Forward GFLOP (2 x MACs) for one ``size`` x ``size`` image."""
     with torch.no_grad(), count_macs(model) as macs:
-        model.eval()(torch.rand(1, 3, 32, 32))
+        model.eval()(torch.rand(1, 3, size, size))
     return 2 * sum(macs) / 1e9
 
 
-def time_steps(model: nn.Module, batch_size: int, steps: int, warmup: int, bf16: bool) -> tuple[float, float]:
+def time_steps(
+    model: nn.Module, batch_size: int, steps: int, warmup: int, bf16: bool, size: int = 32
+) -> tuple[float, float]:
     """(median, fastest) seconds per training step, after ``warmup`` untimed steps (oneDNN picks kernels then).
 
     On a machine shared with other processes the fastest step is the better
     estimate of what an unloaded run gets; the median is what this run got.
+    A compiled model compiles in its first (warm-up) step.
     """
     model.train()
-    x = torch.rand(batch_size, 3, 32, 32)
+    x = torch.rand(batch_size, 3, size, size)
     y = torch.randint(0, 10, (batch_size,))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.85, nesterov=True)
@@ -112,6 +117,14 @@ def main() -> None:
         help="precision as in a recipe: auto (bf16 where native), true, false; several to compare",
     )
     parser.add_argument(
+        "--compile",
+        nargs="+",
+        default=["false"],
+        choices=["false", "true"],
+        help="torch.compile the model (inductor; compiles in the warm-up step); several to compare",
+    )
+    parser.add_argument("--image-sizes", nargs="+", type=int, default=[32], help="image sides (progressive resizing)")
+    parser.add_argument(
         "--default-malloc",
         action="store_true",
         help="leave glibc's allocator as it is, to measure what cifarkit.runtime gains",
@@ -128,22 +141,30 @@ def main() -> None:
     print(f"machine: {json.dumps(machine_info('cpu'))}")
     print(f"malloc {malloc}")
     print(
-        f"{'model':<18} {'batch':>5} {'format':<18} {'img/s':>7} {'ms/step':>8} {'median':>7} "
+        f"{'model':<18} {'batch':>5} {'size':>4} {'format':<26} {'img/s':>7} {'ms/step':>8} {'median':>7} "
         f"{'fwd GFLOP/img':>13} {'GFLOP/s':>8} {'s/epoch':>8}"
     )
     kwargs = {"input_size": args.input_size} if args.input_size else {}
     for name in args.models:
-        settings = [(fmt, bf16) for fmt in args.formats for bf16 in precisions]
+        settings = [
+            (fmt, bf16, compiled, size)
+            for size in args.image_sizes
+            for fmt in args.formats
+            for bf16 in precisions
+            for compiled in args.compile
+        ]
         for batch_size in args.batch_sizes:
-            for fmt, bf16 in settings:
+            for fmt, bf16, compiled, size in settings:
                 model = create_model(name, **kwargs)
                 model = model.to(memory_format=getattr(torch, fmt.replace("contiguous", "contiguous_format")))
-                gflop = forward_gflop_per_image(model)
-                median, fastest = time_steps(model, batch_size, args.steps, args.warmup, bf16)
+                gflop = forward_gflop_per_image(model, size)
+                if compiled == "true":
+                    model.compile()
+                median, fastest = time_steps(model, batch_size, args.steps, args.warmup, bf16, size)
                 images_per_s = batch_size / fastest
-                label = fmt + ("+bf16" if bf16 else "")
+                label = fmt + ("+bf16" if bf16 else "") + ("+compile" if compiled == "true" else "")
                 print(
-                    f"{name:<18} {batch_size:>5} {label:<18} {images_per_s:>7.0f} {1e3 * fastest:>8.0f} "
+                    f"{name:<18} {batch_size:>5} {size:>4} {label:<26} {images_per_s:>7.0f} {1e3 * fastest:>8.0f} "
                     f"{1e3 * median:>7.0f} {gflop:>13.3f} {3 * gflop * images_per_s:>8.1f} "
                     f"{TRAIN_IMAGES / images_per_s:>8.0f}",
                     flush=True,

@@ -65,6 +65,14 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch, tiny_d
     cfg = json.loads((run / "config.json").read_text())
     assert (cfg["lr"], cfg["flip"], cfg["translate"], cfg["epochs"]) == (0.003, True, 2, 2)
 
+    code, out, err = run_cli(capsys, "evaluate", str(run))
+    assert code == 0 and "test accuracy" in out, err
+    monkeypatch.setattr("cifarkit.distributed.is_main", lambda: False)  # another torchrun process: stays silent
+    code, out, err = run_cli(capsys, "evaluate", str(run))
+    assert code == 0 and out == "", err
+    monkeypatch.undo()
+    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
+
     Image.fromarray(tiny_data.x_test[3]).save(tmp_path / "img.png")
     (tmp_path / "bad.jpg").write_bytes(b"\x00garbage")
     code, out, _ = run_cli(

@@ -235,9 +235,12 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from cifarkit.distributed import is_main
     from cifarkit.evaluate import evaluate
 
-    _print_eval(evaluate(args.run, _data(args), tta=args.tta, device=args.device), Path(args.run))
+    record = evaluate(args.run, _data(args), tta=args.tta, device=args.device)
+    if is_main():  # under torchrun every process has the figures; rank 0 alone prints them
+        _print_eval(record, Path(args.run))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

@@ -189,8 +189,8 @@ def _teacher_view(teacher: torch.Tensor | None, recipe: Recipe, epoch: int) -> t
     return teacher[torch.arange(len(teacher)), mirrored.long()]
 
 
-def teacher_split_logits(recipe: Recipe, data: CIFAR10, subset: int | None) -> torch.Tensor:
-    """The teacher's logits (N, 2, C) for this run's training images, from the teacher cache.
+def teacher_split_logits(recipe: Recipe, data: CIFAR10, subset: int | None, device: str = "auto") -> torch.Tensor:
+    """The teacher's logits (N, 2, C) for this run's training images, from the teacher cache (run on ``device``).
 
     Computed for the union of both splits in data order, so students with
     other seeds or validation fractions reuse the same cache file.
@@ -198,7 +198,7 @@ def teacher_split_logits(recipe: Recipe, data: CIFAR10, subset: int | None) -> t
     train_idx, val_idx = split_indices(data.y_train, recipe.val_fraction, recipe.seed, subset)
     used = np.union1d(train_idx, val_idx)
     key = f"{Path(data.source).name}-train"
-    logits = teacher_logits(recipe.teacher, data.x_train[used], key, data.classes)
+    logits = teacher_logits(recipe.teacher, data.x_train[used], key, data.classes, device=device)
     return torch.from_numpy(logits[np.searchsorted(used, train_idx)]).float()
 
 
@@ -347,7 +347,7 @@ def train(
     else:
         split = prepare_split(data, recipe.val_fraction, recipe.seed, subset)
         if recipe.teacher:
-            split.teacher = teacher_split_logits(recipe, data, subset)
+            split.teacher = teacher_split_logits(recipe, data, subset, str(dev))
         model = build_model(config)
         if hasattr(model, "data_init"):  # data-dependent initialisation, e.g. patch whitening
             model.data_init(split.x_train)
