@@ -293,3 +293,13 @@ def test_precision_is_resolved_and_recorded(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr("cifarkit.runtime.cpu_has_native_bf16", lambda: True)
     run = train(quick(epochs=1), tiny_data, tmp_path / "native", subset=100, device="cpu", progress=False)
     assert json.loads((run / "config.json").read_text())["bf16"] is True
+
+
+def test_compile_is_for_cuda_and_says_so_elsewhere(tiny_data, tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("torch.compile on the CPU")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", never)
+    with pytest.warns(UserWarning, match="compile=true is for CUDA; on cpu it trains uncompiled"):
+        run = train(quick(epochs=1, compile=True), tiny_data, tmp_path / "run", subset=100, progress=False)
+    assert json.loads((run / "config.json").read_text())["compile"] is True

@@ -64,7 +64,7 @@ class Recipe:
     distill_weight: float = 0.0
     distill_temperature: float = 4.0
     bf16: bool | str = "auto"  # bfloat16 autocast: auto (where native: GPUs, CPUs with AVX512-BF16/AMX) | true | false
-    compile: bool = False  # torch.compile the model, on CUDA only (slower on CPU here)
+    compile: bool = False  # torch.compile the model, on CUDA only (measured slower on CPUs: 0.88-0.94x)
     # Several processes (torchrun, see cifarkit.distributed): batch_size is the global batch, split over them,
     # so a recipe trains the same on 1 or N processes. batch_per_process > 0 instead fixes each process's
     # share (global batch = N x it) and scales every lr by lr_scaling: none | linear | sqrt of global / batch_size.

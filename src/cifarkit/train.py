@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,6 +357,12 @@ def train(
     trained = distributed.wrap(net, dev, recipe.sync_bn)  # in DDP with several processes
     if recipe.compile and dev.type == "cuda":
         net.compile()  # in place: parameter names, and so checkpoints, stay as they are
+    elif recipe.compile:
+        # Measured on a 2-core CPU (benchmarks/train_step.py --compile false true): 0.94x in float32, 0.88x in bf16.
+        warnings.warn(
+            f"compile=true is for CUDA; on {dev.type} it trains uncompiled (torch.compile was slower there)",
+            stacklevel=2,
+        )
     steps_per_epoch = -(-len(split.x_train) // recipe.batch_size)
     lr_at = lr_multiplier(
         recipe.schedule, recipe.epochs * steps_per_epoch, round(recipe.warmup_epochs * steps_per_epoch)
