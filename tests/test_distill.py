@@ -103,10 +103,12 @@ def test_teacher_view_follows_the_flips_of_augmentation():
 
 
 def test_progressive_size_schedule_and_resize():
-    sizes = [progressive_size(e, full=32, start=16, until=4) for e in range(6)]
+    sizes = [progressive_size(e, epochs=10, full=32, start=16, until=0.4) for e in range(6)]
     assert sizes == [16, 20, 24, 28, 32, 32]
-    assert [progressive_size(e, full=32, start=20, until=2.5) for e in range(4)] == [20, 24, 28, 32]
-    assert [progressive_size(e, full=32, start=0, until=0) for e in range(2)] == [32, 32]
+    assert [progressive_size(e, epochs=10, full=32, start=20, until=0.25) for e in range(4)] == [20, 24, 28, 32]
+    assert [progressive_size(e, epochs=2, full=32, start=0, until=0) for e in range(2)] == [32, 32]
+    # The last epoch is at full size, however late the schedule would reach it.
+    assert [progressive_size(e, epochs=3, full=32, start=16, until=0.99) for e in range(3)] == [16, 20, 32]
     images = torch.rand(5, 3, 32, 32)
     small = resize(images, 24)
     assert small.shape == (5, 3, 24, 24) and small.min() >= 0 and small.max() <= 1
@@ -126,7 +128,7 @@ def test_progressive_resizing_trains_at_the_scheduled_sizes(tiny_data, tmp_path,
         return out
 
     monkeypatch.setattr(train_module, "resize", spy)
-    run = train(fast(resize_start=16, resize_until=3), tiny_data, tmp_path / "run", progress=False)
+    run = train(fast(resize_start=16, resize_until=0.75), tiny_data, tmp_path / "run", progress=False)
     sizes = [row["image_size"] for row in json.loads((run / "history.json").read_text())]
     assert sizes == [16, 20, 24, 32]  # 16 + 16 e / 3, down to a multiple of 4, full size from epoch 3
     assert seen == [(3, s, s) for s in sizes]
@@ -135,7 +137,7 @@ def test_progressive_resizing_trains_at_the_scheduled_sizes(tiny_data, tmp_path,
 def test_student_with_teacher_and_progressive_resizing_resumes_exactly(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "cache"))
     teacher = quick_teacher(tiny_data, tmp_path / "teacher")
-    recipe = fast(resize_start=16, resize_until=2, teacher=str(teacher), distill_weight=0.5)
+    recipe = fast(resize_start=16, resize_until=0.5, teacher=str(teacher), distill_weight=0.5)
     full = train(recipe, tiny_data, tmp_path / "full", progress=False)
     assert json.loads((full / "config.json").read_text())["teacher"] == str(teacher)
     assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1
@@ -171,8 +173,9 @@ def test_student_with_teacher_and_progressive_resizing_resumes_exactly(tiny_data
         (dict(teacher="nowhere", distill_weight=0.5), "not a run directory"),
         (dict(distill_weight=1.5, teacher="x"), "distill_weight.*in \\[0, 1\\]"),
         (dict(distill_temperature=0.0), "distill_temperature"),
-        (dict(resize_start=16), "needs both resize_start"),
-        (dict(resize_start=32, resize_until=2), "below the image side 32"),
+        (dict(resize_start=16, resize_until=0), "needs resize_until in \\(0, 1\\)"),
+        (dict(resize_start=16, resize_until=1.5), "resize_until.*in \\[0, 1\\)"),
+        (dict(resize_start=32, resize_until=0.5), "below the image side 32"),
     ],
 )
 def test_bad_distillation_and_resizing_settings_are_refused_before_writing(tiny_data, tmp_path, changes, message):

@@ -54,8 +54,8 @@ class Recipe:
     muon_momentum: float = 0.6
     whiten_bias_epochs: float = 0.0  # > 0: fastnet's whitening bias trains only this long; 0 = throughout
     frozen_features: bool = False  # transfer: train only the head, on cached backbone features
-    # Progressive resizing: epoch 0 trains on resize_start x resize_start images, growing to full size at epoch
-    # resize_until (see cifarkit.data.augment.progressive_size); 0 = full size throughout.
+    # Progressive resizing: epoch 0 trains on resize_start x resize_start images, growing to full size once the
+    # fraction resize_until of the epochs is done (see cifarkit.data.augment.progressive_size); 0 = off.
     resize_start: int = 0
     resize_until: float = 0.0
     # Knowledge distillation (see cifarkit.distill): the loss mixes the labels with the softened outputs of the
@@ -178,7 +178,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "muon_momentum": (0, 1, True, False),
     "batch_per_process": (0, math.inf, True, False),
     "resize_start": (0, 1024, True, True),
-    "resize_until": (0, math.inf, True, False),
+    "resize_until": (0, 1, True, False),
     "distill_weight": (0, 1, True, True),
     "distill_temperature": (0, math.inf, False, False),
 }
@@ -213,10 +213,10 @@ def validate(recipe: Recipe) -> Recipe:
         raise CifarkitError("patience (early stopping) needs select=best: with select=last no epoch is ever 'best'")
     if recipe.warmup_epochs > recipe.epochs:
         raise CifarkitError(f"warmup_epochs ({recipe.warmup_epochs:g}) must not exceed epochs ({recipe.epochs})")
-    if bool(recipe.resize_start) != bool(recipe.resize_until):
+    if recipe.resize_start and not recipe.resize_until:
         raise CifarkitError(
-            "progressive resizing needs both resize_start (the first epoch's image side) and resize_until "
-            f"(the epoch that reaches full size), got {recipe.resize_start} and {recipe.resize_until:g}"
+            f"progressive resizing from resize_start {recipe.resize_start} needs resize_until in (0, 1), the "
+            "fraction of the epochs after which images are full size (or resize_start=0 to turn it off)"
         )
     if recipe.distill_weight and not recipe.teacher:
         raise CifarkitError(
@@ -410,10 +410,15 @@ RECIPES: dict[str, Recipe] = {
             warmup_epochs=1.0,
             model_kwargs={**LITE0_FINETUNE.model_kwargs, "input_size": 224},
         ),
+        # Progressive resizing, 16 px growing to full size by 60% of the run (epoch 6 of 10): measured on fast90 in
+        # float32 (2 seeds),
+        # 0.73x the wall time at the same accuracy (92.09% against 92.06% with TTA).
+        _fast("fast90", "fastnet_xs", 10, "fast from-scratch training: 90%+ in about 4 minutes on 2 CPU cores").replace(
+            resize_start=16, resize_until=0.6
+        ),
         *[
             _fast(name, model, epochs, description)
             for name, model, epochs, description in [
-                ("fast90", "fastnet_xs", 10, "fast from-scratch training: 90%+ in about 5 minutes on 2 CPU cores"),
                 ("fast93", "fastnet_s", 10, "fast from-scratch training: 93%+, the recommended start"),
                 ("fast94", "fastnet_s", 14, "fast from-scratch training: 94%+"),
             ]

@@ -177,7 +177,9 @@ def train_one_epoch(
 
 def epoch_size(recipe: Recipe, epoch: int, full: int) -> int:
     """The side of the images trained on in ``epoch``: smaller early on with progressive resizing."""
-    return progressive_size(epoch, full=full, start=recipe.resize_start, until=recipe.resize_until)
+    return progressive_size(
+        epoch, epochs=recipe.epochs, full=full, start=recipe.resize_start, until=recipe.resize_until
+    )
 
 
 def _teacher_view(teacher: torch.Tensor | None, recipe: Recipe, epoch: int) -> torch.Tensor | None:

@@ -100,14 +100,17 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return out.clamp_(0, 1).contiguous(memory_format=torch.channels_last)
 
 
-def progressive_size(epoch: int, *, full: int, start: int, until: float) -> int:
-    """The image side in ``epoch`` (0-based): from ``start`` growing linearly to ``full`` at epoch ``until``.
+def progressive_size(epoch: int, *, epochs: int, full: int, start: int, until: float) -> int:
+    """The image side in ``epoch`` (0-based) of ``epochs``: ``start`` growing linearly to ``full``.
 
-    Sides are multiples of 4 (rounded down, at least ``start``), so a 10-epoch
-    run visits a few sizes rather than one per epoch; ``start`` 0 (or
-    ``until`` 0) means full size throughout.
+    Full size is reached once ``until`` (a fraction of the run) of the epochs
+    are done, and the last epoch is always at full size, the size the model
+    is tested at. Sides are multiples of 4 (rounded down, at least ``start``),
+    so a 10-epoch run visits a few sizes rather than one per epoch. ``start``
+    0 means full size throughout.
     """
-    if not start or epoch >= until:
+    end = until * epochs
+    if not start or epoch >= end or epoch == epochs - 1:
         return full
-    side = start + (full - start) * epoch / until
+    side = start + (full - start) * epoch / end
     return max(start, int(side) // 4 * 4)
