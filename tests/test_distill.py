@@ -18,6 +18,7 @@ from cifarkit.recipes import get_recipe
 from cifarkit.runs import load_model
 from cifarkit.runtime import native_bf16
 from cifarkit.train import _teacher_view, train
+from interrupt import train_killed_in_epoch
 
 CPU = torch.device("cpu")
 
@@ -142,17 +143,7 @@ def test_student_with_teacher_and_progressive_resizing_resumes_exactly(tiny_data
     assert json.loads((full / "config.json").read_text())["teacher"] == str(teacher)
     assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1
 
-    real_epoch = train_module.train_one_epoch
-
-    def dies_in_third_epoch(*args, **kwargs):
-        if args[4] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", dies_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, tiny_data, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    train_killed_in_epoch(recipe, tiny_data, tmp_path / "cut")
     cut = train(recipe, tiny_data, tmp_path / "cut", resume=True, progress=False)
     wf, wc = load_file(full / "last.safetensors"), load_file(cut / "last.safetensors")
     assert all(torch.equal(wf[k], wc[k]) for k in wf)

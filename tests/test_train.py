@@ -9,6 +9,7 @@ from cifarkit.errors import CifarkitError
 from cifarkit.recipes import Recipe, get_recipe
 from cifarkit.runs import load_model
 from cifarkit.train import train
+from interrupt import train_killed_in_epoch
 
 
 def history(run, *keys: str) -> list:
@@ -94,18 +95,8 @@ def test_resume_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
     recipe = quick(epochs=3, flip=True, translate=2, ema=0.9)
     full = train(recipe, tiny_data, tmp_path / "full", progress=False)
 
-    real_epoch = train_module.train_one_epoch
-
-    def dies_in_third_epoch(*args, **kwargs):
-        if args[4] == 2:  # epoch index
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", dies_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, tiny_data, tmp_path / "cut", progress=False)
+    train_killed_in_epoch(recipe, tiny_data, tmp_path / "cut")
     assert len(json.loads((tmp_path / "cut" / "history.json").read_text())) == 2
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
 
     cut = train(recipe, tiny_data, tmp_path / "cut", resume=True, progress=False)
     timeless = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")  # all but the seconds
@@ -269,17 +260,7 @@ def test_fast_recipe_resume_retraces_the_uninterrupted_run(tiny_data, tmp_path, 
         epochs=3, batch_size=100, val_fraction=0.1, bf16=False, whiten_bias_epochs=1.5, ema=0.9
     )
     full = train(recipe, tiny_data, tmp_path / "full", progress=False)
-    real_epoch = train_module.train_one_epoch
-
-    def dies_in_third_epoch(*args, **kwargs):
-        if args[4] == 2:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", dies_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, tiny_data, tmp_path / "cut", progress=False)
-    monkeypatch.undo()
+    train_killed_in_epoch(recipe, tiny_data, tmp_path / "cut")
     cut = train(recipe, tiny_data, tmp_path / "cut", resume=True, progress=False)
     wf, wc = load_file(full / "last.safetensors"), load_file(cut / "last.safetensors")
     assert set(wf) == set(wc) and all(torch.equal(wf[k], wc[k]) for k in wf)
