@@ -57,8 +57,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if served.cut_after is not None:
             body = body[: served.cut_after]
+        served.sent += len(body)  # before writing: the client may finish reading before this thread goes on
         self.wfile.write(body)
-        served.sent += len(body)
 
     def log_message(self, format: str, *args: object) -> None:
         """Keep test output quiet."""
