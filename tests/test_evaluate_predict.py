@@ -75,7 +75,7 @@ def test_evaluate_writes_predictions_metrics_and_figures_once(trained_run):
     assert record["confusion_matrix"] == _confusion(data.y_test, probs_tta.argmax(1)).tolist()
     assert record["classification_report"]["accuracy"] == pytest.approx(metrics["test_acc_tta"])
     assert record["classification_report"]["cat"]["support"] == 10
-    assert record["test_data"] == {"source": "synthetic", "images": 100}
+    assert record["test_data"] == {"source": "synthetic", "images": 100, "fingerprint": data.test_fingerprint}
     report = json.loads((run / "eval" / "classification_report.json").read_text())
     assert set(data.classes) <= set(report) and "macro avg" in report and report == record["classification_report"]
     cm_rows = (run / "eval" / "confusion_matrix.csv").read_text().splitlines()
@@ -84,31 +84,38 @@ def test_evaluate_writes_predictions_metrics_and_figures_once(trained_run):
     gallery = (run / "eval" / "gallery.csv").read_text().splitlines()
     assert gallery[0] == "index,actual,predicted,probability,loss" and len(gallery) == 1 + 24
     summary = json.loads((run / "metrics.json").read_text())
-    assert summary["params"] == 1_084_234 and summary["best_val_acc"] > 0  # training's fields stay
-    assert (summary["test_acc"], summary["test_acc_tta"]) == (metrics["test_acc"], metrics["test_acc_tta"])
-    assert summary["test_data"] == {"source": "synthetic", "images": 100}
+    assert summary["params"] == 1_084_234 and summary["best_val_acc"] > 0  # training's summary, not evaluate's
+    assert not any(key.startswith("test") for key in summary)  # test results live in RUN/eval/ alone
 
 
-def test_reevaluation_replaces_its_fields_keeps_the_others_and_writes_no_nan(run_copy):
+def _snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_other_data_is_evaluated_beside_the_runs_own_results_never_over_them(run_copy):
     run, data = run_copy
     evaluate(run, data)
-    summary = json.loads((run / "metrics.json").read_text())
-    summary["best_val_acc"] = float("nan")  # as runs without a validation split used to record it
-    (run / "metrics.json").write_text(json.dumps(summary))
-    assert "NaN" in (run / "metrics.json").read_text()
+    before = _snapshot(run)
 
-    subset = type(data)(data.x_train, data.y_train, data.x_test[:40], data.y_test[:40], source="first-40")
-    evaluate(run, subset, tta="none")
+    subset = type(data)(data.x_train, data.y_train, data.x_test[:40], data.y_test[:40], source="/elsewhere/first-40")
+    record = evaluate(run, subset, tta="none")
+    other = run / f"eval-first-40-{subset.test_fingerprint[:8]}"
+    assert record["eval_dir"] == other and (other / "metrics.json").is_file()
+    after = _snapshot(run)
+    assert {k: v for k, v in after.items() if not k.startswith(other.name + "/")} == before  # nothing else changed
+    record = json.loads((other / "metrics.json").read_text())
+    assert record["test_data"] == {
+        "source": "/elsewhere/first-40",
+        "images": 40,
+        "fingerprint": subset.test_fingerprint,
+    }
+    assert record["tta"] == "none" and "test_acc_tta" not in record
 
-    def refuse(constant):
-        raise ValueError(f"bare {constant} in JSON")
-
-    summary = json.loads((run / "metrics.json").read_text(), parse_constant=refuse)
-    assert summary["best_val_acc"] is None and summary["params"] == 1_084_234
-    assert summary["test_data"] == {"source": "first-40", "images": 40}
-    assert summary["tta"] == "none" and "test_acc_tta" not in summary  # no stale TTA accuracy survives
+    # the run's own pixels at another place are the run's own test set: RUN/eval/, re-evaluated in place
+    moved = type(data)(data.x_train, data.y_train, data.x_test, data.y_test, source="/moved/cifar10")
+    assert evaluate(run, moved, tta="none")["eval_dir"] == run / "eval"
     evaluation = load_evaluation(run)
-    assert evaluation.probs_tta is None and evaluation.analysed is evaluation.probs and len(evaluation.labels) == 40
+    assert evaluation.probs_tta is None and evaluation.tta == "none" and len(evaluation.labels) == 100
 
 
 def test_evaluation_and_prediction_run_in_the_runs_precision(run_copy, tmp_path):

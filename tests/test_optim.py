@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from cifarkit.errors import CifarkitError
 from cifarkit.models.fastnet import FastNet, FastNetConfig
 from cifarkit.optim import build_optimizer, lr_multiplier, set_learning_rates, weight_ema
-from cifarkit.recipes import get_recipe
+from cifarkit.recipes import get_recipe, validate
 
 
 @pytest.mark.parametrize(
@@ -107,7 +107,9 @@ def test_without_whiten_bias_epochs_the_bias_follows_the_run_schedule():
     assert {g["role"]: g["lr"] / g["initial_lr"] for g in optimizer.param_groups}["whiten_bias"] == 0.5
 
 
-def test_whiten_bias_epochs_needs_a_whitening_layer():
-    recipe = get_recipe("seed_cnn3").replace(whiten_bias_epochs=3)
+def test_role_settings_the_model_lacks_are_refused_by_validation_before_any_work():
     with pytest.raises(CifarkitError, match="whiten_bias_epochs=0"):
-        build_optimizer(nn.Linear(4, 2), recipe)
+        validate(get_recipe("seed_cnn3").replace(whiten_bias_epochs=3))
+    with pytest.raises(CifarkitError, match=r"lr_scale names roles \['head'\] that seed_cnn3 lacks"):
+        validate(get_recipe("seed_cnn3").replace(lr_scale={"head": 2}))
+    validate(get_recipe("fast93").replace(lr_scale={"head": 2}))  # fastnet has the role

@@ -7,6 +7,7 @@ skipped, saying why, where either is missing, and fails in CI, which has both.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -107,10 +108,12 @@ def test_page_shows_the_prediction_and_its_bars(server, real_data_path, tmp_path
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("request", lambda r: None if r.url.startswith((url, "blob:", "data:")) else problems.append(r.url))
             page.goto(f"{url}/")
-            page.wait_for_function("document.getElementById('model').textContent.includes('e2e')")
+            # Locator assertions, not wait_for_function: Playwright polls a string predicate with eval, which the
+            # page's Content-Security-Policy (no 'unsafe-eval') rightly blocks in newer Playwright releases.
+            sync_api.expect(page.locator("#model")).to_contain_text("e2e")
             page.set_input_files("#files", str(image))
             page.wait_for_selector(".result:not(.pending) .bars")
-            page.wait_for_function("document.querySelector('.bar.top .fill').style.width !== '0%'")
+            sync_api.expect(page.locator(".bar.top .fill")).not_to_have_attribute("style", re.compile(r"width:\s*0%"))
             verdict = page.inner_text(".result .verdict")
             bars = page.eval_on_selector_all(
                 ".bar", "rows => rows.map(r => [r.dataset.class, parseFloat(r.querySelector('.fill').style.width)])"

@@ -18,15 +18,19 @@ from cifarkit.runtime import keep_freed_memory
 def _data(args: argparse.Namespace):
     from cifarkit.data import load_cifar10
 
+    for flag, value in (("--data", args.data), ("--cache-dir", args.cache_dir)):
+        if value is not None and not value.strip():  # `--data "$DIR"` with DIR unset: not the current folder
+            raise CifarkitError(
+                f"{flag} is empty (an unset shell variable?); name a folder or file, or leave {flag} out"
+            )
     return load_cifar10(args.data, cache_dir=args.cache_dir)
 
 
-def _output_file(path: str) -> Path:
-    """An output file path; a directory there is an error, before any work is done."""
-    out = Path(path)
-    if out.is_dir():
-        raise CifarkitError(f"-o {out} is a directory; name the file to write, e.g. {out / 'samples.png'}")
-    return out
+def _output_file(path: str, run: str | None = None, own: tuple[str, ...] = ()) -> Path:
+    """An output file path, checked before any work: writable, and never a file of a run (see check_output_file)."""
+    from cifarkit.runs import check_output_file
+
+    return check_output_file(path, "-o", run=run, own=own)
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -53,9 +57,22 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{name + ':':<18}{value}")
 
 
+SHOW_MAX = 256  # images `data show` draws at most: 256 take about 10 s, and the figure grows with every row
+
+
 def cmd_data(args: argparse.Namespace) -> None:
+    if args.action == "show":
+        if not 1 <= args.count <= SHOW_MAX:
+            raise CifarkitError(f"--count must be from 1 to {SHOW_MAX} (images in the grid), got {args.count}")
+        if args.seed < 0:
+            raise CifarkitError(f"--seed must be a whole number >= 0, got {args.seed}")
     output = _output_file(args.output) if args.action == "show" else None
     data = _data(args)
+    if args.action == "show" and args.count > len(data.x_train):
+        raise CifarkitError(
+            f"--count {args.count} is more than the {len(data.x_train)} training images in {data.source}; "
+            f"choose 1 to {len(data.x_train)}"
+        )
     if args.action == "info":
         print(f"source: {data.source}")
         for split, x in (("train", data.x_train), ("test", data.x_test)):
@@ -133,6 +150,7 @@ def _recipe_and_subset(args: argparse.Namespace):
             f"--resume: {args.out} trains recipe {recipe.name!r}, not {args.recipe!r}; "
             f"drop --recipe (the run directory knows its recipe)"
         )
+    args.data_given = bool(args.data)
     args.data = args.data or config.get("data_source")
     return validate(recipe.replace(**_overrides(args))), args.subset if args.subset is not None else config.get(
         "subset"
@@ -148,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     setup(args.device)  # an unavailable device is an error before the data is loaded; torchrun: join the others
     recipe, subset = _recipe_and_subset(args)
     out = Path(args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    data = _data(args)
+    data = _resumed_data(args) if args.resume else _data(args)
     main = is_main()  # under torchrun, rank 0 alone prints and tracks
     if main:
         print(f"training {recipe.name} ({recipe.model}) into {out}")
@@ -166,6 +184,21 @@ def cmd_train(args: argparse.Namespace) -> None:
                 _print_eval(metrics, out)
 
 
+def _resumed_data(args: argparse.Namespace):
+    """The data of a resumed run: --data, or where the run found it; gone from there, say how to pass its new place."""
+    from cifarkit.errors import DataError
+
+    try:
+        return _data(args)
+    except DataError as exc:
+        if args.data_given:
+            raise
+        raise CifarkitError(
+            f"{exc}; if the data the run trained on has moved, pass its new place: "
+            f"`cifarkit train --resume --out {args.out} --data NEW_PLACE` (the pixels, not the path, must match)"
+        ) from None
+
+
 def _print_eval(metrics: dict, run_dir: Path) -> None:
     print(metrics["report"])
     line = f"test accuracy {metrics['test_acc']:.4f}"
@@ -176,7 +209,10 @@ def _print_eval(metrics: dict, run_dir: Path) -> None:
     if "most_confused" in metrics:
         mc = metrics["most_confused"]
         print(f"most confused: {mc['actual']} -> {mc['predicted']} ({mc['count']} images)")
-    print(f"figures and reports in {run_dir / 'eval'}")
+    where = Path(metrics["eval_dir"])
+    if where.name != "eval":
+        print(f"(not the run's own test set: results kept apart from {run_dir / 'eval'})")
+    print(f"figures and reports in {where}")
 
 
 TUNE_EPILOG = """\
@@ -197,13 +233,17 @@ on other machines adds workers. The best trial's changes are written to STUDY/be
 def cmd_tune(args: argparse.Namespace) -> None:
     from cifarkit.recipes import DEFAULT_RECIPE, get_recipe
     from cifarkit.runtime import pick_device
-    from cifarkit.tune import BEST_CONFIG, best_trial, load_space, retrain_best, tune
+    from cifarkit.train import check_split
+    from cifarkit.tune import BEST_CONFIG, best_trial, check_storage, check_study_dir, load_space, retrain_best, tune
 
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE)
     space = load_space(args.space, recipe)
     pick_device(args.device)
     out = Path(args.out or f"studies/{recipe.name}-{Path(args.space).stem}")
+    check_study_dir(out)  # the study directory and the storage are refused before the data is loaded,
+    check_storage(args.storage)  # and nothing is created until they and the subset pass
     data = _data(args)
+    check_split(data.y_train, space.recipe(recipe, {}), args.subset)
     print(f"tuning {recipe.name} over {', '.join(space.params)} in {out}")
     try:
         study = tune(
@@ -222,7 +262,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         print("cifarkit: interrupted; the same command resumes the study", file=sys.stderr)
         sys.exit(130)
-    best = best_trial(study)
+    best = best_trial(study, recipe, space)
     print(
         f"best: trial {best.number}, validation accuracy {best.value:.4f}, {best.params}\n"
         f"wrote {out / BEST_CONFIG}: `cifarkit train --recipe {recipe.name} --config {out / BEST_CONFIG}`"
@@ -247,22 +287,26 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from cifarkit.predict import predict
 
     results = predict(args.run, args.images, top_k=args.top_k, device=args.device)
+    # The predictions of the good files go to stdout (as JSON: every file, a bad one as {image, error});
+    # each bad file is one `cifarkit: error: FILE: reason` line on stderr, and the exit status is then 2.
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         for r in results:
-            if r.error:
-                print(f"ERROR {r.error}")  # the message names the file
-            else:
+            if not r.error:
                 print(f"{r.source}:")
                 for name, p in r.top:
                     print(f"  {name:<12}{p:8.4f}")
+    sys.stdout.flush()
+    for r in results:
+        if r.error:
+            print(f"cifarkit: error: {r.error}", file=sys.stderr)  # the message names the file
     if any(r.error for r in results):
-        sys.exit(1)
+        sys.exit(2)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from cifarkit.report.command import run_report
+    from cifarkit.report.command import check_runs, run_report
 
     _output_file(args.output)
     if len(args.runs) == 1 and (args.runs[0] / "study.json").is_file():  # a `cifarkit tune` study directory
@@ -271,18 +315,26 @@ def cmd_report(args: argparse.Namespace) -> None:
 
         print(f"wrote {study_report(load_study(args.runs[0]), args.runs[0], args.output)}")
         return
+    check_runs(args.runs)  # not a run, or a damaged config: said before the data is loaded
     data = None if args.no_data else _data(args)
     print(f"wrote {run_report(args, data=data, device=args.device)}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from cifarkit.export import export_model, quantize_int8, sample
+    from cifarkit.export import check_exportable, export_model, quantize_int8, sample
 
     if args.int8 and args.format != "onnx":
         raise CifarkitError("--int8 quantises ONNX models; use it with --format onnx")
     if args.output:
-        _output_file(args.output)
+        _output_file(args.output, run=args.run, own=(".onnx", ".pt"))
+    check_exportable(args.run)  # a damaged or diverged run is refused before the data is loaded
     data = _data(args)
+    if args.check_images > len(data.x_test):
+        print(
+            f"cifarkit: note: --check-images {args.check_images:,} is more than the {len(data.x_test):,} test "
+            "images; checking all of them",
+            file=sys.stderr,
+        )
     path, parity = export_model(
         args.run, args.format, sample(data.x_test, args.check_images), out=args.output, tta=args.tta
     )
@@ -349,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", parents=[data_opts], help="describe or show the data set")
     p.add_argument("action", choices=["info", "show"])
     p.add_argument("-o", "--output", default="cifar10_samples.png", help="PNG to write (show)")
-    p.add_argument("--count", type=int, default=32, help="images in the grid (show)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=int, default=32, help="images in the grid, 1 to 256 (show; default 32)")
+    p.add_argument("--seed", type=int, default=0, help="which images show draws: a whole number >= 0 (default 0)")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser(
@@ -424,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop bad trials early: below the median of earlier trials at the same epoch (default), "
         "successive halving, or never",
     )
-    p.add_argument("--subset", type=int, help="train every trial on a class-balanced subset of N training images")
+    p.add_argument(
+        "--subset", type=_positive_int, help="train every trial on a class-balanced subset of N training images"
+    )
     p.add_argument("--track", choices=TRACKERS, help="mirror every trial to TensorBoard or MLflow")
     p.add_argument(
         "--final",
@@ -443,8 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[device_opts], help="classify image files with a trained run")
     p.add_argument("run", help="run directory")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, any Pillow format and size)")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--top-k", type=_positive_int, default=3, help="classes to print per image, at most the run's (default 3)"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON instead of a table: one entry per image, {image, predictions} or {image, error}",
+    )
     p.set_defaults(func=cmd_predict)
 
     from cifarkit.report.command import add_report_arguments
@@ -467,16 +527,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=tta_modes, help="test-time augmentation built in (default: the recipe's)")
     p.add_argument(
         "--check-images",
-        type=int,
+        type=_positive_int,
         default=1000,
-        help="CIFAR-10 test images the export is checked against PyTorch on (default 1000)",
+        help="CIFAR-10 test images the export is checked against PyTorch on (default 1000; "
+        "more than the test set has checks all of them)",
     )
     p.add_argument(
         "--int8",
         action="store_true",
         help="also write an int8-quantised ONNX model, with its test accuracy and speed beside the float model's",
     )
-    p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: one per core)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for PyTorch (default: one per core)")
     p.set_defaults(func=cmd_export)
 
     from cifarkit.serve.settings import ServeSettings
@@ -489,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address to listen on (default 127.0.0.1: this machine only; any other needs an API key)",
     )
-    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 1 to 65535 (default 8000)")
     p.add_argument(
         "--backend",
         choices=["torch", "onnx"],
@@ -508,31 +569,31 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("limits and batching")
     g.add_argument(
         "--max-upload-mb",
-        type=float,
+        type=_positive_float,
         default=limits.max_upload_mb,
         help="largest request body; 413 beyond (default %(default)s)",
     )
     g.add_argument(
-        "--max-files", type=int, default=limits.max_files, help="most images per request (default %(default)s)"
+        "--max-files", type=_positive_int, default=limits.max_files, help="most images per request (default %(default)s)"
     )
     g.add_argument(
         "--max-pixels",
-        type=int,
+        type=_positive_int,
         default=limits.max_pixels,
         help="largest image, width x height, refused before decoding (default %(default)s)",
     )
     g.add_argument(
-        "--max-batch", type=int, default=limits.max_batch, help="most images in one forward pass (default %(default)s)"
+        "--max-batch", type=_positive_int, default=limits.max_batch, help="most images in one forward pass (default %(default)s)"
     )
     g.add_argument(
         "--batch-wait-ms",
-        type=float,
+        type=_nonnegative_float,
         default=limits.batch_wait_ms,
         help="how long an idle model waits for requests being decoded, to batch them (default %(default)s)",
     )
     g.add_argument(
         "--max-queue",
-        type=int,
+        type=_positive_int,
         default=limits.max_queue,
         help="most images waiting for the model; 503 with Retry-After beyond (default %(default)s)",
     )
@@ -550,6 +611,47 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 0, got {text!r}")
+    return value
+
+
+def _float(text: str, low: float, low_ok: bool, what: str) -> float:
+    """A finite number above ``low`` (or equal to it where ``low_ok``); NaN and infinity are refused."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < low or (value == low and not low_ok):
+        raise argparse.ArgumentTypeError(f"expects {what}, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    return _float(text, 0.0, False, "a finite number > 0")
+
+
+def _nonnegative_float(text: str) -> float:
+    return _float(text, 0.0, True, "a finite number >= 0")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expects a TCP port from 1 to 65535, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # reuse activation memory between training steps (see runtime.py)
@@ -561,6 +663,10 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except CifarkitError as e:
         print(f"cifarkit: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # the machine refused (disk full, permissions, ...): say what and where, without a traceback
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"cifarkit: error: {e.strerror or e}{where}; free space or choose a writable place", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("cifarkit: interrupted", file=sys.stderr)

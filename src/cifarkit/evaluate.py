@@ -34,14 +34,11 @@ from cifarkit.analysis import (
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
-from cifarkit.files import read_json, write_csv, write_json, write_text
+from cifarkit.files import exclusive, write_csv, write_json, write_text
 from cifarkit.inference import check_tta, predict_proba
 from cifarkit.plots import confusion_matrices, prediction_grid, save_png
-from cifarkit.runs import load_model, read_config, save_predictions
+from cifarkit.runs import eval_dir, load_model, read_config, save_predictions
 from cifarkit.runtime import autocast, pick_device
-
-# The keys evaluate owns in RUN/metrics.json: replaced together, so no stale one outlives a re-evaluation.
-SUMMARY_KEYS = ("test_acc", "test_acc_tta", "tta", "test_data", "most_confused")
 
 
 @torch.no_grad()
@@ -78,13 +75,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _update_summary(path: Path, record: dict[str, Any]) -> None:
-    """Put the test results into RUN/metrics.json, keeping everything else training wrote there."""
-    summary = read_json(path) if path.is_file() else {}
-    kept = {k: v for k, v in summary.items() if k not in SUMMARY_KEYS}
-    write_json(path, _finite({**kept, **{k: record[k] for k in SUMMARY_KEYS if k in record}}))
-
-
 def _write_figures_and_tables(
     out: Path, data: CIFAR10, analysed: np.ndarray, cm: np.ndarray, report: str, gallery_size: int, seed: int
 ) -> None:
@@ -110,14 +100,17 @@ def evaluate(
     gallery_size: int = 24,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate a run's best weights on ``data``'s test set; write RUN/eval/ and update RUN/metrics.json.
+    """Evaluate a run's best weights on ``data``'s test set, into RUN/eval/ or, on other data, RUN/eval-NAME/.
 
     ``tta`` defaults to the recipe's TTA mode; accuracy without TTA is always
     measured too. The classification report, confusion matrix and gallery
     describe the TTA predictions when there are any (the model as it is best
-    used). RUN/metrics.json keeps what training wrote and records which data
-    the test accuracy comes from. Returns the record written to
-    RUN/eval/metrics.json, plus the classification report as text (``report``).
+    used). The run's own test set (the one its config.json fingerprints) goes
+    to RUN/eval/; any other goes beside it (:func:`cifarkit.runs.eval_dir`), so
+    the run's own test results are never replaced by results on other data.
+    Nothing else of the run is written. Returns the record written to the
+    folder's metrics.json, plus the classification report as text
+    (``report``) and the folder (``eval_dir``).
     Launched on several processes (torchrun), each predicts its share of the
     test set and every one returns the same record; rank 0 writes the files.
     """
@@ -149,7 +142,7 @@ def evaluate(
         **({"test_acc_tta": accuracy(data.y_test, preds)} if probs_tta is not None else {}),
         "tta": tta,
         "analysed": "probs" if probs_tta is None else "probs_tta",
-        "test_data": {"source": data.source, "images": len(data.y_test)},
+        "test_data": {"source": data.source, "images": len(data.y_test), "fingerprint": data.test_fingerprint},
         "confusion_matrix": cm.tolist(),
         "classification_report": classification_report(data.y_test, preds, classes),
     }
@@ -160,14 +153,15 @@ def evaluate(
             "count": pair.count,
         }
     report = classification_report_text(data.y_test, preds, classes)
+    out = eval_dir(run_dir, config, data)
     if not distributed.is_main():
-        return {**record, "report": report}
+        return {**record, "report": report, "eval_dir": out}
 
-    out = run_dir / "eval"
-    (out / "metrics.json").unlink(missing_ok=True)  # written last: the evaluation is complete once it exists
-    save_predictions(out, data.y_test, probs, probs_tta, tta)
-    write_json(out / "classification_report.json", record["classification_report"])
-    _write_figures_and_tables(out, data, analysed, cm, report, gallery_size, seed)
-    write_json(out / "metrics.json", record)
-    _update_summary(run_dir / "metrics.json", record)
-    return {**record, "report": report}
+    busy = f"{run_dir} is being written by another cifarkit command; wait for it to finish"
+    with exclusive(run_dir, busy):
+        (out / "metrics.json").unlink(missing_ok=True)  # written last: the evaluation is complete once it exists
+        save_predictions(out, data.y_test, probs, probs_tta, tta)
+        write_json(out / "classification_report.json", record["classification_report"])
+        _write_figures_and_tables(out, data, analysed, cm, report, gallery_size, seed)
+        write_json(out / "metrics.json", _finite(record))
+    return {**record, "report": report, "eval_dir": out}

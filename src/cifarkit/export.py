@@ -44,7 +44,7 @@ from cifarkit import __version__
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
 from cifarkit.files import atomic_write_bytes, read_json
-from cifarkit.inference import check_tta, predict_proba, tta_logits
+from cifarkit.inference import check_model, check_outputs, check_tta, predict_proba, tta_logits
 from cifarkit.runs import load_model, read_config
 
 FORMATS = ("onnx", "torchscript")
@@ -89,7 +89,11 @@ def run_metadata(run_dir: str | Path, tta: str) -> dict[str, str]:
     """What an exported file says about itself (all values are strings, as ONNX metadata requires)."""
     config = read_config(run_dir)
     metrics_path = Path(run_dir) / "metrics.json"
-    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    metrics = (
+        read_json(metrics_path, dict, "restore it from a copy, or train the run again into a new --out")
+        if metrics_path.is_file()
+        else {}
+    )
     return {
         "classes": json.dumps(config["classes"]),
         "run": Path(run_dir).resolve().name,
@@ -101,6 +105,17 @@ def run_metadata(run_dir: str | Path, tta: str) -> dict[str, str]:
         "input": "uint8 RGB images, shape (N, 32, 32, 3)",
         "output": "float32 class probabilities, shape (N, len(classes))",
     }
+
+
+def check_exportable(run_dir: str | Path) -> None:
+    """Everything about a run that an export needs, checked before the test data is loaded.
+
+    Its config, metrics and weights read cleanly, and its model answers with
+    finite outputs, one per class of its config.
+    """
+    config = read_config(run_dir)
+    run_metadata(run_dir, config.get("tta", "none"))
+    check_model(load_model(run_dir), run_dir, config["classes"])
 
 
 def export_model(
@@ -115,17 +130,27 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise CifarkitError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    tta = tta or read_config(run_dir).get("tta", "none")
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or not len(images):
+        raise CifarkitError(
+            f"the export is checked on uint8 images of shape (N, 32, 32, 3), N >= 1; got {images.dtype} {images.shape}"
+        )
+    config = read_config(run_dir)
+    tta = tta or config.get("tta", "none")
     model = ProbabilityModel(load_model(run_dir), tta)
     metadata = run_metadata(run_dir, tta)
+    # PyTorch's own answers first: a model that does not fit its classes, or diverged, is refused before the
+    # (slow) export, and nothing is written.
+    reference = predict_proba(model.model, images, tta=tta, device="cpu")
+    check_outputs(reference, run_dir, config["classes"], on=f" on the {len(images):,} check images")
     data = _to_onnx(model, metadata) if fmt == "onnx" else _to_torchscript(model, metadata)
     predict = onnx_predictor(data) if fmt == "onnx" else _torchscript_predictor(data)
-    parity = check_parity(predict, predict_proba(model.model, images, tta=tta, device="cpu"), images)
-    if parity.max_abs_diff > PARITY_TOLERANCE:
+    parity = check_parity(predict, reference, images)
+    if not parity.passed:
         raise CifarkitError(
             f"the {fmt} export differs from PyTorch by up to {parity.max_abs_diff:.2e} in probability "
-            f"(tolerance {PARITY_TOLERANCE:g}); not written. Please report this with the run's "
-            "model name"
+            f"(tolerance {PARITY_TOLERANCE:g}; NaN: not finite where PyTorch is); not written. Please report "
+            "this with the run's model name"
         )
     path = Path(out) if out else Path(run_dir) / DEFAULT_FILES[fmt]
     atomic_write_bytes(path, data)
@@ -231,7 +256,13 @@ class Parity:
 
     images: int
     max_abs_diff: float
+    """NaN when either side has a value that is not finite, or their shapes differ."""
     top1_agreement: float
+
+    @property
+    def passed(self) -> bool:
+        """Whether the export answers as PyTorch does to :data:`PARITY_TOLERANCE` (never for a NaN difference)."""
+        return bool(self.max_abs_diff <= PARITY_TOLERANCE)  # False for NaN
 
     def __str__(self) -> str:
         return (
@@ -245,9 +276,10 @@ def check_parity(
 ) -> Parity:
     """Compare ``predict`` on ``images`` (in batches of ``batch_size``) with the reference probabilities."""
     probs = np.concatenate([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
-    return Parity(
-        len(images), float(np.abs(probs - reference).max()), float((probs.argmax(1) == reference.argmax(1)).mean())
-    )
+    if probs.shape != reference.shape or not (np.isfinite(probs).all() and np.isfinite(reference).all()):
+        return Parity(len(images), float("nan"), 0.0)  # never a pass: NaN compares false with any tolerance
+    same = (probs.argmax(1) == reference.argmax(1)).mean()
+    return Parity(len(images), float(np.abs(probs - reference).max()), float(same))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one.
+"""Files: atomic writes, the one JSON reader, checks that a path can be written, and folder locks.
+
+Atomic writes: a reader (or a crash) sees the old file or the new one, never half of one.
 
 Every writer goes through :func:`atomic_write_bytes`: the data lands in a
 temporary file beside the target, is flushed to disk, and is renamed over the
@@ -11,10 +13,14 @@ import csv
 import io
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from cifarkit.errors import CifarkitError
 
 
 def _umask() -> int:
@@ -46,11 +52,28 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2) + "\n")
+    """``obj`` as indented JSON; NaN or infinity anywhere in it is a bug (JSON has none), so it raises ValueError."""
+    return write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | Path, kind: type = object, fix: str = "restore it from a copy") -> Any:
+    """The one reader of every JSON file cifarkit writes: a value of type ``kind``, or a one-line error.
+
+    A missing, unreadable, unparsable or wrong-shaped file raises
+    :class:`CifarkitError` naming the file and ``fix``, never a traceback.
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CifarkitError(f"{path} is missing; {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CifarkitError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    except OSError as exc:
+        raise CifarkitError(f"{path} cannot be read ({exc.strerror}); {fix}") from None
+    if not isinstance(value, kind):
+        raise CifarkitError(f"{path} holds a JSON {type(value).__name__}, not a {kind.__name__}; {fix}")
+    return value
 
 
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
@@ -61,3 +84,74 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return write_text(path, buf.getvalue())
+
+
+def check_writable(path: str | Path, flag: str) -> Path:
+    """Refuse, before any work, a ``path`` that cannot be created or written: under a file, or in a read-only place.
+
+    Nothing is created: the nearest existing folder above ``path`` is probed
+    with a temporary file (which ``os.access`` cannot replace: it says yes to
+    root on a read-only file system).
+    """
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CifarkitError(f"{flag} {path}: {folder} is a file, not a folder; choose a path in a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise CifarkitError(
+            f"{flag} {path}: cannot write in {folder} ({exc.strerror}); choose a writable place"
+        ) from None
+    return path
+
+
+LOCK_FILE = ".cifarkit.lock"
+_held_locks: dict[Path, list[int]] = {}  # folder -> [file descriptor, depth]: a process may re-enter its own lock
+
+
+@contextmanager
+def exclusive(folder: str | Path, busy: str) -> Iterator[Path]:
+    """Hold an OS lock on ``folder`` (created if missing) while writing it; another holder raises ``busy``.
+
+    The lock (``flock`` on ``folder/.cifarkit.lock``) belongs to the open
+    file, so the OS releases it whenever the process ends, even by ``kill -9``:
+    a killed command never leaves a stale lock. The empty lock file stays.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _held_locks:
+        _held_locks[key][1] += 1
+        try:
+            yield folder
+        finally:
+            _held_locks[key][1] -= 1
+        return
+    fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        _lock(fd)
+    except OSError:
+        os.close(fd)
+        raise CifarkitError(busy) from None
+    _held_locks[key] = [fd, 1]
+    try:
+        yield folder
+    finally:
+        del _held_locks[key]
+        os.close(fd)  # closing the file releases the lock
+
+
+def _lock(fd: int) -> None:
+    """Take an exclusive lock on ``fd`` without waiting; OSError when another process holds it."""
+    if sys.platform == "win32":  # pragma: no cover
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

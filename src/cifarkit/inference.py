@@ -10,6 +10,9 @@ same pass rather than a copy of it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -86,6 +89,8 @@ def predict_logits(
     tested and used in the precision it was trained in.
     """
     check_tta(tta)
+    if len(images) == 0:
+        raise CifarkitError("no images to classify: give at least one")
     dev = pick_device(device)
     model = model.to(dev, memory_format=torch.channels_last).eval()
     step = max(1, batch_size // TTA_VIEWS[tta])  # about batch_size images per forward pass, views included
@@ -95,6 +100,45 @@ def predict_logits(
         with autocast(dev, bf16):
             out.append(tta_logits(model, x, tta).float().cpu())
     return torch.cat(out).numpy()
+
+
+def check_outputs(outputs: np.ndarray, run_dir: str | Path, classes: Sequence[str], on: str = "") -> None:
+    """Refuse a run's model outputs (N, C) that cannot be its classes' probabilities, in one line naming the run.
+
+    * C differs from the number of classes in ``RUN/config.json``: the config
+      and the weights come from different runs (a probability would name no
+      class, or a class would never be predicted);
+    * a value is NaN or infinite: the weights are not finite, the run diverged.
+    """
+    run_dir = Path(run_dir)
+    if outputs.ndim != 2 or outputs.shape[1] != len(classes):
+        width = outputs.shape[1] if outputs.ndim == 2 else f"shape {outputs.shape}"
+        raise CifarkitError(
+            f"{run_dir / 'config.json'} lists {len(classes)} classes but the weights {run_dir / 'best.safetensors'} "
+            f"give {width} outputs: they come from different runs; put the run's own config.json and weights "
+            "back together, or train the run again into a new --out"
+        )
+    if not np.isfinite(outputs).all():
+        raise CifarkitError(
+            f"the model of {run_dir} gives outputs that are not finite (NaN or infinity){on}: its weights are "
+            "not finite, the run diverged; train it again with a lower learning rate (--lr, or --set lr=...) "
+            "into a new --out"
+        )
+
+
+def check_model(model: nn.Module, run_dir: str | Path, classes: Sequence[str]) -> nn.Module:
+    """``model`` after one forward pass over a black and a grey image on the CPU, checked by :func:`check_outputs`.
+
+    Cheap, and done when a run's model is loaded, so that a model whose
+    outputs do not match its classes, or are not finite, is refused before
+    any work instead of failing (or answering NaN) later.
+    """
+    probe = torch.stack([torch.zeros(3, 32, 32), torch.full((3, 32, 32), 0.5)])
+    device = next(model.parameters(), torch.zeros(())).device
+    with torch.no_grad():
+        outputs = model.eval()(probe.to(device)).float().cpu().numpy()
+    check_outputs(outputs, run_dir, classes, on=" on a plain black or grey image")
+    return model
 
 
 def predict_proba(model: nn.Module, images: np.ndarray, **kwargs) -> np.ndarray:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifarkit.errors import CifarkitError
+from cifarkit.models import parameter_roles
 from cifarkit.muon import Muon
 from cifarkit.recipes import CHOICES, Recipe
 
@@ -74,15 +75,7 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> OptimizerChain:
     ``whiten_bias_epochs`` the ``whiten_bias`` role trains only that long
     (see :func:`set_learning_rates`).
     """
-    roles = model.parameter_roles() if hasattr(model, "parameter_roles") else {"all": list(model.parameters())}
-    unknown = set(recipe.lr_scale) - set(roles)
-    if unknown:
-        raise CifarkitError(f"lr_scale names roles {sorted(unknown)} that {recipe.model} lacks; it has {sorted(roles)}")
-    if recipe.whiten_bias_epochs and "whiten_bias" not in roles:
-        raise CifarkitError(
-            f"whiten_bias_epochs needs a model with a whitening layer (fastnet_*), not {recipe.model}; "
-            "set whiten_bias_epochs=0"
-        )
+    roles = parameter_roles(model)  # lr_scale names only roles the model has: checked by recipes.validate
     groups, muon_params = [], []
     for role, params in roles.items():
         params = [p for p in params if p.requires_grad]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -9,19 +10,21 @@ import numpy as np
 from cifarkit.analysis import Prediction, ranked  # Prediction re-exported: the type predict returns
 from cifarkit.data.images import image_to_array  # decoding lives there; re-exported for existing callers
 from cifarkit.errors import CifarkitError
-from cifarkit.inference import predict_proba
+from cifarkit.inference import check_model, check_outputs, predict_proba
 from cifarkit.runs import load_model, read_config
 
 
 def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 3, device: str = "auto") -> list[Prediction]:
     """Top-k predictions for each image file; unreadable files get an error, the rest are still predicted.
 
-    Predictions use the run's TTA mode and run in the precision it was trained in.
+    Predictions use the run's TTA mode and run in the precision it was trained in. A ``top_k`` outside
+    1..number of classes, a run whose weights do not match its class list, and a run whose outputs are
+    not finite (it diverged) raise :class:`CifarkitError`.
     """
     config = read_config(run_dir)
     classes = config["classes"]
-    if not 1 <= top_k <= len(classes):
-        raise CifarkitError(f"--top-k must be between 1 and {len(classes)}, got {top_k}")
+    if isinstance(top_k, bool) or not isinstance(top_k, Integral) or not 1 <= top_k <= len(classes):
+        raise CifarkitError(f"--top-k must be a whole number from 1 to {len(classes)} (the run's classes), got {top_k}")
     arrays, errors = {}, {}
     for i, src in enumerate(images):
         try:
@@ -31,12 +34,13 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 3, de
     probs = {}
     if arrays:
         stacked = predict_proba(
-            load_model(run_dir),
+            check_model(load_model(run_dir), run_dir, classes),
             np.stack(list(arrays.values())),
             tta=config.get("tta", "none"),
             device=device,
             bf16=config.get("bf16", False),
         )
+        check_outputs(stacked, run_dir, classes, on=" on the images given")
         probs = dict(zip(arrays, stacked))
     return [
         Prediction(str(src), error=errors[i]) if i in errors else Prediction(str(src), ranked(probs[i], classes, top_k))

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "resize_until": (0, 1, True, False),
     "distill_weight": (0, 1, True, True),
     "distill_temperature": (0, math.inf, False, False),
+    "whiten_bias_epochs": (0, math.inf, True, False),
+    "seed": (0, 2**32 - 1, True, True),  # NumPy's and PyTorch's seeds: 32-bit unsigned
 }
 
 
@@ -227,27 +230,62 @@ def validate(recipe: Recipe) -> Recipe:
         raise CifarkitError(f"teacher {recipe.teacher} is set but distill_weight is 0; set distill_weight in (0, 1]")
     if recipe.frozen_features and (recipe.teacher or recipe.resize_start):
         raise CifarkitError("frozen_features trains a head on fixed features: drop teacher and resize_start")
-    bad_scales = {k: v for k, v in recipe.lr_scale.items() if not isinstance(v, (int, float)) or v < 0}
+    bad_scales = {
+        k: v
+        for k, v in recipe.lr_scale.items()
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf
+    }
     if bad_scales:
-        raise CifarkitError(f"lr_scale values must be numbers >= 0, got {bad_scales}")
+        raise CifarkitError(f"lr_scale values must be finite numbers >= 0, got {bad_scales}")
+    if recipe.frozen_features and (recipe.flip or recipe.translate or recipe.cutout):
+        raise CifarkitError("frozen_features trains on fixed features: set flip, translate and cutout off")
     _check_model(recipe)
     return recipe
 
 
 def _check_model(recipe: Recipe) -> None:
-    """The model exists and accepts the recipe's ``model_kwargs`` (imports torch: only called before training)."""
-    from cifarkit.models import create_model, get_model_info
+    """The model exists, accepts the recipe's ``model_kwargs``, computes finite outputs and has its ``lr_scale`` roles.
+
+    The model is built once without pretrained weights and runs one forward
+    pass on two random images, which catches keyword arguments that only break
+    it there (a kernel larger than the image, a negative BatchNorm epsilon).
+    Imports torch: called only before training.
+    """
+    import torch
+
+    from cifarkit.models import create_model, get_model_info, parameter_roles
 
     get_model_info(recipe.model)
+    kwargs = f"model_kwargs {recipe.model_kwargs} for {recipe.model}"
     try:
-        create_model(recipe.model, pretrained=False, **recipe.model_kwargs)
+        with warnings.catch_warnings():  # e.g. "Initializing zero-element tensors": the error below says it better
+            warnings.simplefilter("ignore")
+            model = create_model(recipe.model, pretrained=False, **recipe.model_kwargs)
     except CifarkitError as e:
-        raise CifarkitError(f"model_kwargs {recipe.model_kwargs} for {recipe.model}: {e}") from None
-    except (TypeError, ValueError) as e:
+        raise CifarkitError(f"{kwargs}: {e}") from None
+    except (TypeError, ValueError, RuntimeError) as e:
         raise CifarkitError(
             f"model_kwargs {recipe.model_kwargs} do not fit {recipe.model} ({e}); "
             f"see `cifarkit recipes -v` for the keyword arguments recipes use"
         ) from None
+    try:
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(0)
+            outputs = model.eval()(torch.rand(2, 3, 32, 32))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CifarkitError(f"{kwargs} break its forward pass ({reason}); change or remove them") from None
+    if outputs.dim() != 2 or not torch.isfinite(outputs).all():
+        raise CifarkitError(f"{kwargs} make it compute non-finite or misshapen outputs; change or remove them")
+    roles = parameter_roles(model.head if recipe.frozen_features else model)
+    unknown = sorted(set(recipe.lr_scale) - set(roles))
+    if unknown:
+        raise CifarkitError(f"lr_scale names roles {unknown} that {recipe.model} lacks; it has {sorted(roles)}")
+    if recipe.whiten_bias_epochs and "whiten_bias" not in roles:
+        raise CifarkitError(
+            f"whiten_bias_epochs needs a model with a whitening layer (fastnet_*), not {recipe.model}; "
+            "set whiten_bias_epochs=0"
+        )
 
 
 LR_SCALING_POWER = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}

@@ -1,17 +1,22 @@
 """The run directory: what training and evaluation leave behind, written atomically, read back with clear errors.
 
-    RUN/config.json            resolved recipe + data provenance (repeat the run from it)
+    RUN/config.json            resolved recipe + data provenance: source and fingerprints (repeat the run from it)
     RUN/history.json|.csv      per-epoch train/validation loss and accuracy
-    RUN/metrics.json           summary: parameters, best validation accuracy, time; test accuracy and its data
+    RUN/metrics.json           training summary: parameters, best validation accuracy, time
     RUN/curves.png             training curves
     RUN/best.safetensors       weights of the epoch with the best validation accuracy
     RUN/last.safetensors       weights after the last finished epoch
     RUN/resume.pt              everything needed to continue (weights, optimiser, history)
-    RUN/eval/                  written by `cifarkit evaluate`, once per test set:
+    RUN/.cifarkit.lock         locked (flock) by the command writing the run; empty
+    RUN/eval/                  written by `cifarkit evaluate` on the run's own test set (eval-NAME-HASH/ on others):
         predictions.npz        labels, probs (plain forward pass), probs_tta (test-time augmentation), tta (its mode)
         metrics.json           accuracies, test data, confusion matrix, classification report of the analysed probs
         *.txt, *.csv, *.png    the same for people: report, confusion matrix, gallery of predictions
     RUN/insight/               written by `cifarkit report`
+    RUN/model.onnx, ...        written by `cifarkit export`
+
+Only these commands write into a run, each only its own files (:func:`check_output_file`
+refuses any other output there).
 
 Every reader here raises :class:`CifarkitError` naming the file and a fix, never a traceback.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,7 @@ from torch import nn
 from cifarkit.data.batches import balanced_subset, stratified_split
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
-from cifarkit.files import atomic_write_bytes
+from cifarkit.files import atomic_write_bytes, check_writable, read_json
 from cifarkit.models import create_model, get_model_info
 
 RETRAIN = "train the run again into a new --out"
@@ -71,20 +77,58 @@ def load_torch(path: Path) -> Any:
     raise CifarkitError(f"{path} cannot be resumed: {reason}; {RETRAIN} (its weights files are not affected)")
 
 
-# --- configuration and model -----------------------------------------------------------------------------------------
+# --- what belongs to a run ------------------------------------------------------------------------------------------
+
+CHECKPOINT_FILES = ("resume.pt", "best.safetensors", "last.safetensors")
 
 
-def _read_json(path: Path, kind: type, fix: str) -> Any:
-    """One JSON record of a run, of type ``kind``; a missing, unparsable or wrong-shaped file says ``fix``."""
+def is_run_directory(folder: Path) -> bool:
+    """Whether ``folder`` holds a cifarkit run: a checkpoint or weights file, or a config.json `train` wrote."""
+    if any((folder / name).is_file() for name in CHECKPOINT_FILES):
+        return True
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CifarkitError(f"{path} is missing; {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CifarkitError(f"{path} is not valid JSON ({exc}); {fix}") from None
-    if not isinstance(value, kind):
-        raise CifarkitError(f"{path} holds a JSON {type(value).__name__}, not a {kind.__name__}; {fix}")
-    return value
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model" in config and "classes" in config
+
+
+def run_directory_of(path: str | Path) -> Path | None:
+    """The run directory that ``path`` is or lies in, if any (the nearest one above it)."""
+    path = Path(path).absolute()
+    return next((folder for folder in (path, *path.parents) if is_run_directory(folder)), None)
+
+
+def check_output_file(path: str | Path, flag: str, *, run: str | Path | None = None, own: tuple[str, ...] = ()) -> Path:
+    """An output file a command may write, refused before any work when it would damage a run or cannot be written.
+
+    Nothing is written into a run directory but by the commands that own its
+    files: an output there is refused, except directly in ``run`` (the run
+    being exported) with a name ending in one of ``own`` (the exporter's
+    suffixes). A directory, a path under a file or a read-only place is
+    refused too.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CifarkitError(f"{flag} {path} is a directory; name the file to write, e.g. {path / 'out'}")
+    holder = run_directory_of(path.absolute().parent)
+    if holder is not None:
+        allowed = (
+            run is not None
+            and holder == Path(run).absolute()
+            and path.absolute().parent == holder
+            and path.name.endswith(own)
+            and path.name not in CHECKPOINT_FILES
+        )
+        if not allowed:
+            raise CifarkitError(
+                f"{flag} {path} lies in the run directory {holder}, whose files belong to the run; "
+                f"write it outside, e.g. {flag} {path.name}"
+            )
+    return check_writable(path, flag)
+
+
+# --- configuration and model -----------------------------------------------------------------------------------------
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
@@ -95,7 +139,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
             f"{run_dir} is not a cifarkit run directory (no config.json); pass the --out of `cifarkit train`"
         )
     fix = f"restore it from a copy, or {RETRAIN}"
-    config = _read_json(path, dict, fix)
+    config = read_json(path, dict, fix)
     missing = [key for key in ("model", "classes") if key not in config]
     if missing:
         raise CifarkitError(f"{path} lacks {', '.join(missing)}, so it was not written by `cifarkit train`; {fix}")
@@ -233,32 +277,93 @@ def save_predictions(
     atomic_write_bytes(eval_dir / "predictions.npz", buf.getvalue())
 
 
+def eval_dir(run_dir: str | Path, config: dict[str, Any], data: CIFAR10) -> Path:
+    """Where `cifarkit evaluate` writes an evaluation of the run on ``data``'s test set.
+
+    RUN/eval/ for the run's own test set: the one whose fingerprint its
+    config.json records (wherever it lies now; older runs: the same source
+    path). Any other test set gets its own folder, RUN/eval-NAME-HASH/, named
+    after the data and its fingerprint, so it never replaces the run's results.
+    """
+    recorded = config.get("data_fingerprints", {}).get("test")
+    own = data.source == config.get("data_source") if recorded is None else recorded == data.test_fingerprint
+    if own:
+        return Path(run_dir) / "eval"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data.source).name or "data").strip("._") or "data"
+    return Path(run_dir) / f"eval-{name[:40]}-{data.test_fingerprint[:8]}"
+
+
 def has_evaluation(run_dir: str | Path) -> bool:
     """Whether `cifarkit evaluate` has written everything the report renders into ``RUN/eval/``."""
     return all((Path(run_dir) / "eval" / name).is_file() for name in EVAL_FILES)
 
 
 def load_evaluation(run_dir: str | Path) -> Evaluation:
-    """Read ``RUN/eval/``, checked for consistent shapes; a missing or stale evaluation says to evaluate again."""
+    """Read ``RUN/eval/``, checked for consistent shapes and types; a missing, stale or damaged evaluation is a
+    one-line :class:`CifarkitError` saying to run `cifarkit evaluate` (again)."""
     eval_dir = Path(run_dir) / "eval"
     fix = f"evaluate the run first: `cifarkit evaluate {run_dir}` (or give the report --data)"
-    file = eval_dir / "predictions.npz"
+    again = f"evaluate the run again: `cifarkit evaluate {run_dir}` rewrites {eval_dir}"
+    file, metrics_file = eval_dir / "predictions.npz", eval_dir / "metrics.json"
     if not has_evaluation(run_dir):
         raise CifarkitError(f"{eval_dir} holds no complete evaluation ({', '.join(EVAL_FILES)}); {fix}")
     try:
-        with np.load(file) as npz:
-            labels, probs = npz["labels"].astype(np.int64), npz["probs"]
+        with np.load(file, allow_pickle=False) as npz:
+            labels, probs = npz["labels"], npz["probs"]
             probs_tta = npz["probs_tta"] if "probs_tta" in npz else None
-    except (KeyError, ValueError, OSError, EOFError) as exc:
-        raise CifarkitError(f"{file} is damaged or lacks labels/probs ({exc}); {fix}") from None
-    if probs.ndim != 2 or len(probs) != len(labels) or (probs_tta is not None and probs_tta.shape != probs.shape):
-        raise CifarkitError(f"{file}: probs {probs.shape} do not match labels {labels.shape}; {fix}")
-    metrics = _read_json(eval_dir / "metrics.json", dict, fix)
+    except Exception as exc:  # truncated, random or crafted bytes fail in many ways (BadZipFile, zlib.error,
+        # ValueError, MemoryError, ...), and every one of them means the same thing: the file is damaged
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CifarkitError(f"{file} is damaged or lacks labels/probs ({reason}); {again}") from None
+
+    def real(value: Any, low: float = -np.inf, high: float = np.inf) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+
+    problem = None
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        problem = f"labels are {labels.dtype} {labels.shape}, not a row of class numbers"
+    elif probs.ndim != 2 or len(probs) != len(labels) or probs.shape[1] < 1:
+        problem = f"probs {probs.shape} do not match labels {labels.shape}"
+    elif probs_tta is not None and probs_tta.shape != probs.shape:
+        problem = f"probs_tta {probs_tta.shape} do not match probs {probs.shape}"
+    elif not all(
+        np.issubdtype(p.dtype, np.floating) and np.isfinite(p).all() for p in (probs, probs_tta) if p is not None
+    ):
+        problem = "the probabilities are not all finite numbers"
+    elif len(labels) and not 0 <= labels.min() <= labels.max() < probs.shape[1]:
+        problem = f"labels run from {labels.min()} to {labels.max()}, outside the {probs.shape[1]} classes"
+    if problem:
+        raise CifarkitError(f"{file}: {problem}; {again}")
+    labels = labels.astype(np.int64)
+    metrics = read_json(metrics_file, dict, again)
     missing = [key for key in EVAL_METRICS_KEYS if key not in metrics]
     if missing:
-        raise CifarkitError(
-            f"{eval_dir / 'metrics.json'} lacks {', '.join(missing)} (an older cifarkit wrote it); {fix}"
+        raise CifarkitError(f"{metrics_file} lacks {', '.join(missing)} (an older cifarkit wrote it); {again}")
+    n_classes, data, report = probs.shape[1], metrics["test_data"], metrics["classification_report"]
+    try:
+        cm = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        cm = None
+    if not real(metrics["test_acc"], 0, 1) or not real(metrics.get("test_acc_tta", 0), 0, 1):
+        problem = "test_acc and test_acc_tta must be numbers from 0 to 1"
+    elif not isinstance(metrics["tta"], str):
+        problem = f"tta is {metrics['tta']!r}, not the name of a TTA mode"
+    elif not (isinstance(data, dict) and isinstance(data.get("source"), str) and data.get("images") == len(labels)):
+        problem = f"test_data is {data!r}, not {{source, images: {len(labels)}}} as in {file.name}"
+    elif cm is None or cm.shape != (n_classes, n_classes):
+        problem = f"confusion_matrix is not a {n_classes}x{n_classes} table of counts"
+    elif not (
+        isinstance(report, dict)
+        and real(report.get("accuracy"), 0, 1)
+        and all(
+            isinstance(row, dict) and all(real(row.get(k)) for k in ("precision", "recall", "f1-score", "support"))
+            for key, row in report.items()
+            if key != "accuracy"
         )
+    ):
+        problem = "classification_report is not a table of precision, recall, f1-score and support per class"
+    if problem:
+        raise CifarkitError(f"{metrics_file}: {problem}; {again}")
     return Evaluation(eval_dir, labels, probs, probs_tta, metrics)
 
 
@@ -294,7 +399,7 @@ def load_run(path: str | Path) -> Run:
     return Run(
         path=path,
         config=read_config(path),
-        history=_read_json(path / "history.json", list, fix),
-        metrics=_read_json(path / "metrics.json", dict, fix),
+        history=read_json(path / "history.json", list, fix),
+        metrics=read_json(path / "metrics.json", dict, fix),
         evaluation=load_evaluation(path),
     )

@@ -43,7 +43,7 @@ def epoch_scalars(row: Mapping[str, Any]) -> dict[str, float]:
 def _final_scalars(run_dir: Path) -> dict[str, float]:
     """Test accuracies from ``RUN/eval/metrics.json`` when the run was evaluated, else nothing."""
     path = run_dir / "eval" / "metrics.json"
-    metrics = read_json(path) if path.is_file() else {}
+    metrics = read_json(path, dict, f"evaluate the run again: `cifarkit evaluate {run_dir}`") if path.is_file() else {}
     return {k: float(v) for k, v in metrics.items() if k.startswith("test_acc") and isinstance(v, (int, float))}
 
 
@@ -124,7 +124,7 @@ class MLflowTracker(Callback):
     def on_epoch_end(self, row: Mapping[str, Any]) -> None:
         if self.run_id is None:
             self.run_id = self.mlflow.start_run(run_name=self.name).info.run_id
-            self.mlflow.log_params(_flat(read_json(self.run_dir / "config.json")))
+            self.mlflow.log_params(_flat(read_json(self.run_dir / "config.json", dict)))
         self.step = row["epoch"]
         self.mlflow.log_metrics(epoch_scalars(row), step=self.step)
 

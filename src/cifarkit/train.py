@@ -8,10 +8,13 @@ its last checkpoint retraces the uninterrupted run exactly.
 
 from __future__ import annotations
 
+import errno
+import math
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +32,21 @@ from cifarkit.data.dataset import CIFAR10
 from cifarkit.distill import check_teacher, distillation_loss, teacher_logits
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
-from cifarkit.files import write_csv, write_json
+from cifarkit.files import LOCK_FILE, check_writable, exclusive, write_csv, write_json
 from cifarkit.models import count_parameters
 from cifarkit.optim import OptimizerChain, build_optimizer, lr_multiplier, set_learning_rates, weight_ema
 from cifarkit.plots import plot_history
 from cifarkit.recipes import Recipe, for_processes, recipe_from_config, validate
-from cifarkit.runs import build_model, load_torch, read_config, save_torch, save_weights, split_indices
+from cifarkit.runs import (
+    RETRAIN,
+    build_model,
+    load_torch,
+    read_config,
+    run_directory_of,
+    save_torch,
+    save_weights,
+    split_indices,
+)
 from cifarkit.runtime import autocast, cpu_kind, precision_name, resolve_bf16
 from cifarkit.tracking import Callback
 
@@ -223,8 +235,6 @@ def frozen_feature_split(model: nn.Module, data: CIFAR10, recipe: Recipe, subset
     Features are computed for the union of both splits in data order, so runs
     with other seeds or validation fractions reuse the same cache file.
     """
-    if recipe.flip or recipe.translate or recipe.cutout:
-        raise CifarkitError("frozen_features trains on fixed features: set flip, translate and cutout off")
     train_idx, val_idx = split_indices(data.y_train, recipe.val_fraction, recipe.seed, subset)
     used = np.union1d(train_idx, val_idx)
     key = f"{Path(data.source).name}-train"
@@ -249,37 +259,112 @@ def check_split(labels: np.ndarray, recipe: Recipe, subset: int | None) -> None:
             )
 
 
-def _start_or_resume(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
-    """The saved training state when resuming; None to start afresh; an error rather than overwrite work.
+# --- starting, resuming, and the run directory -----------------------------------------------------------------------
 
-    A run directory without a checkpoint (``resume.pt``) holds no finished
-    epoch, so it is started again whether or not ``resume`` is given: a run
-    killed before its first checkpoint is never a dead end.
-    """
-    state_path = out / "resume.pt"
+# config.json keys that say where the data lay and what it was: compared by fingerprint on resume, not by path.
+DATA_KEYS = ("data_source", "data_fingerprints")
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    """Refuse, before anything is created, a run directory that cannot be (or must not be) written."""
     if out.exists() and not out.is_dir():
         raise CifarkitError(f"--out {out} is a file; name a new directory for the run")
-    if state_path.is_file():
-        if not resume:
-            raise CifarkitError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-        saved = read_config(out)
-        saved = {**recipe_from_config(saved).to_dict(), **saved}  # recipe fields newer than the run: their defaults
-        if saved != config:
-            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            raise CifarkitError(
-                f"--resume: the run in {out} was started with different settings ({', '.join(changed)}); "
-                f"resume with `cifarkit train --resume --out {out}` alone, or train into a new --out"
-            )
-        return load_torch(state_path)
-    if (out / "config.json").is_file():
-        return None  # started, but died before its first checkpoint: nothing to lose, start again
-    if resume:
+    check_writable(out / "config.json", "--out")
+    outer = run_directory_of(out.resolve().parent)
+    if outer is not None:
+        raise CifarkitError(f"--out {out} lies inside the run directory {outer}; name a directory outside it")
+    has_run = (out / "resume.pt").is_file() or (out / "config.json").is_file()
+    if resume and not has_run:
         raise CifarkitError(f"--resume: {out} holds no run to continue; drop --resume to start one there")
-    if out.is_dir() and any(out.iterdir()):
+    if not has_run and out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise CifarkitError(
             f"--out {out} is a folder that holds other files, not a cifarkit run; name a new or empty directory"
         )
-    return None
+
+
+def _start_or_resume(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """The saved training state when resuming; None to start afresh; an error rather than overwrite work.
+
+    Called with the run directory locked. A run directory without a checkpoint
+    (``resume.pt``) holds no finished epoch, so it is started again whether or
+    not ``resume`` is given: a run killed before its first checkpoint is never
+    a dead end. The data may have moved since: its fingerprint, not its path,
+    must match.
+    """
+    state_path = out / "resume.pt"
+    if not state_path.is_file():
+        return None
+    if not resume:
+        raise CifarkitError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    saved = read_config(out)
+    saved = {**recipe_from_config(saved).to_dict(), **saved}  # recipe fields newer than the run: their defaults
+    changed = sorted(k for k in set(saved) | set(config) if k not in DATA_KEYS and saved.get(k) != config.get(k))
+    if changed:
+        raise CifarkitError(
+            f"--resume: the run in {out} was started with different settings ({', '.join(changed)}); "
+            f"resume with `cifarkit train --resume --out {out}` alone, or train into a new --out"
+        )
+    _check_same_data(out, saved, config)
+    return load_torch(state_path)
+
+
+def _check_same_data(out: Path, saved: dict[str, Any], config: dict[str, Any]) -> None:
+    """Refuse to resume on other data: the training pixels' fingerprint must match (the path may differ)."""
+    before = saved.get("data_fingerprints", {}).get("train")
+    same = saved["data_source"] == config["data_source"] if before is None else before == config[DATA_KEYS[1]]["train"]
+    if not same:
+        raise CifarkitError(
+            f"--resume: {config['data_source']} is not the data the run in {out} trained on "
+            f"({saved['data_source']}); pass that data with --data (it may lie elsewhere now)"
+        )
+
+
+def _load_state(model: nn.Module, optimizer: OptimizerChain, ema: AveragedModel | None, state: dict, out: Path) -> None:
+    """Put a checkpoint's weights and optimiser state in place; one that does not fit is a one-line error."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        for key in ("history", "best_acc", "best_epoch", "epoch"):
+            state[key]  # noqa: B018 - present, or the checkpoint is not one of this version's
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise CifarkitError(
+            f"{out / 'resume.pt'} does not fit this run's model and optimiser ({reason}): it is not this run's "
+            f"checkpoint; put the run's own back, or {RETRAIN}"
+        ) from None
+
+
+def _save_checkpoint(out: Path, weights: dict, checkpoint: dict, improved: bool) -> None:
+    """Write an epoch's weights, checkpoint and history; a full disk says so, and that the run still resumes.
+
+    Every file is written atomically, so a failed write leaves the previous
+    epoch's files whole.
+    """
+    try:
+        if improved:
+            save_weights(weights, out / "best.safetensors")
+        save_weights(weights, out / "last.safetensors")
+        save_torch(checkpoint, out / "resume.pt")
+        write_json(out / "history.json", checkpoint["history"])
+    except OSError as exc:
+        what = "the disk is full" if exc.errno == errno.ENOSPC else f"cannot write {exc.filename} ({exc.strerror})"
+        raise CifarkitError(
+            f"{what}, so epoch {checkpoint['epoch']}'s checkpoint was not saved; the previous one in {out} is "
+            f"intact: make room, then `cifarkit train --resume --out {out}` continues from it"
+        ) from None
+
+
+def _check_finite(out: Path, epoch: int, recipe: Recipe, losses: dict[str, float | None]) -> None:
+    """Stop a run whose loss is no longer a number (it diverged), keeping the last good checkpoint."""
+    bad = {k: v for k, v in losses.items() if v is not None and not math.isfinite(v)}
+    if bad:
+        kept = "the checkpoint of the epoch before is kept" if epoch else "no epoch finished"
+        raise CifarkitError(
+            f"training diverged in epoch {epoch + 1} ({', '.join(f'{k} {v}' for k, v in bad.items())}); "
+            f"{kept} in {out}; train again into a new --out with a lower lr (now {recipe.lr:g}) or a longer warm-up"
+        )
 
 
 def train(
@@ -297,18 +382,21 @@ def train(
 
     Everything is checked before anything is written: the recipe
     (:func:`cifarkit.recipes.validate`), the subset, the device and the run
-    directory. ``recipe.bf16 = "auto"`` resolves to bfloat16 autocast where the
-    hardware has it natively and float32 elsewhere; the resolved choice is
-    printed and recorded in ``config.json``. Writes checkpoints after every
-    epoch (``resume=True`` continues from the last one), keeps the weights
-    of the best validation accuracy (or, with ``select="last"``, of the last
-    epoch) as ``best.safetensors``, stops early after ``recipe.patience``
-    epochs without improvement, and saves history, curves and a metrics
-    summary. ``callbacks`` (:class:`cifarkit.tracking.Callback`) see each
-    epoch's history row and the final metrics; one that returns True after an
-    epoch stops training there, leaving a finished, resumable run directory.
-    (Call :func:`cifarkit.runtime.keep_freed_memory` first for speed on glibc;
-    the CLI does.)
+    directory, which is then locked (a second writer is refused). ``recipe.bf16
+    = "auto"`` resolves to bfloat16 autocast where the hardware has it natively
+    and float32 elsewhere; the resolved choice is printed and recorded in
+    ``config.json`` with the data's source and fingerprints. Writes checkpoints
+    after every epoch (``resume=True`` continues from the last one, also with
+    the data moved elsewhere), keeps the weights of the best validation
+    accuracy (or, with ``select="last"``, of the last epoch) as
+    ``best.safetensors``, stops early after ``recipe.patience`` epochs without
+    improvement, stops with an error when the loss stops being finite, and
+    saves history, curves and a metrics summary. ``callbacks``
+    (:class:`cifarkit.tracking.Callback`) see each epoch's history row and the
+    final metrics; one that returns True after an epoch stops training there,
+    leaving a finished, resumable run directory. (Call
+    :func:`cifarkit.runtime.keep_freed_memory` first for speed on glibc; the
+    CLI does.)
 
     Started by torchrun on several processes it trains data-parallel (see
     :mod:`cifarkit.distributed`): ``recipe.batch_size`` is the global batch,
@@ -317,6 +405,28 @@ def train(
     on any number of processes.
     """
     out = Path(out)
+    recipe, dev, config = _checked(recipe, data, out, subset, resume, device)
+    with ExitStack() as stack:
+        busy = f"{out} is being written by another cifarkit command; wait for it to finish, or choose another --out"
+        distributed.on_main(lambda: stack.enter_context(exclusive(out, busy)))
+        state = distributed.on_main(lambda: _start_or_resume(out, config, resume))
+        recipe = for_processes(recipe, distributed.world_size())  # batch_size: the global batch of this launch
+        _check_global_batch(state, recipe, out)
+        progress = progress and distributed.is_main()
+        if progress:
+            where = cpu_kind() if dev.type == "cpu" else str(dev)
+            print(f"device {dev} ({where}), precision {precision_name(recipe.bf16)}", file=sys.stderr)
+            print(f"{distributed.describe(recipe.batch_size)}, lr scaling {recipe.lr_scaling}", file=sys.stderr)
+        if distributed.is_main() and (state is None or read_config(out) != config):  # unchanged: left as it is
+            write_json(out / "config.json", config)
+        session = _build(recipe, data, config, subset, dev)
+        return _epochs(session, recipe, state, out, dev, progress, callbacks)
+
+
+def _checked(
+    recipe: Recipe, data: CIFAR10, out: Path, subset: int | None, resume: bool, device: str
+) -> tuple[Recipe, torch.device, dict[str, Any]]:
+    """Every check that can refuse the run, before anything is written; the recipe, device and run config."""
     validate(recipe)
     check_split(data.y_train, recipe, subset)
     if recipe.resize_start >= data.x_train.shape[1]:
@@ -326,21 +436,36 @@ def train(
         )
     if recipe.teacher:
         check_teacher(recipe.teacher, data.classes)
+    distributed.on_main(lambda: _check_out(out, resume))
     dev = distributed.setup(device)
     distributed.check_sync_bn(recipe.sync_bn, dev)
-    progress = progress and distributed.is_main()
     recipe = recipe.replace(bf16=resolve_bf16(recipe.bf16, dev))
-    config = {**recipe.to_dict(), "subset": subset, "data_source": data.source, "classes": list(data.classes)}
-    state = distributed.on_main(lambda: _start_or_resume(out, config, resume))
-    recipe = for_processes(recipe, distributed.world_size())  # batch_size: the global batch of this launch
-    _check_global_batch(state, recipe, out)
-    if progress:
-        where = cpu_kind() if dev.type == "cpu" else str(dev)
-        print(f"device {dev} ({where}), precision {precision_name(recipe.bf16)}", file=sys.stderr)
-        print(f"{distributed.describe(recipe.batch_size)}, lr scaling {recipe.lr_scaling}", file=sys.stderr)
-    if distributed.is_main():
-        write_json(out / "config.json", config)
+    config = {
+        **recipe.to_dict(),
+        "subset": subset,
+        "data_source": data.source,
+        "data_fingerprints": {"train": data.train_fingerprint, "test": data.test_fingerprint},
+        "classes": list(data.classes),
+    }
+    return recipe, dev, config
 
+
+@dataclass
+class Session:
+    """What the epochs of a run work on: the model, the part of it that trains, its data and optimiser."""
+
+    model: nn.Module
+    net: nn.Module  # the trained part: the model, or its head when features are frozen
+    trained: nn.Module  # net as the processes train it (DDP with several)
+    split: Split
+    optimizer: OptimizerChain
+    ema: AveragedModel | None
+    steps_per_epoch: int
+    lr_at: Callable[[float], float]
+
+
+def _build(recipe: Recipe, data: CIFAR10, config: dict[str, Any], subset: int | None, dev: torch.device) -> Session:
+    """The model (data-initialised where it wants), its training data, optimiser, schedule and weight average."""
     torch.manual_seed(recipe.seed)
     if recipe.frozen_features:
         # Frozen-feature transfer: the backbone runs once (features cached on disk) and
@@ -363,95 +488,116 @@ def train(
         # Measured on a 2-core CPU (benchmarks/train_step.py --compile false true): 0.94x in float32, 0.88x in bf16.
         warnings.warn(
             f"compile=true is for CUDA; on {dev.type} it trains uncompiled (torch.compile was slower there)",
-            stacklevel=2,
+            stacklevel=3,
         )
-    steps_per_epoch = -(-len(split.x_train) // recipe.batch_size)
-    lr_at = lr_multiplier(
-        recipe.schedule, recipe.epochs * steps_per_epoch, round(recipe.warmup_epochs * steps_per_epoch)
-    )
+    steps = -(-len(split.x_train) // recipe.batch_size)
+    lr_at = lr_multiplier(recipe.schedule, recipe.epochs * steps, round(recipe.warmup_epochs * steps))
     ema = weight_ema(net, recipe.ema) if recipe.ema else None
+    return Session(model, net, trained, split, optimizer, ema, steps, lr_at)
 
+
+def _epochs(
+    s: Session,
+    recipe: Recipe,
+    state: dict[str, Any] | None,
+    out: Path,
+    dev: torch.device,
+    progress: bool,
+    callbacks: Sequence[Callback],
+) -> Path:
+    """Train epoch after epoch from ``state`` (or the start), checkpointing each, then write the run's summary."""
     history: list[dict[str, Any]] = []
     best_acc, best_epoch, start = None, -1, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
+        _load_state(s.model, s.optimizer, s.ema, state, out)
         history, best_acc, best_epoch, start = state["history"], state["best_acc"], state["best_epoch"], state["epoch"]
         if _finished(recipe, start, best_epoch) and distributed.on_main(lambda: (out / "metrics.json").is_file()):
             if progress:
                 print(f"{out} finished training already (epoch {start}); nothing to do", file=sys.stderr)
             return out
 
-    params = count_parameters(model)
     for epoch in range(start, recipe.epochs):
         if _finished(recipe, epoch, best_epoch):
             break
-        t0 = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(
-            trained, optimizer, split, recipe, epoch, lr_at, epoch * steps_per_epoch, dev, ema, progress
-        )
-        seconds = time.perf_counter() - t0
-        kept = _model_for_eval(net, ema)
-        distributed.broadcast_buffers(kept)  # rank 0's BatchNorm statistics: the ones checkpointed
-        # No validation split: null in the history, and the last epoch is the best one we can know of.
-        val_loss, val_acc = (
-            evaluate_loss_acc(kept, split.x_val, split.y_val, dev, bf16=recipe.bf16)
-            if len(split.x_val)
-            else (None, None)
-        )
-        row = dict(
-            epoch=epoch + 1,
-            train_loss=train_loss,
-            train_acc=train_acc,
-            val_loss=val_loss,
-            val_acc=val_acc,
-            lr=optimizer.param_groups[0]["lr"],
-            image_size=epoch_size(recipe, epoch, split.x_train.shape[-1]) if split.x_train.dim() == 4 else None,
-            seconds=seconds,
-        )
+        row, kept = _one_epoch(s, recipe, epoch, dev, progress)
+        _check_finite(out, epoch, recipe, {"training loss": row["train_loss"], "validation loss": row["val_loss"]})
         history.append(row)
-        if progress:
-            tqdm.write(
-                f"epoch {epoch + 1:3d}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}  "
-                f"val_loss {_fmt(val_loss)}  val_acc {_fmt(val_acc)}  {seconds:.1f}s"
-            )
         # select=last (or no validation split): the newest epoch is the one kept.
-        improved = recipe.select == "last" or val_acc is None or best_acc is None or val_acc > best_acc
+        improved = recipe.select == "last" or row["val_acc"] is None or best_acc is None or row["val_acc"] > best_acc
         if improved:
-            best_acc, best_epoch = val_acc, epoch
+            best_acc, best_epoch = row["val_acc"], epoch
         if distributed.is_main():  # one run directory, written by rank 0
-            weights = _full_state(model, net, kept)
-            if improved:
-                save_weights(weights, out / "best.safetensors")
-            save_weights(weights, out / "last.safetensors")
-            save_torch(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "history": history,
-                    "best_acc": best_acc,
-                    "best_epoch": best_epoch,
-                    "epoch": epoch + 1,
-                    "global_batch": recipe.batch_size,
-                },
-                out / "resume.pt",
-            )
-            write_json(out / "history.json", history)
+            checkpoint = {
+                "model": s.model.state_dict(),
+                "optimizer": s.optimizer.state_dict(),
+                "ema": s.ema.state_dict() if s.ema is not None else None,
+                "history": history,
+                "best_acc": best_acc,
+                "best_epoch": best_epoch,
+                "epoch": epoch + 1,
+                "global_batch": recipe.batch_size,
+            }
+            _save_checkpoint(out, _full_state(s.model, s.net, kept), checkpoint, improved)
         # Every callback sees the epoch, on rank 0 only; what they decide holds for every process.
         stop = distributed.is_main() and any([callback.on_epoch_end(row) for callback in callbacks])
         if distributed.share(stop):
             break  # a callback asked to stop (e.g. a pruned trial): finish the run like early stopping
 
-    if not distributed.is_main():
-        return out
+    if distributed.is_main():
+        _finish(s, recipe, history, best_acc, best_epoch, out, dev, callbacks)
+    return out
+
+
+def _one_epoch(
+    s: Session, recipe: Recipe, epoch: int, dev: torch.device, progress: bool
+) -> tuple[dict[str, Any], nn.Module]:
+    """Train one epoch and validate the weights it keeps; the history row, and those weights."""
+    t0 = time.perf_counter()
+    train_loss, train_acc = train_one_epoch(
+        s.trained, s.optimizer, s.split, recipe, epoch, s.lr_at, epoch * s.steps_per_epoch, dev, s.ema, progress
+    )
+    seconds = time.perf_counter() - t0
+    kept = _model_for_eval(s.net, s.ema)
+    distributed.broadcast_buffers(kept)  # rank 0's BatchNorm statistics: the ones checkpointed
+    # No validation split: null in the history, and the last epoch is the best one we can know of.
+    split = s.split
+    val_loss, val_acc = (
+        evaluate_loss_acc(kept, split.x_val, split.y_val, dev, bf16=recipe.bf16) if len(split.x_val) else (None, None)
+    )
+    row = dict(
+        epoch=epoch + 1,
+        train_loss=train_loss,
+        train_acc=train_acc,
+        val_loss=val_loss,
+        val_acc=val_acc,
+        lr=s.optimizer.param_groups[0]["lr"],
+        image_size=epoch_size(recipe, epoch, split.x_train.shape[-1]) if split.x_train.dim() == 4 else None,
+        seconds=seconds,
+    )
+    if progress:
+        tqdm.write(
+            f"epoch {epoch + 1:3d}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}  "
+            f"val_loss {_fmt(val_loss)}  val_acc {_fmt(val_acc)}  {seconds:.1f}s"
+        )
+    return row, kept
+
+
+def _finish(
+    s: Session,
+    recipe: Recipe,
+    history: list[dict[str, Any]],
+    best_acc: float | None,
+    best_epoch: int,
+    out: Path,
+    dev: torch.device,
+    callbacks: Sequence[Callback],
+) -> None:
+    """The run's summary files (history table, curves, metrics.json), and the callbacks' end of training."""
     write_csv(out / "history.csv", history)
     plot_history(history, out / "curves.png", title=recipe.name)
     metrics = {
-        "params": params,
-        "trainable_params": count_parameters(net, trainable_only=True),
+        "params": count_parameters(s.model),
+        "trainable_params": count_parameters(s.net, trainable_only=True),
         "epochs_run": len(history),
         "best_epoch": best_epoch + 1,
         "best_val_acc": best_acc,
@@ -464,12 +610,16 @@ def train(
     write_json(out / "metrics.json", metrics)
     for callback in callbacks:
         callback.on_train_end(metrics)
-    return out
 
 
 def _check_global_batch(state: dict[str, Any] | None, recipe: Recipe, out: Path) -> None:
     """Refuse to resume with another global batch: ``batch_per_process`` x a different number of processes."""
     saved = recipe.batch_size if state is None else state.get("global_batch", recipe.batch_size)
+    if saved != recipe.batch_size and not recipe.batch_per_process:
+        raise CifarkitError(
+            f"--resume: {out / 'resume.pt'} trained with a global batch of {saved}, but the run's recipe has "
+            f"batch_size {recipe.batch_size}: it is not this run's checkpoint; put the run's own back, or {RETRAIN}"
+        )
     if saved != recipe.batch_size:
         raise CifarkitError(
             f"--resume: {out} trains with a global batch of {saved}, but batch_per_process "

@@ -4,11 +4,16 @@ Decoding 60,000 PNG files takes seconds; reading 180 MB of raw arrays back
 takes a small fraction of one (``np.load`` reads a .npy straight into the
 array). Each source gets a folder named after its resolved path and kind. The
 files in it are named after a *fingerprint* of the source's contents when it
-was decoded: size and mtime of an archive, or a hash of the listing (relative
-name, size, mtime_ns) of every file of an extracted folder, taken with
-os.scandir so that even 60,000 files are listed in a fraction of a second. A
-changed source so never matches old files, and writing its new ones deletes
-the old. Each file is written atomically (temp file, then os.replace), and
+was decoded: size, mtime_ns, inode number and ctime_ns of an archive, or a hash
+of the listing (relative name, size, mtime_ns) of every file of an extracted
+folder, taken with os.scandir so that even 60,000 files are listed in a
+fraction of a second. A changed source so never matches old files, and writing
+its new ones deletes the old. An archive's MD5 is checked only when it is
+decoded, so its fingerprint also holds what no one can set back: the inode's
+change time (which every write, rename or ``touch`` moves to now) and number.
+An archive replaced by another of the same size with its modification time
+restored (``cp --preserve=timestamps``, ``touch -r``) so misses the cache, and
+its MD5 is checked again. Each file is written atomically (temp file, then os.replace), and
 files that are missing, corrupt or malformed are ignored and rebuilt.
 """
 
@@ -46,7 +51,7 @@ def cache_folder(cache_dir: Path, source: Source) -> Path:
 
 
 def fingerprint(source: Source) -> str:
-    """A hash of the name, size and mtime_ns of every file ``source`` is read from."""
+    """A hash of the name, size and mtime_ns of every file ``source`` is read from (and an archive's inode)."""
     digest = hashlib.sha256(source.kind.encode())
     for root in source.inputs:
         digest.update(f"{root.name}\n".encode())
@@ -57,13 +62,15 @@ def fingerprint(source: Source) -> str:
 def _listing(root: Path) -> list[str]:
     """Sorted lines of NUL-separated name, size, mtime_ns: ``root``'s, or each file's under it.
 
-    Names are relative to ``root``. A missing ``root`` gives an empty listing:
-    reading the source reports it.
+    Names are relative to ``root``. A file ``root`` (an archive, MD5-checked
+    only when it is decoded) also gives its inode number and ctime_ns, which
+    change whenever the file is replaced or written, whatever its mtime says.
+    A missing ``root`` gives an empty listing: reading the source reports it.
     """
     try:
         if not root.is_dir():
             stat = root.stat()
-            return [f"\0{stat.st_size}\0{stat.st_mtime_ns}"]
+            return [f"\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}\0{stat.st_ctime_ns}"]
     except FileNotFoundError:
         return []
     lines = []
@@ -128,7 +135,7 @@ def save_cached(folder: Path, data: CIFAR10, source_fingerprint: str) -> None:
     except OSError as exc:
         warnings.warn(
             f"could not write the CIFAR-10 cache in {folder} ({exc}), so the next load decodes the "
-            f"data again. Set {CACHE_ENV} to a writable folder to fix this.",
+            f"data again. Pass --cache-dir (or set {CACHE_ENV} to) a writable folder to fix this.",
             stacklevel=2,
         )
 

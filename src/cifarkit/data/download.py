@@ -38,12 +38,12 @@ def download_file(url: str, dest: str | os.PathLike[str], md5: str, *, timeout: 
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _fetch(url, part, timeout)
+        _fetch(url, part, timeout)  # creates dest's folder only once the server answers: offline, nothing is made
     except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+        reason = " ".join(str(exc).split())  # one line, whatever the library put in its message
         raise DataError(
-            f"could not download {url} ({exc}). Check the network and try again (the download "
+            f"could not download {url} ({reason}). Check the network and try again (the download "
             f"resumes), or download the file yourself and save it as {dest}."
         ) from exc
     digest = file_md5(part)
@@ -71,6 +71,7 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
     with response:
         if response.status != 206:  # the server sent the whole file: start again
             offset = 0
+        part.parent.mkdir(parents=True, exist_ok=True)
         expected = int(response.headers.get("Content-Length") or -1)
         received = 0
         with (

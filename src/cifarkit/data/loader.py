@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cifarkit.data.cache import cache_folder, default_cache_dir, fingerprint, load_cached, save_cached
+from cifarkit.data.cache import CACHE_ENV, cache_folder, default_cache_dir, fingerprint, load_cached, save_cached
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.data.download import DEFAULT_URL, download_file
 from cifarkit.data.sources import LAYOUTS, PYTHON_ARCHIVE, PYTHON_MD5, detect_source, read_source
@@ -75,10 +75,30 @@ def _locate(path: str | os.PathLike[str] | None, cache_root: Path, download: boo
         return archive
     if not download:
         raise DataError(f"CIFAR-10 not found, and downloading is off. {_where_to_put(archive)}")
+    _check_cache_root(cache_root)
     try:
         return download_file(url, archive, md5 or PYTHON_MD5)
-    except DataError as exc:
-        raise DataError(f"{exc}\n{_where_to_put(archive)}") from exc
+    except DataError as exc:  # its message ends "... save it as ARCHIVE."; one line in all
+        raise DataError(
+            f"{exc} Or set {DATA_ENV}=/path/to/cifar10 or pass --data PATH, where PATH is {LAYOUTS}."
+        ) from exc
+
+
+def _check_cache_root(cache_root: Path) -> None:
+    """Refuse, before downloading, a cache folder that cannot be made or written: a file in its place or above it."""
+    for folder in (cache_root, *cache_root.parents):
+        if not (folder.exists() or folder.is_symlink()):
+            continue
+        if not folder.is_dir():
+            problem = f"{folder} is a file, not a folder"
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            problem = f"{folder} is not writable"
+        else:
+            return
+        raise DataError(
+            f"cannot download CIFAR-10 into the cache folder {cache_root}: {problem}. Pass --cache-dir (or set "
+            f"{CACHE_ENV} to) a writable folder, or pass --data PATH, where PATH is {LAYOUTS}."
+        )
 
 
 def _where_to_put(archive: Path) -> str:

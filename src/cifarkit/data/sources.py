@@ -110,12 +110,16 @@ def detect_source(path: Path) -> Source:
     """
     path = path.expanduser()
     if not path.exists():
+        if path.is_symlink():
+            raise DataError(f"{path} is a symbolic link to nothing (or to itself): point to {LAYOUTS}.")
         raise DataError(f"{path} does not exist: point to CIFAR-10 data there, as {LAYOUTS}.")
     path = path.resolve()
     if path.is_file():
         if path.name.endswith((".tar.gz", ".tgz", ".tar")):
             return Source(ARCHIVE, path)
         raise DataError(f"{path} is not a CIFAR-10 archive: point to {LAYOUTS}.")
+    if not path.is_dir():
+        raise DataError(f"{path} is neither a file nor a folder (a device or pipe?): point to {LAYOUTS}.")
     if (path / "data_batch_1").is_file() or path.name == PYTHON_FOLDER:
         return Source(PYTHON_BATCHES, path)
     if (path / f"data_batch_1{BINARY_SUFFIX}").is_file() or path.name == BINARY_FOLDER:
@@ -288,35 +292,78 @@ def _read_archive(path: Path, md5: str | None) -> CIFAR10:
 
 
 def _verify_md5(path: Path, md5: str | None) -> None:
-    """Check an archive against ``md5``, or against either official checksum when None."""
+    """Check an archive against ``md5``, or against either official checksum when None.
+
+    An archive that is not the official one but a readable tar of the CIFAR-10
+    batches (re-packed, or compressed again) is not called corrupt: the message
+    says how to use it, extracted.
+    """
     expected = (md5.lower(),) if md5 else (PYTHON_MD5, BINARY_MD5)
     digest = file_md5(path)
-    if digest not in expected:
-        raise DataError(
-            f"{path} has MD5 {digest}, expected {' or '.join(expected)}: the archive is "
-            f"incomplete or corrupt. Delete it and download it again from {OFFICIAL_PAGE}."
-        )
+    if digest in expected:
+        return
+    mismatch = f"{path} has MD5 {digest}, expected {' or '.join(expected)}"
+    if md5 is None:
+        folder = _batches_folder_in(path)
+        if folder is not None:
+            extracted = path.parent / folder if folder else path.parent
+            flags = "xzf" if path.name.endswith((".gz", ".tgz")) else "xf"
+            raise DataError(
+                f"{mismatch}: it is not the official CIFAR-10 archive (re-packed?), though it holds the CIFAR-10 "
+                f"batches, and only the official archive is read as it is. Extract it (tar {flags} {path} -C "
+                f"{path.parent}) and pass --data {extracted}, or download the official archive from {OFFICIAL_PAGE}."
+            )
+    raise DataError(
+        f"{mismatch}: the archive is incomplete or corrupt. Delete it and download it again from {OFFICIAL_PAGE}."
+    )
+
+
+def _batches_folder_in(path: Path) -> str | None:
+    """The folder in the tar ``path`` that holds all six python or binary batches ("" for the top), else None.
+
+    None too when ``path`` is not a readable tar archive (truncated, corrupt or another format).
+    """
+    folders: dict[str, set[str]] = {}
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if member.isfile():
+                    name = Path(member.name)
+                    folders.setdefault(name.parent.as_posix(), set()).add(name.name)
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
+        return None
+    for suffix in ("", BINARY_SUFFIX):
+        wanted = {name + suffix for name in (*TRAIN_BATCHES, TEST_BATCH)}
+        for folder, names in sorted(folders.items()):
+            if wanted <= names:
+                return "" if folder == "." else folder
+    return None
 
 
 # --- class-folder trees of PNG/JPEG files ---
 
 
 def _read_image_folders(root: Path) -> CIFAR10:
-    """Decode ``root/train/<class>/*`` and ``root/test/<class>/*``."""
-    x_train, y_train = _read_image_split(root / "train")
-    x_test, y_test = _read_image_split(root / "test")
+    """Decode ``root/train/<class>/*`` and ``root/test/<class>/*``.
+
+    Both splits are listed (and their folders checked) before any image is
+    decoded, so a tree without test/ fails at once, not after the training images.
+    """
+    (train_files, y_train), (test_files, y_test) = (_list_split(root / split) for split in ("train", "test"))
+    x_train = _decode_images(train_files, "train")
+    x_test = _decode_images(test_files, "test")
     return CIFAR10(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, source=str(root))
 
 
-def _read_image_split(split_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images of one split, ordered by class then file name, with their labels."""
+def _list_split(split_dir: Path) -> tuple[list[Path], np.ndarray]:
+    """The image files of one split, ordered by class then file name, with their labels."""
     files: list[Path] = []
     labels: list[int] = []
     for label, class_dir in enumerate(_class_folders(split_dir)):
         class_files = _list_images(class_dir)
         files += class_files
         labels += [label] * len(class_files)
-    return _decode_images(files, split_dir.name), np.asarray(labels, dtype=np.int64)
+    return files, np.asarray(labels, dtype=np.int64)
 
 
 def _class_folders(split_dir: Path) -> list[Path]:

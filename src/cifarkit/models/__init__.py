@@ -1,6 +1,13 @@
 """Model registry; importing this package registers every built-in model."""
 
 from cifarkit.models import backbones, fastnet, seed  # noqa: F401  (register their models)
-from cifarkit.models.registry import count_parameters, create_model, get_model_info, list_models, register_model
+from cifarkit.models.registry import (
+    count_parameters,
+    create_model,
+    get_model_info,
+    list_models,
+    parameter_roles,
+    register_model,
+)
 
-__all__ = ["count_parameters", "create_model", "get_model_info", "list_models", "register_model"]
+__all__ = ["count_parameters", "create_model", "get_model_info", "list_models", "parameter_roles", "register_model"]

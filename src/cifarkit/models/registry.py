@@ -78,3 +78,12 @@ def list_models() -> list[ModelInfo]:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def parameter_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The model's parameters by role (``parameter_roles()``: filters / norm / head, backbone / head...), or one role.
+
+    Recipes scale the learning rate per role (``lr_scale``); a model without
+    roles has one, ``all``.
+    """
+    return model.parameter_roles() if hasattr(model, "parameter_roles") else {"all": list(model.parameters())}

@@ -33,22 +33,52 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--robustness-images",
-        type=int,
+        type=_count(1),
         default=defaults.robustness_images,
-        help="test images corrupted for the robustness table (default %(default)s)",
+        help="test images corrupted for the robustness table, at least 1; more than the test set has uses "
+        "all of them (default %(default)s)",
     )
     parser.add_argument(
         "--gradcam-images",
-        type=int,
+        type=_count(1),
         default=defaults.gradcam_images,
-        help="Grad-CAM images of correct and of wrong predictions each (default %(default)s)",
+        help="Grad-CAM images of correct and of wrong predictions each, at least 1 (default %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of every random sample")
+    parser.add_argument(
+        "--seed", type=_count(0), default=defaults.seed, help="seed of every random sample, 0 or more (default 0)"
+    )
+
+
+def _count(low: int):
+    """An argparse type: a whole number >= ``low``, refused in one line otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expects a whole number >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"whole number >= {low}"  # what argparse names the type in its messages
+    return parse
 
 
 def report_options(args: argparse.Namespace) -> ReportOptions:
     """The :class:`ReportOptions` the parsed arguments ask for."""
     return ReportOptions(robustness_images=args.robustness_images, gradcam_images=args.gradcam_images, seed=args.seed)
+
+
+def check_runs(run_dirs: list[Path]) -> None:
+    """Each RUN is a run directory whose config reads cleanly: a one-line error before any data is loaded."""
+    from cifarkit.errors import CifarkitError
+    from cifarkit.runs import read_config
+
+    for run in run_dirs:
+        if run.exists() and not run.is_dir():
+            raise CifarkitError(f"{run} is a file, not a run directory; pass the --out of `cifarkit train`")
+        read_config(run)
 
 
 def run_report(args: argparse.Namespace, *, data: CIFAR10 | None, device: str = "auto") -> Path:

@@ -84,6 +84,13 @@ def _load(path: Path, data: CIFAR10 | None, device: str) -> Run:
             f"{evaluation.path}: predictions have {evaluation.probs.shape[1]} classes, the run "
             f"{len(run.config['classes'])}; evaluate it again: `cifarkit evaluate {path}`"
         )
+    missing = [name for name in run.config["classes"] if name not in evaluation.metrics["classification_report"]]
+    if missing:
+        raise CifarkitError(
+            f"{evaluation.path / 'metrics.json'}: the classification report lacks the run's classes "
+            f"{', '.join(map(str, missing))}; evaluate it again: `cifarkit evaluate {path}`"
+        )
+    _check_records(run)
     if data is not None and not np.array_equal(evaluation.labels, data.y_test):
         raise CifarkitError(
             f"{evaluation.path}: the labels evaluated do not match the test set of the given data "
@@ -91,6 +98,29 @@ def _load(path: Path, data: CIFAR10 | None, device: str) -> Run:
             f"`cifarkit evaluate {path} --data {data.source}`"
         )
     return run
+
+
+def _check_records(run: Run) -> None:
+    """The run's history.json and metrics.json hold what the report shows; a one-line error naming the file if not."""
+    fix = "restore it from a copy, or train the run again into a new --out"
+
+    def number(value: object, optional: bool = True) -> bool:
+        if value is None:
+            return optional
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    curves = ("train_loss", "train_acc", "val_loss", "val_acc")
+    if not all(
+        isinstance(row, dict) and number(row.get("epoch"), False) and all(number(row.get(k)) for k in curves)
+        for row in run.history
+    ):
+        raise CifarkitError(
+            f"{run.path / 'history.json'} is not a list of epochs with epoch, {', '.join(curves)}; {fix}"
+        )
+    metrics = run.metrics
+    wrong = [key for key in ("params", "train_seconds", "best_val_acc") if not number(metrics.get(key))]
+    if wrong or isinstance(metrics.get("params"), float):
+        raise CifarkitError(f"{run.path / 'metrics.json'}: {', '.join(wrong) or 'params'} must be numbers; {fix}")
 
 
 def _validation(data: CIFAR10, run: Run) -> tuple[np.ndarray, np.ndarray] | None:

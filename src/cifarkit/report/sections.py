@@ -104,7 +104,7 @@ def describe_predictions(run: Run) -> str:
 
 
 def comparison_section(runs: Sequence[Run]) -> str:
-    """The table of model, size, training time and accuracies, one row per run."""
+    """The table of model, size, training time and accuracies, one row per run, with the test data they came from."""
     header = (
         "run",
         "model",
@@ -115,6 +115,7 @@ def comparison_section(runs: Sequence[Run]) -> str:
         "test acc",
         "test acc (TTA)",
         "test images",
+        "test data",
     )
     rows = [
         (
@@ -127,6 +128,7 @@ def comparison_section(runs: Sequence[Run]) -> str:
             _percent(run.evaluation.metrics["test_acc"]),
             _percent(run.evaluation.metrics.get("test_acc_tta")),
             f"{run.evaluation.metrics['test_data']['images']:,}",
+            run.evaluation.metrics["test_data"]["source"],
         )
         for run in runs
     ]

@@ -29,11 +29,14 @@ from cifarkit import __version__
 from cifarkit.errors import CifarkitError
 from cifarkit.export import DEFAULT_FILES, ProbabilityModel, onnx_metadata, onnx_predictor, weights_digest
 from cifarkit.files import read_json
+from cifarkit.inference import check_outputs
 from cifarkit.runs import load_model, read_config
 from cifarkit.runtime import autocast, native_bf16, pick_device, precision_name
 
 BACKENDS = ("torch", "onnx")
 INPUT_SIZE = 32
+PROBE = np.stack([np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 128, np.uint8)])
+"""The images every model is tried on when it is loaded: black and grey."""
 
 
 @dataclass(frozen=True)
@@ -64,17 +67,21 @@ def load_classifier(
     ``tta`` defaults to the run's recipe (torch) or to the TTA the ONNX file
     was exported with. ``model_file`` is the ONNX file (default RUN/model.onnx).
     """
+    check_backend(backend, device, model_file)
     config = read_config(run_dir)
     metrics_path = Path(run_dir) / "metrics.json"
-    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    metrics = (
+        read_json(metrics_path, dict, "restore it from a copy, or train the run again into a new --out")
+        if metrics_path.is_file()
+        else {}
+    )
     if backend == "torch":
         predict, details = _torch_backend(run_dir, config, device, tta or config.get("tta", "none"))
-    elif backend == "onnx":
-        if device not in ("auto", "cpu"):
-            raise CifarkitError(f"--backend onnx runs on the CPU; drop --device {device} or use --backend torch")
-        predict, details = _onnx_backend(run_dir, Path(model_file or Path(run_dir) / DEFAULT_FILES["onnx"]), tta)
     else:
-        raise CifarkitError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        predict, details = _onnx_backend(run_dir, Path(model_file or Path(run_dir) / DEFAULT_FILES["onnx"]), tta)
+    # One forward pass now: a model whose outputs do not fit the run's classes, or are not finite, is refused
+    # here, not answered with HTTP 500 (or NaN) on every request.
+    check_outputs(predict(PROBE), run_dir, config["classes"], on=" on a plain black or grey image")
     info = {
         "run": Path(run_dir).resolve().name,
         "recipe": config.get("name", ""),
@@ -88,6 +95,21 @@ def load_classifier(
         **details,
     }
     return Classifier(predict, list(config["classes"]), info)
+
+
+def check_backend(backend: str, device: str, model_file: str | Path | None) -> None:
+    """Refuse a backend, device and model file that do not go together, before anything is loaded."""
+    if backend not in BACKENDS:
+        raise CifarkitError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "onnx" and device not in ("auto", "cpu"):
+        raise CifarkitError(f"--backend onnx runs on the CPU; drop --device {device} or use --backend torch")
+    if model_file is not None and backend != "onnx":
+        raise CifarkitError(
+            f"--model-file {model_file} is the ONNX file of --backend onnx; add --backend onnx, or drop --model-file "
+            "(--backend torch serves the run's own weights)"
+        )
+    if model_file is not None and Path(model_file).is_dir():
+        raise CifarkitError(f"--model-file {model_file} is a directory; name the ONNX file `cifarkit export` wrote")
 
 
 def _torch_backend(

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import socket
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
+from uvicorn.server import STARTUP_FAILURE
 
+from cifarkit.errors import CifarkitError
+from cifarkit.runs import read_config
 from cifarkit.serve.app import create_app
-from cifarkit.serve.backends import load_classifier
+from cifarkit.serve.backends import check_backend, load_classifier
 from cifarkit.serve.security import API_KEY_ENV, check_bind
 from cifarkit.serve.settings import ServeSettings
 
@@ -38,34 +45,91 @@ def serve(
     settings = settings or ServeSettings()
     settings = replace(settings, api_key=settings.api_key or os.environ.get(API_KEY_ENV) or None)
     check_bind(host, settings.api_key)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    classifier = load_classifier(run_dir, backend=backend, device=device, tta=tta, model_file=model_file)
-    info = classifier.info
-    log.info(
-        "serving %s (%s): %s backend on %s, %s, TTA %s; test accuracy %s",
-        info["run"],
-        info["recipe"],
-        info["backend"],
-        info["device"],
-        info["precision"],
-        info["tta"],
-        _accuracy(info),
-    )
-    log.info(
-        "page at http://%s:%d/ , API docs at /docs%s",
-        _url_host(host),
-        port,
-        "; /v1/ requests need 'Authorization: Bearer KEY'" if settings.api_key else "",
-    )
-    uvicorn.run(
-        create_app(classifier, settings),
-        host=host,
-        port=port,
-        access_log=False,
-        log_level="info",
-        limit_concurrency=max_connections,
-        server_header=False,
-    )
+    check_backend(backend, device, model_file)
+    read_config(run_dir)  # not a run, or a damaged config: said before the port is taken
+    sockets = listen(host, port)  # a port in use is an error before the model is loaded
+    with contextlib.ExitStack() as closing:
+        for sock in sockets:
+            closing.enter_context(sock)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        classifier = load_classifier(run_dir, backend=backend, device=device, tta=tta, model_file=model_file)
+        info = classifier.info
+        log.info(
+            "serving %s (%s): %s backend on %s, %s, TTA %s; test accuracy %s",
+            info["run"],
+            info["recipe"],
+            info["backend"],
+            info["device"],
+            info["precision"],
+            info["tta"],
+            _accuracy(info),
+        )
+        log.info(
+            "page at http://%s:%d/ , API docs at /docs%s",
+            _url_host(host),
+            port,
+            "; /v1/ requests need 'Authorization: Bearer KEY'" if settings.api_key else "",
+        )
+        config = uvicorn.Config(
+            create_app(classifier, settings),
+            access_log=False,
+            log_level="info",
+            limit_concurrency=max_connections,
+            server_header=False,
+        )
+        server = uvicorn.Server(config)
+        with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C has shut the server down cleanly
+            server.run(sockets=sockets)
+    if not server.started:  # the application failed to start; uvicorn logged why
+        sys.exit(STARTUP_FAILURE)
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to ``host`` (every address it resolves to) and ``port``, for uvicorn to listen on.
+
+    Binding here, before the model is loaded, turns a port in use or an
+    address this machine does not have into a one-line :class:`CifarkitError`
+    instead of uvicorn's log line and exit status.
+    """
+    name = host.strip("[]") or None  # "" and None: every interface, as uvicorn and asyncio take them
+    where = f"{_url_host(host)}:{port}"
+    try:
+        addresses = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise CifarkitError(
+            f"cannot listen on {where} ({reason}); give --host an address or name of this machine, "
+            "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        ) from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(addresses):
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:  # as asyncio: a family this machine lacks (IPv6 switched off) is skipped
+                continue
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart at once after a stop
+            if family == socket.AF_INET6:  # as asyncio: the IPv4 addresses get their own socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise CifarkitError(f"cannot listen on {where} ({exc.strerror or exc}); {_bind_fix(exc)}") from None
+    if not sockets:
+        raise CifarkitError(f"cannot listen on {where} (no usable address); {_bind_fix(OSError())}")
+    return sockets
+
+
+def _bind_fix(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "choose another --port (another program, or another cifarkit serve, listens there)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "choose a --port above 1023 (lower ones need administrator rights)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "give --host an address of this machine, e.g. 127.0.0.1 or 0.0.0.0 (every interface)"
+    return "choose another --host or --port"
 
 
 def _accuracy(info: dict) -> str:

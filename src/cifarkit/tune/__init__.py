@@ -15,7 +15,17 @@ except ImportError:
     raise CifarkitError("cifarkit tune needs Optuna: pip install 'cifarkit[tune]'") from None
 
 from .space import SearchSpace, load_space, parse_space  # noqa: E402
-from .study import BEST_CONFIG, PRUNERS, STUDY_FILE, best_trial, load_study, retrain_best, tune
+from .study import (  # noqa: E402
+    BEST_CONFIG,
+    PRUNERS,
+    STUDY_FILE,
+    best_trial,
+    check_storage,
+    check_study_dir,
+    load_study,
+    retrain_best,
+    tune,
+)
 
 __all__ = [
     "BEST_CONFIG",
@@ -23,6 +33,8 @@ __all__ = [
     "STUDY_FILE",
     "SearchSpace",
     "best_trial",
+    "check_storage",
+    "check_study_dir",
     "load_space",
     "load_study",
     "parse_space",

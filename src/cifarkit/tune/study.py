@@ -19,6 +19,8 @@ by :func:`retrain_best`.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -30,8 +32,8 @@ from optuna.trial import TrialState
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
 from cifarkit.evaluate import evaluate
-from cifarkit.files import read_json, write_json
-from cifarkit.recipes import RECIPES, Recipe
+from cifarkit.files import check_writable, read_json, write_json
+from cifarkit.recipes import RECIPES, Recipe, validate
 from cifarkit.tracking import Callback, track
 from cifarkit.train import check_split, train
 
@@ -42,6 +44,11 @@ BEST_CONFIG = "best_config.json"
 PRUNERS = ("median", "halving", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_SECONDS = 60  # a worker silent for two heartbeats (killed) has its running trial marked failed
+CONNECT_TIMEOUT_SECONDS = 10  # an unreachable database server is an error this soon, not after the OS gives up
+STORAGE_HINT = (
+    "--storage takes a SQLAlchemy URL such as postgresql://user@host/db (PostgreSQL needs "
+    "pip install 'cifarkit[tune]'); leave it out for a SQLite file in the study directory"
+)
 
 
 class Pruning(Callback):
@@ -97,6 +104,83 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
         ) from None
 
 
+def check_storage(storage: str | None) -> None:
+    """Refuse, before anything is created, a ``--storage`` that cannot hold the study; one line naming the fix.
+
+    The URL must parse (:func:`sqlalchemy.engine.make_url`), name a database
+    kind SQLAlchemy knows, with its driver installed, and answer one connection.
+    A SQLite file is not created by this check: its folder must exist and be
+    writable, and an existing file must be a database. None (the study
+    directory's own SQLite file) needs no check.
+    """
+    if storage is None:
+        return
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    if not storage.strip():
+        raise CifarkitError(f"--storage is empty (an unset shell variable?); {STORAGE_HINT}")
+    try:
+        url = sqlalchemy.engine.make_url(storage)
+    except sqlalchemy.exc.ArgumentError:  # never echo it: a URL may hold a password
+        raise CifarkitError(
+            f"--storage is not a SQLAlchemy URL (dialect://user@host/database); {STORAGE_HINT}"
+        ) from None
+    shown = url.render_as_string(hide_password=True)
+    try:
+        url.get_dialect().import_dbapi()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise CifarkitError(
+            f"--storage {shown}: SQLAlchemy has no database dialect {url.drivername!r}; {STORAGE_HINT}"
+        ) from None
+    except ImportError as e:
+        raise CifarkitError(
+            f"--storage {shown}: the driver for {url.drivername} is not installed ({e}); install it. {STORAGE_HINT}"
+        ) from None
+    sqlite = url.get_backend_name() == "sqlite"
+    database = Path(url.database) if sqlite and url.database not in (None, "", ":memory:") else None
+    if database is not None and not database.exists():
+        if not database.parent.is_dir():
+            raise CifarkitError(
+                f"--storage {shown}: the folder {database.parent} does not exist (SQLite creates the database "
+                "file, not its folder); create it, or name a file in an existing folder"
+            )
+        check_writable(database, "--storage")
+        return  # nothing to connect to yet, and connecting would create the file
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if url.get_backend_name() == "postgresql" else {}
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args)
+    except (sqlalchemy.exc.ArgumentError, TypeError, ValueError) as e:
+        raise CifarkitError(f"--storage {shown}: {_first_line(e)}; {STORAGE_HINT}") from None
+    try:
+        with engine.connect() as connection:
+            if sqlite:  # a file that is not a database fails on the first read, not on connect
+                connection.exec_driver_sql("SELECT count(*) FROM sqlite_master")
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        reason = _first_line(getattr(e, "orig", None) or e)
+        raise CifarkitError(
+            f"cannot connect to the study storage {shown} ({reason}); check that its server runs and the "
+            f"database exists. {STORAGE_HINT}"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _first_line(error: BaseException) -> str:
+    """The first non-blank line of an error's message (drivers add hints and links below it)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def check_study_dir(out: Path) -> None:
+    """Refuse, before anything is created, a study directory that is a file, holds other files, or cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise CifarkitError(f"--out {out} is a file; name a directory for the study")
+    if out.is_dir() and any(out.iterdir()) and not (out / STUDY_FILE).is_file():
+        raise CifarkitError(f"--out {out} holds other files, not a study; name a new or empty directory")
+    check_writable(out / STUDY_FILE, "--out")
+
+
 def _storage_url(study_dir: Path, storage: str | None) -> str:
     """``storage``, or the study directory's own SQLite file."""
     return storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
@@ -130,16 +214,17 @@ def open_study(
     study_name: str | None,
     pruner: str | optuna.pruners.BasePruner,
 ) -> optuna.Study:
-    """The study in ``out`` (created, or loaded to resume), checked to be the same search as ``identity``."""
-    if out.exists() and not out.is_dir():
-        raise CifarkitError(f"--out {out} is a file; name a directory for the study")
-    if out.is_dir() and any(out.iterdir()) and not (out / STUDY_FILE).is_file():
-        raise CifarkitError(f"--out {out} holds other files, not a study; name a new or empty directory")
+    """The study in ``out`` (created, or loaded to resume), checked to be the same search as ``identity``.
+
+    The directory and the storage are checked before either is created.
+    """
+    check_study_dir(out)
+    check_storage(storage)
     out.mkdir(parents=True, exist_ok=True)
     url, name = _storage_url(out, storage), study_name or out.name
     record = {"study": name, "storage": storage and _hide_password(storage), **identity}
     if (out / STUDY_FILE).is_file():
-        _check_same(read_json(out / STUDY_FILE), record, f"the study in {out}")
+        _check_same(read_json(out / STUDY_FILE, dict, "restore it, or name a new --out"), record, f"the study in {out}")
     # TPE after 5 random trials (Optuna's 10 would leave a study of 12-20 trials mostly random); the constant
     # liar keeps workers that run at once from proposing the same point.
     sampler = optuna.samplers.TPESampler(n_startup_trials=5, constant_liar=True)
@@ -179,7 +264,9 @@ def tune(
     """Run trials of ``base`` over ``space`` until the study holds ``n_trials`` finished ones; returns the study.
 
     Finished means completed or pruned; trials that fail (a combination of
-    values the recipe refuses) are recorded as failed and do not count. A
+    values the recipe refuses: :func:`cifarkit.recipes.validate`, run before
+    the trial trains, raises) are recorded as failed, with the reason in their
+    ``error`` attribute, and do not count. A
     study that already holds ``n_trials`` runs none; several workers sharing
     ``storage`` stop together once it does (each finishes the trial it is
     running). Each trial trains into ``out/trials/NNNN`` on ``data`` (or a
@@ -196,15 +283,27 @@ def tune(
     study = open_study(out, {"recipe": base.name, "space": space.table, "subset": subset}, storage, study_name, pruner)
 
     def objective(trial: optuna.Trial) -> float:
-        recipe = space.recipe(base, space.suggest(trial))
+        try:
+            recipe = space.recipe(base, space.suggest(trial))  # validated: a recipe cifarkit refuses never trains
+        except CifarkitError as e:
+            return _failed(trial, e)
         run_dir = out / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", run_dir.relative_to(out).as_posix())
         pruning = Pruning(trial)
-        with track(track_with, run_dir, f"{study.study_name}/{trial.number:04d}") as trackers:
-            train(
-                recipe, data, run_dir, subset=subset, progress=progress, device=device, callbacks=[pruning, *trackers]
-            )
-        metrics = read_json(run_dir / "metrics.json")
+        try:
+            with track(track_with, run_dir, f"{study.study_name}/{trial.number:04d}") as trackers:
+                train(
+                    recipe,
+                    data,
+                    run_dir,
+                    subset=subset,
+                    progress=progress,
+                    device=device,
+                    callbacks=[pruning, *trackers],
+                )
+        except CifarkitError as e:
+            return _failed(trial, e)
+        metrics = read_json(run_dir / "metrics.json", dict)
         if pruning.pruned:
             raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs_run']}")
         return metrics["best_val_acc"]
@@ -221,23 +320,61 @@ def tune(
     return study
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The completed trial with the highest validation accuracy; an error while none has completed."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+def _failed(trial: optuna.Trial, error: CifarkitError) -> float:
+    """Record why ``trial`` failed (a one-line log and its ``error`` attribute); NaN makes Optuna mark it failed.
+
+    Raising would do the same, but Optuna logs a raised error with its traceback.
+    """
+    trial.set_user_attr("error", str(error))
+    optuna.logging.get_logger("optuna").warning(f"Trial {trial.number} failed: {error}")
+    return math.nan
+
+
+def best_trial(
+    study: optuna.Study, base: Recipe | None = None, space: SearchSpace | None = None
+) -> optuna.trial.FrozenTrial:
+    """The completed trial with the highest validation accuracy; an error while none has completed.
+
+    Given the study's ``base`` recipe and ``space``, a completed trial whose
+    recipe :func:`cifarkit.recipes.validate` refuses now (one a study recorded
+    before a check was added, say) is passed over for the next best.
+    """
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not completed:
         raise CifarkitError(f"study {study.study_name!r} has no completed trial yet; run more trials")
-    return study.best_trial
+    if base is None or space is None:
+        return study.best_trial
+    reasons = []
+    for trial in sorted(completed, key=lambda t: t.value, reverse=True):  # stable: ties go to the earlier trial
+        try:
+            space.recipe(base, trial.params)
+        except CifarkitError as e:
+            reasons.append(f"trial {trial.number}: {e}")
+            continue
+        return trial
+    raise CifarkitError(
+        f"study {study.study_name!r} has no completed trial whose recipe cifarkit accepts ({reasons[0]}); "
+        "run more trials, or start a new study with a space that avoids those values"
+    )
 
 
 def write_best_config(study: optuna.Study, base: Recipe, space: SearchSpace, out: Path) -> Path | None:
     """``out/best_config.json``: the best trial's recipe as `cifarkit train --recipe NAME --config` reads it.
 
     It holds the fields that differ from the built-in recipe of that name (all
-    fields for a recipe that is not built in); nothing while no trial completed.
+    fields for a recipe that is not built in); it is written only from a
+    completed trial whose recipe passes :func:`cifarkit.recipes.validate`, and
+    only once the recipe `cifarkit train` would build from it passes too. While
+    there is no such trial nothing is written, and an earlier file is removed.
     """
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    try:
+        best = best_trial(study, base, space)
+    except CifarkitError:
+        (out / BEST_CONFIG).unlink(missing_ok=True)  # it may name a recipe that is refused now
         return None
-    recipe, reference = space.recipe(base, best_trial(study).params), RECIPES.get(base.name)
+    recipe, reference = space.recipe(base, best.params), RECIPES.get(base.name)
     changed = {k: v for k, v in recipe.to_dict().items() if reference is None or v != getattr(reference, k)}
+    validate((reference or base).replace(**json.loads(json.dumps(changed))))  # as `train --config` will read it
     return write_json(out / BEST_CONFIG, changed)
 
 
@@ -258,7 +395,7 @@ def retrain_best(
     Trains into ``out/final-NNNN`` (NNNN = the best trial's number; running
     again resumes or reuses it) and returns that directory and the test metrics.
     """
-    best = best_trial(study)
+    best = best_trial(study, base, space)
     recipe = space.recipe(base, best.params).replace(val_fraction=0.0)
     run_dir = Path(out) / f"final-{best.number:04d}"
     with track(track_with, run_dir, f"{study.study_name}/final-{best.number:04d}") as trackers:
@@ -285,6 +422,6 @@ def load_study(study_dir: str | Path, storage: str | None = None) -> optuna.Stud
     study_dir = Path(study_dir)
     if not (study_dir / STUDY_FILE).is_file():
         raise CifarkitError(f"{study_dir} is not a study directory (no {STUDY_FILE}); `cifarkit tune` writes one")
-    record = read_json(study_dir / STUDY_FILE)
+    record = read_json(study_dir / STUDY_FILE, dict, "restore it from a copy, or run the study again into a new --out")
     url = _storage_url(study_dir, storage or record["storage"])
     return optuna.load_study(study_name=record["study"], storage=_storage(url))
