@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cifarkit"
 # root (``from cifarkit import __version__``). export is a task: it builds on inference and runs, and serve and
 # the CLI use it. The core modules import only base and foundation modules, and each other.
 LAYERS = {
-    "top": {"cli", "__main__"},
+    "top": {"cli", "__main__", "launch"},
     "app": {"report", "serve", "tune"},
     "tasks": {"train", "evaluate", "predict", "export"},
     "core": {

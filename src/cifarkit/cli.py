@@ -574,7 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request body; 413 beyond (default %(default)s)",
     )
     g.add_argument(
-        "--max-files", type=_positive_int, default=limits.max_files, help="most images per request (default %(default)s)"
+        "--max-files",
+        type=_positive_int,
+        default=limits.max_files,
+        help="most images per request (default %(default)s)",
     )
     g.add_argument(
         "--max-pixels",
@@ -583,7 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest image, width x height, refused before decoding (default %(default)s)",
     )
     g.add_argument(
-        "--max-batch", type=_positive_int, default=limits.max_batch, help="most images in one forward pass (default %(default)s)"
+        "--max-batch",
+        type=_positive_int,
+        default=limits.max_batch,
+        help="most images in one forward pass (default %(default)s)",
     )
     g.add_argument(
         "--batch-wait-ms",
@@ -671,6 +677,27 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("cifarkit: interrupted", file=sys.stderr)
         sys.exit(130)
+    except RuntimeError as e:
+        _lost_the_others(e)
+        raise
+
+
+def _lost_the_others(error: RuntimeError) -> None:
+    """In a torchrun launch, a collective that fails because another process died: one line, exit 2.
+
+    The launcher (torchrun, or ``python -m cifarkit.launch``) names the rank that failed.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = reason.split("] ", 1)[-1].split(". ")[0]  # gloo's "[source file:line] what happened. Advice..."
+    print(
+        f"cifarkit: error: rank {dist.get_rank()} stopped: another process of the launch failed or was killed "
+        f"({reason}); resume with the same launch and `cifarkit train --resume --out RUN`",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -301,6 +301,8 @@ def has_evaluation(run_dir: str | Path) -> bool:
 def load_evaluation(run_dir: str | Path) -> Evaluation:
     """Read ``RUN/eval/``, checked for consistent shapes and types; a missing, stale or damaged evaluation is a
     one-line :class:`CifarkitError` saying to run `cifarkit evaluate` (again)."""
+    import zipfile
+
     eval_dir = Path(run_dir) / "eval"
     fix = f"evaluate the run first: `cifarkit evaluate {run_dir}` (or give the report --data)"
     again = f"evaluate the run again: `cifarkit evaluate {run_dir}` rewrites {eval_dir}"
@@ -313,8 +315,13 @@ def load_evaluation(run_dir: str | Path) -> Evaluation:
             probs_tta = npz["probs_tta"] if "probs_tta" in npz else None
     except Exception as exc:  # truncated, random or crafted bytes fail in many ways (BadZipFile, zlib.error,
         # ValueError, MemoryError, ...), and every one of them means the same thing: the file is damaged
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CifarkitError(f"{file} is damaged or lacks labels/probs ({reason}); {again}") from None
+        if isinstance(exc, zipfile.BadZipFile) or "pickle" in str(exc):  # numpy's pickle hint would mislead
+            reason = "it is not a complete NumPy .npz archive"
+        elif isinstance(exc, KeyError):
+            reason = "it lacks the labels or probs array"
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CifarkitError(f"{file} is damaged ({reason}); {again}") from None
 
     def real(value: Any, low: float = -np.inf, high: float = np.inf) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high

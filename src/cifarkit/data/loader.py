@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from cifarkit.data.cache import CACHE_ENV, cache_folder, default_cache_dir, fingerprint, load_cached, save_cached
@@ -85,16 +86,22 @@ def _locate(path: str | os.PathLike[str] | None, cache_root: Path, download: boo
 
 
 def _check_cache_root(cache_root: Path) -> None:
-    """Refuse, before downloading, a cache folder that cannot be made or written: a file in its place or above it."""
+    """Refuse, before downloading, a cache folder that cannot be made or written: a file in its place or above it.
+
+    Nothing is created: the nearest existing folder is probed with a temporary
+    file (``os.access`` says yes to root on a read-only file system).
+    """
     for folder in (cache_root, *cache_root.parents):
         if not (folder.exists() or folder.is_symlink()):
             continue
         if not folder.is_dir():
             problem = f"{folder} is a file, not a folder"
-        elif not os.access(folder, os.W_OK | os.X_OK):
-            problem = f"{folder} is not writable"
         else:
-            return
+            try:
+                with tempfile.TemporaryFile(dir=folder):
+                    return
+            except OSError as exc:
+                problem = f"{folder} is not writable ({exc.strerror})"
         raise DataError(
             f"cannot download CIFAR-10 into the cache folder {cache_root}: {problem}. Pass --cache-dir (or set "
             f"{CACHE_ENV} to) a writable folder, or pass --data PATH, where PATH is {LAYOUTS}."

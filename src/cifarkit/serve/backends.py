@@ -17,6 +17,7 @@ reports.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,12 +70,7 @@ def load_classifier(
     """
     check_backend(backend, device, model_file)
     config = read_config(run_dir)
-    metrics_path = Path(run_dir) / "metrics.json"
-    metrics = (
-        read_json(metrics_path, dict, "restore it from a copy, or train the run again into a new --out")
-        if metrics_path.is_file()
-        else {}
-    )
+    metrics = recorded_metrics(run_dir)
     if backend == "torch":
         predict, details = _torch_backend(run_dir, config, device, tta or config.get("tta", "none"))
     else:
@@ -95,6 +91,33 @@ def load_classifier(
         **details,
     }
     return Classifier(predict, list(config["classes"]), info)
+
+
+def recorded_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """What the run's records say of it: RUN/metrics.json, with the test accuracies `cifarkit evaluate` wrote to
+    RUN/eval/metrics.json (the run's own test set) where there are any. A damaged file is a one-line error."""
+    run_dir = Path(run_dir)
+    metrics: dict[str, Any] = {}
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        metrics = read_json(path, dict, "restore it from a copy, or train the run again into a new --out")
+    evaluated = run_dir / "eval" / "metrics.json"
+    if evaluated.is_file():
+        record = read_json(evaluated, dict, f"evaluate the run again: `cifarkit evaluate {run_dir}`")
+        metrics = {
+            **{k: v for k, v in metrics.items() if not k.startswith("test_acc")},
+            **{k: v for k, v in record.items() if k.startswith("test_acc")},
+        }
+    kinds = {"params": (int, "whole number"), "test_acc": (int | float, "number"), "cifarkit_version": (str, "string")}
+    kinds["test_acc_tta"] = kinds["test_acc"]
+    for key, (kind, name) in kinds.items():
+        value = metrics.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, kind) or (kind is not str and not math.isfinite(value))
+        ):
+            where = evaluated if key.startswith("test_acc") and evaluated.is_file() else path
+            raise CifarkitError(f"{where}: {key} is {value!r}, not a {name}; restore the file from a copy")
+    return metrics
 
 
 def check_backend(backend: str, device: str, model_file: str | Path | None) -> None:

@@ -84,6 +84,8 @@ def trial_recipe(recipe: Recipe) -> Recipe:
 def load_space(path: str | Path, base: Recipe) -> SearchSpace:
     """The search space in the TOML file ``path``, checked against recipe ``base``."""
     try:
+        if Path(path).is_dir():
+            raise CifarkitError("it is a folder, not a TOML file; name the file, e.g. examples/spaces/fast90.toml")
         return parse_space(load_config_file(path), base)
     except CifarkitError as e:
         raise CifarkitError(f"search space {path}: {e}") from None

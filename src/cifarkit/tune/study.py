@@ -43,12 +43,34 @@ STUDY_FILE = "study.json"
 BEST_CONFIG = "best_config.json"
 PRUNERS = ("median", "halving", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_FAILURES_IN_A_ROW = 10  # a worker whose trials fail this often in a row stops: see StopAfterFailures
 HEARTBEAT_SECONDS = 60  # a worker silent for two heartbeats (killed) has its running trial marked failed
 CONNECT_TIMEOUT_SECONDS = 10  # an unreachable database server is an error this soon, not after the OS gives up
 STORAGE_HINT = (
     "--storage takes a SQLAlchemy URL such as postgresql://user@host/db (PostgreSQL needs "
     "pip install 'cifarkit[tune]'); leave it out for a SQLite file in the study directory"
 )
+
+
+class StopAfterFailures:
+    """An Optuna study callback: stop this worker after ``limit`` failed trials in a row.
+
+    Failed trials (recipes cifarkit refuses) do not count towards ``--trials``;
+    a space that proposes almost nothing but refused recipes would otherwise
+    run for ever.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.in_a_row = limit, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.in_a_row = self.in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if self.in_a_row >= self.limit:
+            optuna.logging.get_logger("optuna").warning(
+                f"stopping: the last {self.limit} trials failed (each one's reason is logged above); "
+                "narrow the search space to values the recipe accepts"
+            )
+            study.stop()
 
 
 class Pruning(Callback):
@@ -308,13 +330,16 @@ def tune(
             raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs_run']}")
         return metrics["best_val_acc"]
 
-    remaining = n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
-    if remaining > 0:
+    if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
+        # No trial budget: failed trials do not count, so trials run until the study holds n_trials finished
+        # ones (counted over every worker), or until this worker has seen too many fail in a row.
         study.optimize(
             objective,
-            n_trials=remaining,
             catch=(CifarkitError,),
-            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
+            callbacks=[
+                optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
+                StopAfterFailures(MAX_FAILURES_IN_A_ROW),
+            ],
         )
     write_best_config(study, base, space, out)
     return study
