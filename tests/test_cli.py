@@ -79,7 +79,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch, tiny_d
         capsys, "predict", str(run), str(tmp_path / "img.png"), str(tmp_path / "bad.jpg"), "--json", "--top-k", "2"
     )
     results = json.loads(out)
-    assert code == 1  # one file failed, and the exit status says so
+    assert code == 2  # one file failed, and the exit status says so
     assert len(results[0]["predictions"]) == 2 and "error" in results[1]
 
     html = tmp_path / "report.html"

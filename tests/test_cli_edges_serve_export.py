@@ -226,7 +226,7 @@ def test_serve_binds_before_loading_and_releases_the_port():
     try:
         assert [s.getsockname() for s in sockets] == [("127.0.0.1", port)]
         with pytest.raises(CifarkitError, match="Address already in use"):
-            listen("127.0.0.1", port)  # not listening yet, but bound: a second server cannot take it
+            listen("127.0.0.1", port)  # taken before the model loads: a second server cannot share it
     finally:
         for s in sockets:
             s.close()
@@ -247,6 +247,53 @@ def test_serve_binds_before_loading_and_releases_the_port():
 def test_serve_refuses_a_run_it_cannot_answer_for(run, capsys, no_serving, damage, match):
     damage(run)
     refused(capsys, run, "serve", str(run), "--port", str(free_port()), "--device", "cpu", match=match)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model\n"])
+def test_serve_refuses_an_onnx_file_cifarkit_did_not_write(run, tmp_path, capsys, no_serving, content):
+    (tmp_path / "m.onnx").write_bytes(content)
+    argv = (
+        "serve",
+        str(run),
+        "--backend",
+        "onnx",
+        "--model-file",
+        str(tmp_path / "m.onnx"),
+        "--port",
+        str(free_port()),
+    )
+    refused(capsys, run, *argv, match="m.onnx")
+
+
+def test_a_nan_answer_is_a_500_with_a_message_not_a_crash():
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from cifarkit.serve.app import create_app
+    from cifarkit.serve.backends import Classifier
+
+    classes = [f"c{i}" for i in range(10)]
+    info = {
+        "run": "r",
+        "recipe": "x",
+        "cifarkit_version": "0",
+        "classes": classes,
+        "input_size": [32, 32],
+        "parameters": None,
+        "test_acc": None,
+        "test_acc_tta": None,
+        "tta": "none",
+        "backend": "torch",
+        "precision": "float32",
+        "device": "cpu",
+    }
+    classifier = Classifier(lambda x: np.full((len(x), 10), np.nan, np.float32), classes, info)
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    with TestClient(create_app(classifier)) as client:
+        response = client.post("/v1/predict", files={"file": ("a.png", png.getvalue())})
+    assert response.status_code == 500 and "not finite" in response.json()["detail"]
 
 
 def test_serve_settings_accept_large_limits_and_refuse_wrong_types():
@@ -386,6 +433,7 @@ def test_report_refuses_a_file_or_missing_run_before_loading_data(run, capsys, m
     no_data(monkeypatch)
     refused(capsys, run, "report", str(run / "config.json"), "-o", "r.html", match="is a file, not a run directory")
     refused(capsys, run, "report", str(run), str(run.parent / "nope"), "-o", "r.html", match="not a cifarkit run")
+    refused(capsys, run, "report", str(run), "-o", "r.html", "--device", "nonsense", match="--device 'nonsense'")
 
 
 def _truncated(run: Path) -> None:

@@ -96,6 +96,13 @@ def run_copy(finished_run, tmp_path) -> tuple[Path, CIFAR10]:
         (["--recipe", "fast90", "--set", 'model_kwargs={"bn_eps": -1}'], "break its forward pass"),
         (["--recipe", "fast90", "--set", 'model_kwargs={"whiten_kernel": 0}'], "break its forward pass"),
         (["--recipe", "fast90", "--set", 'model_kwargs={"whiten_kernel": 33}'], "break its forward pass"),
+        (["--set", 'model_kwargs={"num_classes": 0}'], "non-finite or misshapen outputs"),
+        (["--set", 'model_kwargs={"num_classes": 5}'], "num_classes 5 differs from the 10 classes"),
+        (["--set", "name=../../elsewhere"], "recipe name '../../elsewhere' must be letters"),
+        (["--threads", "100000"], "expects at most 1024 threads"),  # PyTorch would crash
+        (["--threads", "0"], "train: argument --threads: expects a whole number >= 1"),
+        (["--set", "epochs=0"], "'epochs' must be >= 1"),
+        (["--config", "."], "is a folder, not a file"),
     ],
 )
 def test_bad_recipes_are_refused_before_a_run_directory_exists(capsys, cli_data, tmp_path, args, message):
@@ -114,6 +121,7 @@ def test_bad_places_for_a_run_are_refused_before_anything_is_created(capsys, cli
     assert "lies inside the run directory" in refused(capsys, "train", *TINY, "--out", str(run / "sub" / "run"))
     assert "already holds a run; pass --resume" in refused(capsys, "train", *TINY, "--out", str(run))
     assert "is not a cifarkit run directory" in refused(capsys, "train", "--resume", "--out", str(tmp_path / "new"))
+    assert "--out is empty" in refused(capsys, "train", *TINY, "--out", "")
     assert not (tmp_path / "new").exists() and not (run / "sub").exists() and snapshot(run) == before
 
 

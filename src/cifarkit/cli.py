@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -165,6 +166,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     setup(args.device)  # an unavailable device is an error before the data is loaded; torchrun: join the others
     recipe, subset = _recipe_and_subset(args)
+    if args.out is not None and not args.out.strip():
+        raise CifarkitError("--out is empty (an unset shell variable?); name the run directory, or leave --out out")
     out = Path(args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     data = _resumed_data(args) if args.resume else _data(args)
     main = is_main()  # under torchrun, rank 0 alone prints and tracks
@@ -316,6 +319,10 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"wrote {study_report(load_study(args.runs[0]), args.runs[0], args.output)}")
         return
     check_runs(args.runs)  # not a run, or a damaged config: said before the data is loaded
+    if not (args.no_data or args.no_model):
+        from cifarkit.runtime import pick_device
+
+        pick_device(args.device)  # a device this machine lacks, before the data is loaded
     data = None if args.no_data else _data(args)
     print(f"wrote {run_report(args, data=data, device=args.device)}")
 
@@ -369,8 +376,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error told like every other refusal: one ``cifarkit: error:`` line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"cifarkit: error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cifarkit",
         description="Train, evaluate, explain, serve and export CIFAR-10 "
         "image classifiers. `cifarkit COMMAND --help` for each command.",
@@ -394,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device_opts.add_argument(
         "--threads",
-        type=_positive_int,
+        type=_threads,
         help="CPU threads for PyTorch (default: one per core); 1 is fastest on a machine busy with other work",
     )
 
@@ -537,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write an int8-quantised ONNX model, with its test accuracy and speed beside the float model's",
     )
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for PyTorch (default: one per core)")
+    p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: one per core)")
     p.set_defaults(func=cmd_export)
 
     from cifarkit.serve.settings import ServeSettings
@@ -617,13 +631,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expects a whole number >= 0, got {text!r}")
+MAX_THREADS = 1024  # PyTorch crashes (segmentation fault) at its first operation with 100,000 threads
+
+
+def _threads(text: str) -> int:
+    """A thread count from 1 to MAX_THREADS."""
+    value = _positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expects at most {MAX_THREADS} threads, got {text!r}")
     return value
 
 

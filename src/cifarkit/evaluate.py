@@ -35,7 +35,7 @@ from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
 from cifarkit.files import exclusive, write_csv, write_json, write_text
-from cifarkit.inference import check_tta, predict_proba
+from cifarkit.inference import check_model, check_tta, predict_proba
 from cifarkit.plots import confusion_matrices, prediction_grid, save_png
 from cifarkit.runs import eval_dir, load_model, read_config, save_predictions
 from cifarkit.runtime import autocast, pick_device
@@ -127,7 +127,7 @@ def evaluate(
         raise CifarkitError(f"{data.source} has no test images; pass a data set with a test split")
     tta = tta or config.get("tta", "none")
     check_tta(tta)
-    model = distributed.on_main(lambda: load_model(run_dir))
+    model = check_model(distributed.on_main(lambda: load_model(run_dir)), run_dir, classes)
     probs = _plain_probs(model, config, data, device)
     probs_tta = (
         _shared_probs(model, data.x_test, tta=tta, device=device, bf16=config.get("bf16", False))

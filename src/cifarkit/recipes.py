@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -201,6 +202,10 @@ def validate(recipe: Recipe) -> Recipe:
     are checked; the first problem is a :class:`CifarkitError` naming the
     field and the allowed values.
     """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", recipe.name):
+        raise CifarkitError(
+            f"recipe name {recipe.name!r} must be letters, digits, '.', '_' or '-' (it names run folders)"
+        )
     for key, allowed in CHOICES.items():
         if getattr(recipe, key) not in allowed:
             raise CifarkitError(f"recipe field {key!r} is {getattr(recipe, key)!r}; choose one of {', '.join(allowed)}")
@@ -275,7 +280,7 @@ def _check_model(recipe: Recipe) -> None:
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CifarkitError(f"{kwargs} break its forward pass ({reason}); change or remove them") from None
-    if outputs.dim() != 2 or not torch.isfinite(outputs).all():
+    if outputs.dim() != 2 or outputs.shape[1] < 2 or not torch.isfinite(outputs).all():
         raise CifarkitError(f"{kwargs} make it compute non-finite or misshapen outputs; change or remove them")
     roles = parameter_roles(model.head if recipe.frozen_features else model)
     unknown = sorted(set(recipe.lr_scale) - set(roles))
@@ -486,7 +491,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Recipe overrides from a JSON or TOML file: one table of field = value (``.toml`` in any case is TOML)."""
     path = Path(path)
     if not path.is_file():
-        raise CifarkitError(f"config file {path} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise CifarkitError(f"config file {path} {what}; name a .toml or .json file of recipe fields")
     kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
         text = path.read_text(encoding="utf-8")

@@ -143,6 +143,16 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     missing = [key for key in ("model", "classes") if key not in config]
     if missing:
         raise CifarkitError(f"{path} lacks {', '.join(missing)}, so it was not written by `cifarkit train`; {fix}")
+    classes = config["classes"]
+    if not (
+        isinstance(classes, list)
+        and len(classes) >= 2
+        and all(isinstance(c, str) and c for c in classes)
+        and len(set(classes)) == len(classes)
+    ):
+        raise CifarkitError(f"{path}: classes must be a list of two or more distinct names, got {classes!r}; {fix}")
+    if not isinstance(config["model"], str):
+        raise CifarkitError(f"{path}: model must be a model name, got {config['model']!r}; {fix}")
     return config
 
 
@@ -286,7 +296,10 @@ def eval_dir(run_dir: str | Path, config: dict[str, Any], data: CIFAR10) -> Path
     after the data and its fingerprint, so it never replaces the run's results.
     """
     recorded = config.get("data_fingerprints", {}).get("test")
-    own = data.source == config.get("data_source") if recorded is None else recorded == data.test_fingerprint
+    if recorded is not None:
+        own = recorded == data.test_fingerprint
+    else:  # older runs recorded the source alone; one without any provenance has nothing to tell them apart
+        own = config.get("data_source", data.source) == data.source
     if own:
         return Path(run_dir) / "eval"
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data.source).name or "data").strip("._") or "data"

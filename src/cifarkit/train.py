@@ -434,6 +434,12 @@ def _checked(
             f"resize_start {recipe.resize_start} must be below the image side {data.x_train.shape[1]} "
             "(progressive resizing starts small); lower it, or set resize_start=0 to turn it off"
         )
+    classes = recipe.model_kwargs.get("num_classes", len(data.classes))
+    if classes != len(data.classes):
+        raise CifarkitError(
+            f"model_kwargs num_classes {classes} differs from the {len(data.classes)} classes of the data; "
+            "remove num_classes (the model then has one output per class)"
+        )
     if recipe.teacher:
         check_teacher(recipe.teacher, data.classes)
     distributed.on_main(lambda: _check_out(out, resume))

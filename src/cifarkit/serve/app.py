@@ -171,6 +171,9 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
                 f"the server is busy ({e}); retry in {RETRY_AFTER_S} s",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from None
+        if not np.isfinite(probs).all():  # the model's fault, not the client's; JSON could not carry NaN anyway
+            log.error("the model's probabilities are not finite for %s", [name for name, _ in uploads])
+            raise HTTPException(500, "the model's output is not finite for these images; the server log names them")
         return PredictResponse(
             model=identity,
             results=[

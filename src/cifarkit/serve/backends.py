@@ -154,6 +154,11 @@ def _onnx_backend(
     run_dir: str | Path, path: Path, tta: str | None
 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
     metadata = onnx_metadata(path)
+    if "weights_sha256" not in metadata or "classes" not in metadata:
+        raise CifarkitError(
+            f"{path} carries no cifarkit metadata, so `cifarkit export` did not write it; export the run: "
+            f"cifarkit export {run_dir} --format onnx"
+        )
     if metadata.get("weights_sha256") != weights_digest(run_dir):
         raise CifarkitError(
             f"{path} was not exported from the current weights of {run_dir}; export it again: "

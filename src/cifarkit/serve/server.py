@@ -23,6 +23,9 @@ from cifarkit.serve.settings import ServeSettings
 
 log = logging.getLogger("cifarkit.serve")
 
+BACKLOG = 2048
+"""Connections the kernel holds for the server before it accepts them (uvicorn's default)."""
+
 
 def serve(
     run_dir: str | Path,
@@ -85,7 +88,7 @@ def serve(
 
 
 def listen(host: str, port: int) -> list[socket.socket]:
-    """Sockets bound to ``host`` (every address it resolves to) and ``port``, for uvicorn to listen on.
+    """Sockets listening on ``host`` (every address it resolves to) and ``port``, for uvicorn to serve on.
 
     Binding here, before the model is loaded, turns a port in use or an
     address this machine does not have into a one-line :class:`CifarkitError`
@@ -113,6 +116,10 @@ def listen(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:  # as asyncio: the IPv4 addresses get their own socket
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
+            # Listening now, not when uvicorn starts: SO_REUSEADDR lets two sockets that merely bind share a port,
+            # so a second server on it would pass here and fail later. Clients that connect while the model
+            # loads wait in the backlog instead of being refused.
+            sock.listen(BACKLOG)
     except OSError as exc:
         for sock in sockets:
             sock.close()

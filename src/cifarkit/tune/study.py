@@ -34,6 +34,7 @@ from cifarkit.errors import CifarkitError
 from cifarkit.evaluate import evaluate
 from cifarkit.files import check_writable, read_json, write_json
 from cifarkit.recipes import RECIPES, Recipe, validate
+from cifarkit.runs import run_directory_of
 from cifarkit.tracking import Callback, track
 from cifarkit.train import check_split, train
 
@@ -201,6 +202,9 @@ def check_study_dir(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / STUDY_FILE).is_file():
         raise CifarkitError(f"--out {out} holds other files, not a study; name a new or empty directory")
     check_writable(out / STUDY_FILE, "--out")
+    outer = run_directory_of(out.absolute())
+    if outer is not None:
+        raise CifarkitError(f"--out {out} lies inside the run directory {outer}; name a directory outside it")
 
 
 def _storage_url(study_dir: Path, storage: str | None) -> str:
