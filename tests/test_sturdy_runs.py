@@ -147,6 +147,12 @@ def test_no_output_option_writes_a_runs_files(capsys, cli_data, run_copy, tmp_pa
     assert snapshot(run) == before
 
 
+def test_a_cache_folder_inside_a_run_is_refused(capsys, run_copy, tmp_path):
+    run, _ = run_copy
+    message = refused(capsys, "data", "info", "--data", str(tmp_path), "--cache-dir", str(run / "cache"))
+    assert "--cache-dir" in message and "lies in the run directory" in message and not (run / "cache").exists()
+
+
 def test_each_command_writes_only_its_own_files_and_replaces_none_of_another(capsys, cli_data, tmp_path):
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, "train", *TINY, "--out", str(run))

@@ -24,6 +24,11 @@ def _data(args: argparse.Namespace):
             raise CifarkitError(
                 f"{flag} is empty (an unset shell variable?); name a folder or file, or leave {flag} out"
             )
+    if args.cache_dir:
+        from cifarkit.runs import run_directory_of
+
+        if (run := run_directory_of(args.cache_dir)) is not None:
+            raise CifarkitError(f"--cache-dir {args.cache_dir} lies in the run directory {run}; choose another folder")
     return load_cifar10(args.data, cache_dir=args.cache_dir)
 
 
