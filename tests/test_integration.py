@@ -26,10 +26,7 @@ def test_short_training_on_real_images_beats_chance(real_data_path, tmp_path):
 def test_one_epoch_of_the_fastest_recipe_on_10000_real_images(real_data_path, tmp_path):
     data = load_cifar10(real_data_path)
     run = train(get_recipe("fast90").replace(epochs=1), data, tmp_path / "run", subset=10_000, progress=False)
-    metrics = evaluate(run, data)
-    print(
-        f"fast90, 1 epoch on 10,000 images: test accuracy {metrics['test_acc']:.4f}, "
-        f"with TTA {metrics['test_acc_tta']:.4f}"
-    )
+    metrics = evaluate(run, data, tta="none")  # the claim is learning; TTA's 6 views of 10,000 images cost 3/4 of this
+    print(f"fast90, 1 epoch on 10,000 images: test accuracy {metrics['test_acc']:.4f}")
     # Chance is 10%. One epoch is only 5 steps of 2,000 images; it reached 28.2% here.
     assert metrics["test_acc"] > 0.20

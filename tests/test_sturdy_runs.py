@@ -286,6 +286,28 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stale_lock(capsys
     assert code == 0, err
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the test holds the lock with fcntl")
+def test_no_command_writes_a_run_another_is_writing(capsys, cli_data, run_copy, tmp_path):
+    run, _ = run_copy
+    before = snapshot(run)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run / LOCK_FILE)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for argv in (
+            ["evaluate", str(run)],
+            ["report", str(run), "--no-data", "-o", str(tmp_path / "r.html")],
+            ["export", str(run), "--check-images", "10"],
+            ["train", "--resume", "--out", str(run)],
+        ):
+            assert "is being written by another cifarkit command" in refused(capsys, *argv)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert snapshot(run) == before
+
+
 def test_resume_accepts_the_same_pixels_at_a_new_place_and_refuses_others(capsys, tmp_path, monkeypatch):
     data = synthetic_cifar()
     gone = CIFAR10(data.x_train, data.y_train, data.x_test, data.y_test, source=str(tmp_path / "gone" / "cifar10"))

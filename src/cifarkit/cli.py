@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -315,6 +316,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from cifarkit.report.command import check_runs, run_report
+    from cifarkit.runs import locked
 
     _output_file(args.output)
     if len(args.runs) == 1 and (args.runs[0] / "study.json").is_file():  # a `cifarkit tune` study directory
@@ -329,11 +331,15 @@ def cmd_report(args: argparse.Namespace) -> None:
 
         pick_device(args.device)  # a device this machine lacks, before the data is loaded
     data = None if args.no_data else _data(args)
-    print(f"wrote {run_report(args, data=data, device=args.device)}")
+    with contextlib.ExitStack() as stack:
+        for run in args.runs:  # the report writes RUN/insight/ (and RUN/eval/ of a run not yet evaluated)
+            stack.enter_context(locked(run))
+        print(f"wrote {run_report(args, data=data, device=args.device)}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from cifarkit.export import check_exportable, export_model, quantize_int8, sample
+    from cifarkit.runs import locked
 
     if args.int8 and args.format != "onnx":
         raise CifarkitError("--int8 quantises ONNX models; use it with --format onnx")
@@ -347,13 +353,14 @@ def cmd_export(args: argparse.Namespace) -> None:
             "images; checking all of them",
             file=sys.stderr,
         )
-    path, parity = export_model(
-        args.run, args.format, sample(data.x_test, args.check_images), out=args.output, tta=args.tta
-    )
-    print(f"wrote {path}\n{parity}")
-    if args.int8:
-        report = quantize_int8(path, data)
-        print(f"wrote {report.path}\n{report}")
+    with locked(args.run):  # the model files are written into the run by default
+        path, parity = export_model(
+            args.run, args.format, sample(data.x_test, args.check_images), out=args.output, tta=args.tta
+        )
+        print(f"wrote {path}\n{parity}")
+        if args.int8:
+            report = quantize_int8(path, data)
+            print(f"wrote {report.path}\n{report}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

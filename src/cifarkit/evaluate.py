@@ -12,6 +12,7 @@ prediction, export, the report and serving.
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,10 @@ from cifarkit.analysis import (
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
-from cifarkit.files import exclusive, write_csv, write_json, write_text
+from cifarkit.files import write_csv, write_json, write_text
 from cifarkit.inference import check_model, check_tta, predict_proba
 from cifarkit.plots import confusion_matrices, prediction_grid, save_png
-from cifarkit.runs import eval_dir, load_model, read_config, save_predictions
+from cifarkit.runs import eval_dir, load_model, locked, read_config, save_predictions
 from cifarkit.runtime import autocast, pick_device
 
 
@@ -127,13 +128,29 @@ def evaluate(
         raise CifarkitError(f"{data.source} has no test images; pass a data set with a test split")
     tta = tta or config.get("tta", "none")
     check_tta(tta)
-    model = check_model(distributed.on_main(lambda: load_model(run_dir)), run_dir, classes)
-    probs = _plain_probs(model, config, data, device)
-    probs_tta = (
-        _shared_probs(model, data.x_test, tta=tta, device=device, bf16=config.get("bf16", False))
-        if tta != "none"
-        else None
-    )
+    with ExitStack() as stack:
+        distributed.on_main(lambda: stack.enter_context(locked(run_dir)))  # before the work: one writer at a time
+        model = check_model(distributed.on_main(lambda: load_model(run_dir)), run_dir, classes)
+        probs = _plain_probs(model, config, data, device)
+        bf16 = config.get("bf16", False)
+        probs_tta = _shared_probs(model, data.x_test, tta=tta, device=device, bf16=bf16) if tta != "none" else None
+        record, analysed, cm = _record(data, probs, probs_tta, tta)
+        report = classification_report_text(data.y_test, predicted_classes(analysed), classes)
+        out = eval_dir(run_dir, config, data)
+        if distributed.is_main():
+            (out / "metrics.json").unlink(missing_ok=True)  # written last: the evaluation is complete once it exists
+            save_predictions(out, data.y_test, probs, probs_tta, tta)
+            write_json(out / "classification_report.json", record["classification_report"])
+            _write_figures_and_tables(out, data, analysed, cm, report, gallery_size, seed)
+            write_json(out / "metrics.json", _finite(record))
+    return {**record, "report": report, "eval_dir": out}
+
+
+def _record(
+    data: CIFAR10, probs: np.ndarray, probs_tta: np.ndarray | None, tta: str
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The metrics record, the probabilities it analyses (with TTA where there is one) and their confusion matrix."""
+    classes = list(data.classes)
     analysed = probs if probs_tta is None else probs_tta
     preds = predicted_classes(analysed)
     cm = confusion_matrix(data.y_test, preds, len(classes))
@@ -152,16 +169,4 @@ def evaluate(
             "predicted": classes[pair.predicted],
             "count": pair.count,
         }
-    report = classification_report_text(data.y_test, preds, classes)
-    out = eval_dir(run_dir, config, data)
-    if not distributed.is_main():
-        return {**record, "report": report, "eval_dir": out}
-
-    busy = f"{run_dir} is being written by another cifarkit command; wait for it to finish"
-    with exclusive(run_dir, busy):
-        (out / "metrics.json").unlink(missing_ok=True)  # written last: the evaluation is complete once it exists
-        save_predictions(out, data.y_test, probs, probs_tta, tta)
-        write_json(out / "classification_report.json", record["classification_report"])
-        _write_figures_and_tables(out, data, analysed, cm, report, gallery_size, seed)
-        write_json(out / "metrics.json", _finite(record))
-    return {**record, "report": report, "eval_dir": out}
+    return record, analysed, cm

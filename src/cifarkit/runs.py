@@ -27,6 +27,7 @@ import io
 import json
 import pickle
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from torch import nn
 from cifarkit.data.batches import balanced_subset, stratified_split
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
-from cifarkit.files import atomic_write_bytes, check_writable, read_json
+from cifarkit.files import atomic_write_bytes, check_writable, exclusive, read_json
 from cifarkit.models import create_model, get_model_info
 
 RETRAIN = "train the run again into a new --out"
@@ -126,6 +127,15 @@ def check_output_file(path: str | Path, flag: str, *, run: str | Path | None = N
                 f"write it outside, e.g. {flag} {path.name}"
             )
     return check_writable(path, flag)
+
+
+def locked(run_dir: str | Path) -> AbstractContextManager[Path]:
+    """Hold the run directory's lock while writing into it: a second command writing the same run is refused.
+
+    Re-entrant within a process (a report that evaluates a run first); see :func:`cifarkit.files.exclusive`.
+    """
+    busy = f"{run_dir} is being written by another cifarkit command; wait for it to finish, or choose another run"
+    return exclusive(run_dir, busy)
 
 
 # --- configuration and model -----------------------------------------------------------------------------------------

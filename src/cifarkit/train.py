@@ -32,7 +32,7 @@ from cifarkit.data.dataset import CIFAR10
 from cifarkit.distill import check_teacher, distillation_loss, teacher_logits
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
-from cifarkit.files import LOCK_FILE, check_writable, exclusive, write_csv, write_json
+from cifarkit.files import LOCK_FILE, check_writable, write_csv, write_json
 from cifarkit.models import count_parameters
 from cifarkit.optim import OptimizerChain, build_optimizer, lr_multiplier, set_learning_rates, weight_ema
 from cifarkit.plots import plot_history
@@ -41,6 +41,7 @@ from cifarkit.runs import (
     RETRAIN,
     build_model,
     load_torch,
+    locked,
     read_config,
     run_directory_of,
     save_torch,
@@ -407,8 +408,7 @@ def train(
     out = Path(out)
     recipe, dev, config = _checked(recipe, data, out, subset, resume, device)
     with ExitStack() as stack:
-        busy = f"{out} is being written by another cifarkit command; wait for it to finish, or choose another --out"
-        distributed.on_main(lambda: stack.enter_context(exclusive(out, busy)))
+        distributed.on_main(lambda: stack.enter_context(locked(out)))
         state = distributed.on_main(lambda: _start_or_resume(out, config, resume))
         recipe = for_processes(recipe, distributed.world_size())  # batch_size: the global batch of this launch
         _check_global_batch(state, recipe, out)
