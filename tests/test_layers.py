@@ -36,7 +36,7 @@ LAYERS = {
         "recipes",
     },
     "base": {"models", "data"},
-    "foundation": {"files", "errors", "runtime", "__init__"},
+    "foundation": {"files", "errors", "runtime", "progress", "__init__"},
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
 RANK = {layer: len(LAYERS) - i for i, layer in enumerate(LAYERS)}

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -123,3 +127,48 @@ def test_machine_info_names_what_a_figure_needs():
     } <= set(info)
     assert set(info["cpu_features"]) == {"avx2", "avx512", "avx512_bf16", "amx"}
     assert info["bf16_auto"] is runtime.cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize(
+    ("files", "cpus", "why"),
+    [
+        ({}, None, "no cgroup CPU quota"),
+        ({"cpu.max": "max 100000\n"}, None, "no cgroup CPU quota"),
+        ({"cpu.max": "150000 100000\n"}, 1, "cgroup CPU quota 1.5"),  # 1.5 CPUs: 2 threads would be throttled
+        ({"cpu.max": "50000 100000\n"}, 1, "cgroup CPU quota 0.5"),  # never below one thread
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None, "no cgroup CPU quota"),
+        ({"cpu,cpuacct/cpu.cfs_quota_us": "100000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 1, "quota 1"),
+    ],
+)
+def test_the_cpu_budget_is_the_affinity_capped_by_a_cgroup_quota(tmp_path, files, cpus, why):
+    from cifarkit.runtime import cpu_budget
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    budget, reason = cpu_budget(tmp_path)
+    assert budget == (affinity if cpus is None else min(affinity, cpus)) and why in reason
+    assert f"affinity {affinity}" in reason
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux call")
+def test_the_command_line_uses_only_the_cpus_it_may():
+    probe = (
+        "import os, sys; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+        "from cifarkit.cli import main\nmain(['info', '--json'])"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    info = json.loads(out)
+    assert info["torch_threads"] == 1 and info["cpu_budget"]["cpus"] == 1
+
+
+def test_bars_in_a_log_file_write_a_line_every_few_seconds(capsys):
+    from cifarkit.progress import LOG_INTERVAL_S, progress_bar
+
+    with progress_bar(range(20_000), desc="decoding") as bar:  # stderr is captured here: not a terminal
+        assert bar.mininterval == LOG_INTERVAL_S
+        for _ in bar:
+            pass
+    err = capsys.readouterr().err
+    assert "20000/20000" in err and err.count("\r") <= 3, err  # the start and the end, not 20,000 refreshes

@@ -54,7 +54,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         ("CPU kind", info["cpu_kind"]),
         ("ISA", features),
         ("cores", info["cores"]),
-        ("torch threads", info["torch_threads"]),
+        ("CPUs usable", f"{info['cpu_budget']['cpus']} ({info['cpu_budget']['why']})"),
+        ("torch threads", f"{info['torch_threads']} (by default one per usable core; --threads N sets it)"),
         ("bf16=auto means", precision_name(info["bf16_auto"])),
     ]
     if args.json:
@@ -421,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     device_opts.add_argument(
         "--threads",
         type=_threads,
-        help="CPU threads for PyTorch (default: one per core); 1 is fastest on a machine busy with other work",
+        help="CPU threads for PyTorch (default: one per core this process may use, within its affinity and "
+        "container CPU quota); 1 is fastest on a machine busy with other work",
     )
 
     p = sub.add_parser("data", parents=[data_opts], help="describe or show the data set")
@@ -688,10 +690,12 @@ def _port(text: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # reuse activation memory between training steps (see runtime.py)
-    if getattr(args, "threads", None):
+    if hasattr(args, "threads"):  # commands that compute: --threads, or what the CPU budget allows
         import torch
 
-        torch.set_num_threads(args.threads)
+        from cifarkit.runtime import default_threads
+
+        torch.set_num_threads(args.threads or default_threads())
     try:
         args.func(args)
     except CifarkitError as e:

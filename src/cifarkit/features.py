@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cifarkit import distributed
 from cifarkit.data.cache import default_cache_dir
 from cifarkit.errors import CifarkitError
 from cifarkit.files import atomic_write_bytes
 from cifarkit.models.backbones import Backbone
+from cifarkit.progress import progress_bar
 from cifarkit.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def extract_features(
     model = backbone.inference_copy().to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
     out = np.empty((len(images_uint8), model.feature_dim), dtype=np.float16)
-    bar = tqdm(
+    bar = progress_bar(
         total=len(images_uint8), disable=not progress, unit="img", desc=f"features {model.name} @{model.input_size}px"
     )
     with torch.inference_mode(), autocast(device, bf16), bar:

@@ -186,6 +186,55 @@ def cpu_kind() -> str:
     return f"float32 only ({'AVX-512' if f['avx512'] else 'AVX2' if f['avx2'] else 'no AVX2'}, no native bf16)"
 
 
+def cpu_budget(cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[int, str]:
+    """How many CPUs this process may use, and why: its CPU affinity, capped by a cgroup CPU quota.
+
+    A container limited to 2 CPUs on a 64-core host still sees 64 cores
+    (``os.cpu_count()``), and PyTorch would start a thread per physical core:
+    dozens of threads time-sliced onto 2 CPUs' worth of quota, each operation
+    waiting for the slowest. The affinity mask (``taskset``, cpusets) and the
+    quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``) say what is really
+    there. A fractional quota rounds down (1.5 CPUs: 1 thread), never below 1.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+        why = [f"affinity {cpus}"]
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+        why = [f"{cpus} cores"]
+    quota = _cgroup_cpu_quota(cgroup_root)
+    if quota is None:
+        why.append("no cgroup CPU quota")
+    else:
+        why.append(f"cgroup CPU quota {quota:g}")
+        cpus = min(cpus, max(1, int(quota)))
+    return cpus, ", ".join(why)
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """The cgroup CPU quota in CPUs (quota / period), or None where there is none or none can be read."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000" or "200000 100000"
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for folder in ("cpu", "cpu,cpuacct"):  # cgroup v1: a quota of -1 is none
+        try:
+            quota = int((root / folder / "cpu.cfs_quota_us").read_text())
+            period = int((root / folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota / period if quota > 0 and period > 0 else None
+    return None
+
+
+def default_threads() -> int:
+    """PyTorch's own thread count (one per physical core) where the CPU budget allows it, else the budget."""
+    import torch
+
+    return min(torch.get_num_threads(), cpu_budget()[0])
+
+
 def machine_info(device: str = "auto") -> dict[str, Any]:
     """Everything a figure needs beside it: versions, device, CPU model and kind, threads, precision."""
     import torch
@@ -203,6 +252,7 @@ def machine_info(device: str = "auto") -> dict[str, Any]:
         "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_budget": dict(zip(("cpus", "why"), cpu_budget())),
         "bf16_auto": resolve_bf16("auto", dev),
     }
     if dev.type == "cuda":

@@ -36,6 +36,7 @@ from cifarkit.files import LOCK_FILE, check_writable, write_csv, write_json
 from cifarkit.models import count_parameters
 from cifarkit.optim import OptimizerChain, build_optimizer, lr_multiplier, set_learning_rates, weight_ema
 from cifarkit.plots import plot_history
+from cifarkit.progress import progress_bar
 from cifarkit.recipes import Recipe, for_processes, recipe_from_config, validate
 from cifarkit.runs import (
     RETRAIN,
@@ -146,18 +147,16 @@ def train_one_epoch(
     steps = -(-len(x) // recipe.batch_size)
     # Batches of indices, so labels and teacher outputs follow the images through the shuffle.
     order = torch.arange(len(x))
-    bar = tqdm(
+    bar = progress_bar(
         batches(x, order, recipe.batch_size, shuffle_seed=_epoch_seed(recipe.seed, epoch), rank=rank, world=world),
         total=steps,
         desc=f"epoch {epoch + 1}/{recipe.epochs}",
         disable=not progress,
         leave=False,
-        dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 30,
     )
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    seen, next_postfix = 0, 0.0
     for i, (xb, ib) in enumerate(bar):
         set_learning_rates(optimizer, lr_at, first_step + i)
         xb, yb = _to_device(xb, device), split.y_train[ib].to(device, non_blocking=True)
@@ -182,8 +181,9 @@ def train_one_epoch(
         loss_sum += batch_loss.detach()
         correct += (logits.argmax(1) == yb).sum()
         seen += len(yb)
-        if progress and i % 50 == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+        if progress and time.monotonic() >= next_postfix:  # this epoch's figures so far, as often as a line shows
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
+            next_postfix = time.monotonic() + bar.mininterval / 2
     loss_total, correct_total, seen_total = distributed.all_sum(loss_sum, correct, seen)
     return loss_total / seen_total, correct_total / seen_total
 

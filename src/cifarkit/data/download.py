@@ -14,10 +14,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from cifarkit.data.sources import file_md5
 from cifarkit.errors import DataError
+from cifarkit.progress import progress_bar
 
 DEFAULT_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 DEFAULT_TIMEOUT = 10.0
@@ -76,7 +75,7 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
         received = 0
         with (
             part.open("ab" if offset else "wb") as out,
-            tqdm(
+            progress_bar(
                 total=offset + expected if expected >= 0 else None,
                 initial=offset,
                 desc=part.name,

@@ -34,12 +34,12 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from cifarkit.data.dataset import CIFAR10, CLASSES
 from cifarkit.data.images import decode_image
 from cifarkit.data.safe_pickle import load_pickle
 from cifarkit.errors import CifarkitError, DataError
+from cifarkit.progress import progress_bar
 
 PYTHON_MD5 = "c58f30108f718f92721af3b95e74349a"
 """MD5 of the official ``cifar-10-python.tar.gz``."""
@@ -423,7 +423,7 @@ def _decode_images(files: list[Path], split: str) -> np.ndarray:
     chunks = [files[start : start + DECODE_CHUNK] for start in range(0, len(files), DECODE_CHUNK)]
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     try:
-        with tqdm(total=len(files), desc=f"decoding {split} images", unit="img") as progress:
+        with progress_bar(total=len(files), desc=f"decoding {split} images", unit="img") as progress:
             start = 0
             for pixels, resized in pool.map(_decode_chunk, chunks):
                 images[start : start + len(pixels)] = pixels
