@@ -163,3 +163,17 @@ def test_a_broken_rule_names_the_module_the_import_and_the_rule(importer: str, t
 def test_allowed_imports_break_no_rule() -> None:
     for importer, target in [("cifarkit.__main__", "cifarkit.cli"), ("cifarkit.predict", "cifarkit.evaluate")]:
         assert broken_rules(Import(importer, target, 1)) == []
+
+
+MAX_FUNCTION_LINES = 80  # a function a reader can hold at once; split longer ones into named parts
+
+
+def test_no_function_in_the_package_is_longer_than_a_reader_can_hold():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"

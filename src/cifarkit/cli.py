@@ -8,12 +8,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
 from cifarkit import __version__
 from cifarkit.errors import CifarkitError
+from cifarkit.recipes import CHOICES, DEFAULT_RECIPE
 from cifarkit.runtime import keep_freed_memory
 
 
@@ -396,7 +397,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"cifarkit: error: {self.prog}: {message}; see `{self.prog} --help`\n")
 
 
+TTA_CHOICES = CHOICES["tta"]  # recipes imports no torch: `cifarkit --help` stays fast
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The `cifarkit` command line: one subcommand per verb, each with its own options."""
     parser = _Parser(
         prog="cifarkit",
         description="Train, evaluate, explain, serve and export CIFAR-10 "
@@ -405,6 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cifarkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    data_opts, device_opts = _shared_options()
+    _add_info_commands(sub, data_opts, device_opts)
+    _add_train(sub, data_opts, device_opts)
+    _add_tune(sub, data_opts, device_opts)
+    _add_run_commands(sub, data_opts, device_opts)
+    _add_export(sub, data_opts, device_opts)
+    _add_serve(sub, data_opts, device_opts)
+    return parser
+
+
+def _shared_options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The options several commands take: where the data is, and what computes."""
     data_opts = argparse.ArgumentParser(add_help=False)
     data_opts.add_argument(
         "--data",
@@ -425,7 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads for PyTorch (default: one per core this process may use, within its affinity and "
         "container CPU quota); 1 is fastest on a machine busy with other work",
     )
+    return data_opts, device_opts
 
+
+def _add_info_commands(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
+    """The data, info, models and recipes: what is here subcommands."""
     p = sub.add_parser("data", parents=[data_opts], help="describe or show the data set")
     p.add_argument("action", choices=["info", "show"])
     p.add_argument("-o", "--output", default="cifar10_samples.png", help="PNG to write (show)")
@@ -447,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="print every field of every recipe")
     p.set_defaults(func=cmd_recipes)
 
-    from cifarkit.recipes import DEFAULT_RECIPE
+
+def _add_train(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
+    """The train subcommand."""
     from cifarkit.tracking import TRACKERS
 
     p = sub.add_parser("train", parents=[data_opts, device_opts], help="train a recipe, then evaluate it")
@@ -474,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
         "or MLflow ($MLFLOW_TRACKING_URI); needs cifarkit[track]",
     )
     p.set_defaults(func=cmd_train)
+
+
+def _add_tune(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
+    """The tune subcommand."""
+    from cifarkit.tracking import TRACKERS
 
     p = sub.add_parser(
         "tune",
@@ -515,11 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_tune)
 
+
+def _add_run_commands(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
+    """The evaluate, predict and report: reading a trained run subcommands."""
     p = sub.add_parser("evaluate", parents=[data_opts, device_opts], help="evaluate a run on the test set")
     p.add_argument("run", help="run directory")
-    p.add_argument(
-        "--tta", choices=["none", "flip", "flip_translate"], help="test-time augmentation (default: the recipe's)"
-    )
+    p.add_argument("--tta", choices=TTA_CHOICES, help="test-time augmentation (default: the recipe's)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", parents=[device_opts], help="classify image files with a trained run")
@@ -547,12 +576,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_report)
 
-    tta_modes = ["none", "flip", "flip_translate"]
+
+def _add_export(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
+    """The export subcommand."""
     p = sub.add_parser("export", parents=[data_opts], help="write a run as an ONNX or TorchScript model file")
     p.add_argument("run", help="run directory")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("-o", "--output", help="file to write (default RUN/model.onnx or RUN/model.torchscript.pt)")
-    p.add_argument("--tta", choices=tta_modes, help="test-time augmentation built in (default: the recipe's)")
+    p.add_argument("--tta", choices=TTA_CHOICES, help="test-time augmentation built in (default: the recipe's)")
     p.add_argument(
         "--check-images",
         type=_positive_int,
@@ -568,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: one per core)")
     p.set_defaults(func=cmd_export)
 
+
+def _add_serve(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
+    """The serve subcommand."""
     from cifarkit.serve.settings import ServeSettings
 
     limits = ServeSettings()
@@ -587,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-file", help="ONNX file for --backend onnx (default RUN/model.onnx)")
     p.add_argument(
-        "--tta", choices=tta_modes, help="test-time augmentation (default: the recipe's, or the ONNX file's)"
+        "--tta", choices=TTA_CHOICES, help="test-time augmentation (default: the recipe's, or the ONNX file's)"
     )
     p.add_argument(
         "--api-key",
@@ -632,7 +666,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="most images waiting for the model; 503 with Retry-After beyond (default %(default)s)",
     )
     p.set_defaults(func=cmd_serve)
-    return parser
 
 
 def _positive_int(text: str) -> int:

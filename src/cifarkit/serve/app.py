@@ -101,7 +101,6 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
         max_wait=settings.batch_wait_ms / 1000,
         max_queue=settings.max_queue,
     )
-    decoders = anyio.CapacityLimiter(os.cpu_count() or 1)  # decoding is CPU work: no more threads than cores
     page = resources.files("cifarkit.serve").joinpath("page.html").read_text(encoding="utf-8")
     model_info = ModelInfo(
         **classifier.info,
@@ -109,7 +108,6 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
             max_upload_bytes=settings.max_upload_bytes, max_files=settings.max_files, max_pixels=settings.max_pixels
         ),
     )
-    identity = ModelIdentity(**classifier.identity)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -141,6 +139,17 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
     @app.get("/v1/model", dependencies=authorized, summary="The model being served")
     async def model() -> ModelInfo:
         return model_info
+
+    _add_predict(app, classifier, batcher, settings, authorized)
+    return app
+
+
+def _add_predict(
+    app: FastAPI, classifier: Classifier, batcher: DynamicBatcher, settings: ServeSettings, authorized: list
+) -> None:
+    """``POST /v1/predict``: decode the uploads on a few threads, batch them with others, answer the top classes."""
+    decoders = anyio.CapacityLimiter(os.cpu_count() or 1)  # decoding is CPU work: no more threads than cores
+    identity = ModelIdentity(**classifier.identity)
 
     @app.post(
         "/v1/predict",
@@ -181,8 +190,6 @@ def create_app(classifier: Classifier, settings: ServeSettings | None = None) ->
                 for (name, _), p in zip(uploads, probs)
             ],
         )
-
-    return app
 
 
 def _decode_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> np.ndarray:

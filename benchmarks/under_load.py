@@ -1,0 +1,135 @@
+"""Epoch time on a machine that is not quiet: one core kept busy by another ordinary process.
+
+Users' laptops and shared servers always run something else. This times one
+training epoch of each recipe through the command line (``cifarkit train
+--subset N --epochs 1 --no-eval``, each in a fresh process, as users run it),
+quiet and beside a plain busy loop (``python -c "while True: pass"``, same
+priority), with the default thread count and with ``--threads 1`` and
+``--threads 2``. It prints each epoch's seconds (from the run's history) and
+peak resident memory (from the kernel's accounting of that process), then
+the ratios that matter: under load, the default against the better of 1 and 2
+threads; and each setting busy against quiet. With TensorFlow installed
+(``pip install -e '.[peers]'``) it also times the notebook's Keras pipeline
+beside cifarkit (``benchmarks/epoch_time.py``, one full epoch each) under the same conditions.
+
+    python benchmarks/under_load.py --data ../shared/data/cifar10 --recipes seed_cnn3 fast93 \
+        --subset 5000 --json benchmarks/results/under_load.json
+
+Only one of these runs at a time; the busy loop is started before and killed
+after each timed run. Never run two benchmarks at once on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cifarkit.runtime import machine_info
+
+
+def timed_epoch(recipe: str, threads: int | None, busy: bool, args: argparse.Namespace) -> dict:
+    """One epoch of ``recipe`` in a fresh `cifarkit train` process: its seconds and peak memory."""
+    with tempfile.TemporaryDirectory(prefix="under-load-") as tmp:
+        command = [sys.executable, "-m", "cifarkit", "train", "--recipe", recipe, "--epochs", "1", "--no-eval"]
+        command += ["--subset", str(args.subset), "--out", f"{tmp}/run", "--set", "val_fraction=0.02"]
+        command += ["--data", args.data] + (["--threads", str(threads)] if threads else [])
+        with busy_core(busy), open(f"{tmp}/stderr", "w") as err:
+            run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+            _, status, usage = os.wait4(run.pid, 0)  # this process's own peak memory, not the maximum of all
+            run.returncode = os.waitstatus_to_exitcode(status)
+        if run.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{Path(f'{tmp}/stderr').read_text()}")
+        history = json.loads(Path(f"{tmp}/run/history.json").read_text())
+    return {"seconds": history[0]["seconds"], "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+
+
+@contextmanager
+def busy_core(busy: bool) -> Iterator[None]:
+    """Another ordinary process keeping one core busy (or nothing), for the time of the block."""
+    if not busy:
+        yield
+        return
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # the loop has its core before the timed work starts
+        yield
+    finally:
+        loop.kill()
+        loop.wait()
+
+
+def keras_beside_cifarkit(busy: bool, args: argparse.Namespace) -> dict | None:
+    """The notebook's Keras pipeline and cifarkit, one full seed_cnn3 epoch each, alternating (epoch_time.py)."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory(prefix="under-load-keras-") as tmp, busy_core(busy):
+        command = [sys.executable, str(Path(__file__).with_name("epoch_time.py")), "--model", "seed_cnn3"]
+        command += ["--epochs", "1", "--threads", "2", "--data", args.data, "--json", f"{tmp}/k.json"]
+        subprocess.run(command, check=True, capture_output=True)
+        result = json.loads(Path(f"{tmp}/k.json").read_text())
+    return {
+        "cifarkit_seconds": result["cifarkit"]["median_seconds"],
+        "keras_seconds": result["keras"]["median_seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("CIFARKIT_DATA"), help="CIFAR-10 (default $CIFARKIT_DATA)")
+    parser.add_argument("--recipes", nargs="+", default=["seed_cnn3", "fast93"])
+    parser.add_argument("--subset", type=int, default=5000, help="training images per epoch (default 5000)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    if not args.data:
+        raise SystemExit("pass --data or set CIFARKIT_DATA")
+    results: dict = {"machine": machine_info(), "subset": args.subset, "recipes": {}}
+    print(f"{results['machine']['cpu_model']}, {results['machine']['cpu_kind']}, {os.cpu_count()} cores", flush=True)
+    for recipe in args.recipes:
+        rows = {}
+        for busy in (False, True):
+            for threads in (None, 1, 2):
+                key = f"{'busy' if busy else 'quiet'}/{'default' if threads is None else f'threads{threads}'}"
+                rows[key] = timed_epoch(recipe, threads, busy, args)
+                print(
+                    f"{recipe:<10} {key:<16} {rows[key]['seconds']:7.2f} s  {rows[key]['peak_rss_mb']:6,} MB",
+                    flush=True,
+                )
+        best_busy = min(rows["busy/threads1"]["seconds"], rows["busy/threads2"]["seconds"])
+        ratios = {
+            "busy default / best of 1 and 2 threads": rows["busy/default"]["seconds"] / best_busy,
+            **{
+                f"{setting}: busy / quiet": rows[f"busy/{setting}"]["seconds"] / rows[f"quiet/{setting}"]["seconds"]
+                for setting in ("default", "threads1", "threads2")
+            },
+        }
+        for name, value in ratios.items():
+            print(f"{recipe:<10} {name:<40} {value:5.2f}x", flush=True)
+        results["recipes"][recipe] = {"epochs": rows, "ratios": ratios}
+    for busy in (False, True):
+        keras = keras_beside_cifarkit(busy, args)
+        if keras is None:
+            print("Keras: TensorFlow is not installed (pip install -e '.[peers]'); not timed")
+            break
+        load = "busy" if busy else "quiet"
+        results[f"keras_seed_cnn3_{load}"] = keras
+        speed = keras["keras_seconds"] / keras["cifarkit_seconds"]
+        print(
+            f"seed_cnn3 full epoch, {load}: cifarkit {keras['cifarkit_seconds']:.1f} s, Keras "
+            f"{keras['keras_seconds']:.1f} s: cifarkit {speed:.2f}x as fast"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
