@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import cifarkit.distill as distill_module
 import cifarkit.train as train_module
 from cifarkit.data.augment import augment, flipped, progressive_size, resize
-from cifarkit.distill import distillation_loss, teacher_logits
+from cifarkit.distill import teacher_logits, training_loss
 from cifarkit.errors import CifarkitError
 from cifarkit.inference import predict_logits
 from cifarkit.recipes import get_recipe
@@ -49,7 +49,7 @@ def test_distillation_loss_matches_hand_computed_values():
         sum(p * (math.log(p) - math.log(q)) for p, q in zip(softmax(tr, t), softmax(sr, t)))
         for sr, tr in zip(logits.tolist(), teacher.tolist())
     )
-    got = distillation_loss(logits, labels, teacher, weight=w, temperature=t)
+    got = training_loss(logits, labels, teacher, weight=w, temperature=t)
     assert got.item() == pytest.approx((1 - w) * hard + w * t * t * soft, rel=1e-6)
     assert hard == pytest.approx(0.96422, abs=1e-4) and soft == pytest.approx(0.44137, abs=1e-4)  # worked on paper
 
@@ -59,13 +59,11 @@ def test_distillation_loss_without_teacher_weight_is_the_plain_loss():
     teacher = torch.randn(8, 10)
     plain = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.2, reduction="sum")
     assert torch.allclose(
-        distillation_loss(logits, labels, teacher, weight=0.0, temperature=4.0, label_smoothing=0.2), plain
+        training_loss(logits, labels, teacher, weight=0.0, temperature=4.0, label_smoothing=0.2), plain
     )
-    assert torch.allclose(
-        distillation_loss(logits, labels, None, weight=0.9, temperature=4.0, label_smoothing=0.2), plain
-    )
+    assert torch.allclose(training_loss(logits, labels, None, weight=0.9, temperature=4.0, label_smoothing=0.2), plain)
     # All weight on a teacher that agrees with the student: nothing to learn.
-    assert distillation_loss(logits, labels, logits, weight=1.0, temperature=4.0).abs().item() < 1e-5
+    assert training_loss(logits, labels, logits, weight=1.0, temperature=4.0).abs().item() < 1e-5
 
 
 def test_teacher_cache_hits_on_a_second_run_and_keys_by_teacher(tiny_data, tmp_path, monkeypatch):

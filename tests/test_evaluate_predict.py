@@ -11,11 +11,12 @@ from torch import nn
 import cifarkit.features as features
 from cifarkit.cli import main
 from cifarkit.data.dataset import CLASSES
+from cifarkit.data.images import image_to_array
 from cifarkit.errors import CifarkitError
 from cifarkit.evaluate import evaluate
 from cifarkit.inference import predict_proba, tta_logits
 from cifarkit.models import create_model
-from cifarkit.predict import image_to_array, predict
+from cifarkit.predict import predict
 from cifarkit.recipes import get_recipe
 from cifarkit.runs import load_evaluation, load_model, load_torch, save_torch, save_weights
 from cifarkit.train import train

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -338,5 +339,8 @@ def test_tune_command_with_final(tmp_path, capsys, monkeypatch, tiny_data):
     final = out / "final-0000"
     config = json.loads((final / "config.json").read_text())
     assert config["val_fraction"] == 0.0 and config["lr"] == load_study(out).best_params["lr"]
-    assert json.loads((final / "eval" / "metrics.json").read_text())["test_acc"] >= 0
+    record = json.loads((final / "eval" / "metrics.json").read_text())
+    with np.load(final / "eval" / "predictions.npz") as npz:  # the final run was evaluated, and says so
+        accuracy = (npz["probs"].argmax(1) == npz["labels"]).mean()
+    assert record["test_acc"] == pytest.approx(accuracy) and f"test accuracy {record['test_acc']:.4f}" in stdout
     assert json.loads((out / "study.json").read_text())["study"] == "study"

@@ -1,4 +1,4 @@
-"""The `cifarkit` command line: each verb parses its flags and calls the Python API, nothing else."""
+"""The `cifarkit` command line: each verb parses its flags, refuses bad input before work, and calls the Python API."""
 
 from __future__ import annotations
 

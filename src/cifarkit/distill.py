@@ -3,7 +3,7 @@
 A fast net trained on labels alone sees one hard answer per image; a strong
 teacher (e.g. a fine-tuned pretrained network) also says how much an image of
 a cat looks like a dog. The student's loss mixes the two
-(:func:`distillation_loss`). The teacher runs once over the training images
+(:func:`training_loss`). The teacher runs once over the training images
 and their mirror images, and its logits are cached on disk, keyed like the
 feature cache (the teacher's weights, its precision and the pixels), so a
 student's run costs what a fast recipe costs. The student's random
@@ -90,7 +90,7 @@ def teacher_logits(
     return cached_rows(path, images, compute, (2, len(classes)))
 
 
-def distillation_loss(
+def training_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     teacher: torch.Tensor | None,

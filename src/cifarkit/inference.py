@@ -1,4 +1,4 @@
-"""The one forward pass over uint8 images that evaluation, prediction, export, report, serving and distillation share.
+"""The inference pass over uint8 images that evaluation, prediction, export, report, serving and distillation share.
 
 :func:`predict_logits` turns uint8 images (N, H, W, 3) into logits in eval
 mode, batched, in the run's precision and optionally with test-time
@@ -19,9 +19,10 @@ from torch import nn
 
 from cifarkit.data.batches import to_tensor
 from cifarkit.errors import CifarkitError
+from cifarkit.recipes import CHOICES
 from cifarkit.runtime import autocast, pick_device
 
-TTA_MODES = ("none", "flip", "flip_translate")
+TTA_MODES = CHOICES["tta"]  # the modes a recipe may name, listed once there
 
 
 def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarkit.analysis import Prediction, ranked  # Prediction re-exported: the type predict returns
-from cifarkit.data.images import image_to_array  # decoding lives there; re-exported for existing callers
+from cifarkit.data.images import image_to_array
 from cifarkit.errors import CifarkitError
 from cifarkit.inference import check_model, check_outputs, predict_proba
 from cifarkit.runs import load_model, read_config

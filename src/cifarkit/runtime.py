@@ -41,7 +41,6 @@ _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 1 << 30  # blocks up to 1 GiB are reused instead of mapped afresh
 
-BF16_CHOICES = ("auto", True, False)
 # Measured on a 2-core AMD EPYC with AVX2 only (benchmarks/train_step.py, fastnet_xs and
 # fastnet_s, batch 500): bfloat16 autocast ran 19-21x slower than float32 there.
 EMULATED_BF16_SLOWDOWN = "about 20x"

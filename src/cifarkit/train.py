@@ -29,7 +29,7 @@ from cifarkit import __version__, distributed
 from cifarkit.data.augment import augment, flipped, progressive_size, resize
 from cifarkit.data.batches import batches, to_tensor
 from cifarkit.data.dataset import CIFAR10
-from cifarkit.distill import check_teacher, distillation_loss, teacher_logits
+from cifarkit.distill import check_teacher, teacher_logits, training_loss
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
 from cifarkit.files import LOCK_FILE, check_writable, write_csv, write_json
@@ -142,7 +142,7 @@ def train_one_epoch(
         cutout_size=recipe.cutout,
     )
     if recipe.resize_start:
-        x = resize(x, epoch_size(recipe, epoch, split.x_train.shape[-1]))
+        x = resize(x, image_side(recipe, epoch, split.x_train.shape[-1]))
     teacher = _teacher_view(split.teacher, recipe, epoch)
     steps = -(-len(x) // recipe.batch_size)
     # Batches of indices, so labels and teacher outputs follow the images through the shuffle.
@@ -162,7 +162,7 @@ def train_one_epoch(
         xb, yb = _to_device(xb, device), split.y_train[ib].to(device, non_blocking=True)
         with autocast(device, recipe.bf16):
             logits = model(xb)
-        batch_loss = distillation_loss(
+        batch_loss = training_loss(
             logits.float(),
             yb,
             None if teacher is None else teacher[ib].to(device, non_blocking=True),
@@ -188,7 +188,7 @@ def train_one_epoch(
     return loss_total / seen_total, correct_total / seen_total
 
 
-def epoch_size(recipe: Recipe, epoch: int, full: int) -> int:
+def image_side(recipe: Recipe, epoch: int, full: int) -> int:
     """The side of the images trained on in ``epoch``: smaller early on with progressive resizing."""
     return progressive_size(
         epoch, epochs=recipe.epochs, full=full, start=recipe.resize_start, until=recipe.resize_until
@@ -577,7 +577,7 @@ def _one_epoch(
         val_loss=val_loss,
         val_acc=val_acc,
         lr=s.optimizer.param_groups[0]["lr"],
-        image_size=epoch_size(recipe, epoch, split.x_train.shape[-1]) if split.x_train.dim() == 4 else None,
+        image_size=image_side(recipe, epoch, split.x_train.shape[-1]) if split.x_train.dim() == 4 else None,
         seconds=seconds,
     )
     if progress:
