@@ -10,15 +10,32 @@ from torch.nn import functional as F
 from cifarkit.models import count_parameters, create_model, list_models
 from cifarkit.models.fastnet import FastNet, FastNetConfig
 
-# (name, all parameters, trainable). Frozen: the 288 whitening weights and the BN scales.
-# fastnet_s: 288+24 whiten, 24*64*9 + 64*64*9 + 64*256*9 + 3*256*256*9 convs,
-# 2*(2*64 + 4*256) BN, 256*10 head = 1,972,792.
+# (name, widths, all parameters, trainable), each count derived by fastnet_counts below.
 PRESETS = [
-    ("fastnet_xs", 498_104, 497_240),
-    ("fastnet_s", 1_972_792, 1_971_352),
-    ("fastnet_m", 4_606_520, 4_604_440),
-    ("fastnet_l", 7_852_856, 7_850_264),
+    ("fastnet_xs", (32, 128, 128), 498_104, 497_240),
+    ("fastnet_s", (64, 256, 256), 1_972_792, 1_971_352),
+    ("fastnet_m", (128, 384, 384), 4_606_520, 4_604_440),
+    ("fastnet_l", (128, 512, 512), 7_852_856, 7_850_264),
 ]
+
+
+def fastnet_counts(w1: int, w2: int, w3: int, classes: int = 10) -> tuple[int, int]:
+    """(all, trainable) parameters of FastNet with these widths, counted from its layers.
+
+    Whitening: a 2x2 conv from 3 to 24 channels, 288 frozen weights and 24 trainable biases. Three blocks of two
+    bias-free 3x3 convs (24 -> w1 -> w1, w1 -> w2 -> w2, w2 -> w3 -> w3), each followed by BatchNorm with a frozen
+    scale and a trainable bias per channel. A bias-free linear head w3 -> classes.
+    """
+    whiten_weights, whiten_bias = 3 * 24 * 2 * 2, 24
+    convs = 9 * (24 * w1 + w1 * w1 + w1 * w2 + w2 * w2 + w2 * w3 + w3 * w3)
+    bn_channels = 2 * (w1 + w2 + w3)
+    total = whiten_weights + whiten_bias + convs + 2 * bn_channels + w3 * classes
+    return total, total - whiten_weights - bn_channels
+
+
+@pytest.mark.parametrize("name,widths,total,trainable", PRESETS)
+def test_preset_counts_follow_from_the_layers(name: str, widths: tuple[int, int, int], total: int, trainable: int):
+    assert fastnet_counts(*widths) == (total, trainable)
 
 
 def smooth_images(n: int, seed: int = 0) -> torch.Tensor:
@@ -28,8 +45,8 @@ def smooth_images(n: int, seed: int = 0) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
 
 
-@pytest.mark.parametrize("name,total,trainable", PRESETS)
-def test_preset_builds_counts_and_outputs_logits(name: str, total: int, trainable: int) -> None:
+@pytest.mark.parametrize("name,widths,total,trainable", PRESETS)
+def test_preset_builds_counts_and_outputs_logits(name: str, widths: tuple, total: int, trainable: int) -> None:
     model = create_model(name)
     assert count_parameters(model) == total
     assert count_parameters(model, trainable_only=True) == trainable
@@ -38,7 +55,7 @@ def test_preset_builds_counts_and_outputs_logits(name: str, total: int, trainabl
 
 def test_presets_are_listed_and_take_num_classes() -> None:
     names = {info.name for info in list_models()}
-    assert {name for name, _, _ in PRESETS} <= names
+    assert {name for name, *_ in PRESETS} <= names
     assert create_model("fastnet_xs", num_classes=7)(torch.rand(2, 3, 32, 32)).shape == (2, 7)
 
 
