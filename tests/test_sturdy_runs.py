@@ -130,6 +130,7 @@ def test_bad_places_for_a_run_are_refused_before_anything_is_created(capsys, cli
 
 def test_no_output_option_writes_a_runs_files(capsys, cli_data, run_copy, tmp_path):
     run, _ = run_copy
+    (tmp_path / "link").symlink_to(run)
     before = snapshot(run)
     for argv in (
         ["export", str(run), "-o", str(run / "best.safetensors")],
@@ -139,6 +140,8 @@ def test_no_output_option_writes_a_runs_files(capsys, cli_data, run_copy, tmp_pa
         ["report", str(run), "--no-data", "-o", str(run / "insight" / "report.html")],
         ["report", str(run), "--no-data", "-o", str(run / "new.html")],
         ["data", "show", "-o", str(run / "samples.png")],
+        ["export", str(run), "-o", str(run / "eval" / ".." / "best.safetensors")],  # the same file by another name
+        ["report", str(run), "--no-data", "-o", str(tmp_path / "link" / "config.json")],  # a link to the run
     ):
         assert "lies in the run directory" in refused(capsys, *argv)
     (tmp_path / "x.png").write_text("x")

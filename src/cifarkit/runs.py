@@ -96,7 +96,7 @@ def is_run_directory(folder: Path) -> bool:
 
 def run_directory_of(path: str | Path) -> Path | None:
     """The run directory that ``path`` is or lies in, if any (the nearest one above it)."""
-    path = Path(path).absolute()
+    path = Path(path).resolve()  # `RUN/eval/..` and links to a run are the run
     return next((folder for folder in (path, *path.parents) if is_run_directory(folder)), None)
 
 
@@ -112,12 +112,12 @@ def check_output_file(path: str | Path, flag: str, *, run: str | Path | None = N
     path = Path(path)
     if path.is_dir():
         raise CifarkitError(f"{flag} {path} is a directory; name the file to write, e.g. {path / 'out'}")
-    holder = run_directory_of(path.absolute().parent)
+    holder = run_directory_of(path.resolve().parent)
     if holder is not None:
         allowed = (
             run is not None
-            and holder == Path(run).absolute()
-            and path.absolute().parent == holder
+            and holder == Path(run).resolve()
+            and path.resolve().parent == holder
             and path.name.endswith(own)
             and path.name not in CHECKPOINT_FILES
         )
