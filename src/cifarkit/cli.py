@@ -754,7 +754,13 @@ def _lost_the_others(error: RuntimeError) -> None:
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = str(error)
+    lost = isinstance(error, getattr(dist, "DistError", ())) or any(
+        sign in text for sign in ("gloo", "NCCL", "Connection closed", "Connection reset", "timed out", "Timed out")
+    )
+    if not lost:  # another error in a launch is a bug like any other: its traceback stays
+        return
+    reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     reason = reason.split("] ", 1)[-1].split(". ")[0]  # gloo's "[source file:line] what happened. Advice..."
     print(
         f"cifarkit: error: rank {dist.get_rank()} stopped: another process of the launch failed or was killed "
