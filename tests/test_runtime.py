@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -172,3 +173,107 @@ def test_bars_in_a_log_file_write_a_line_every_few_seconds(capsys):
             pass
     err = capsys.readouterr().err
     assert "20000/20000" in err and err.count("\r") <= 3, err  # the start and the end, not 20,000 refreshes
+
+
+@pytest.fixture
+def restore_threads():
+    """Tests that set the process's thread policy put it back: other tests run in this process after them."""
+    before = torch.get_num_threads()
+    yield
+    runtime._adaptive = None
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("free", "budget", "threads"), [(2.0, 2, 2), (1.6, 2, 2), (1.5, 2, 1), (0.2, 2, 1), (0.0, 4, 1), (7.9, 4, 4)]
+)
+def test_threads_follow_the_cpus_other_programs_leave_free(free, budget, threads):
+    assert runtime.threads_for(free, budget) == threads
+
+
+def _stat(tmp_path, idle_ticks: list[int]):
+    """A /proc/stat with these idle ticks per CPU (the other fields arbitrary)."""
+    lines = ["cpu  1 2 3 4 5 6 7 8 0 0"]
+    lines += [f"cpu{i} 100 0 50 {idle} 7 0 0 0 0 0" for i, idle in enumerate(idle_ticks)]
+    path = tmp_path / "stat"
+    path.write_text("\n".join(lines + ["intr 12345", "ctxt 99"]) + "\n")
+    return path
+
+
+def test_the_thread_count_follows_measured_free_cpu_time(tmp_path, monkeypatch, restore_threads):
+    """Free CPUs = this process's CPU time + its CPUs' idle time, per second; measured once a window."""
+    clock = {"wall": 100.0, "cpu": 10.0}
+    monkeypatch.setattr(
+        runtime,
+        "time",
+        type(
+            "Clock",
+            (),
+            {"monotonic": staticmethod(lambda: clock["wall"]), "process_time": staticmethod(lambda: clock["cpu"])},
+        ),
+    )
+    hz = os.sysconf("SC_CLK_TCK")
+    stat = _stat(tmp_path, [0, 0])
+    governor = runtime._LoadAdaptiveThreads(2, stat)
+    governor.cpus = {0, 1}
+    torch.set_num_threads(2)
+
+    clock["wall"] += 0.5  # within the window: nothing measured yet
+    assert governor.step() is None and torch.get_num_threads() == 2
+    clock["wall"] += 0.5
+    clock["cpu"] += 1.0  # this process used one CPU, the other CPU was never idle: another program took it
+    message = governor.step()
+    assert torch.get_num_threads() == 1 and message.startswith("threads 1: 1.0 of 2 CPUs free")
+
+    clock["wall"] += 1.0
+    clock["cpu"] += 1.0
+    _stat(tmp_path, [0, hz])  # the other program stopped: CPU 1 idle the whole second
+    assert governor.step().startswith("threads 2: 2.0 of 2 CPUs free") and torch.get_num_threads() == 2
+
+    clock["wall"] += 1.0
+    clock["cpu"] += 1.9
+    _stat(tmp_path, [int(0.05 * hz), int(1.05 * hz)])  # still free: the count stays, nothing to say
+    assert governor.step() is None and torch.get_num_threads() == 2
+
+
+def test_without_proc_stat_the_count_stays(tmp_path, restore_threads):
+    torch.set_num_threads(2)
+    governor = runtime._LoadAdaptiveThreads(2, tmp_path / "missing")
+    assert governor.step() is None and torch.get_num_threads() == 2
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/stat") or len(os.sched_getaffinity(0)) < 2, reason="needs Linux and 2 CPUs"
+)
+def test_other_programs_on_every_cpu_take_the_threads_down_and_leaving_gives_them_back(restore_threads):
+    """The real /proc/stat: a busy loop on each CPU this process may use, then none."""
+    runtime.use_threads(None)
+    governor = runtime._adaptive
+    governor.budget = 2
+    torch.set_num_threads(2)
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in governor.cpus]
+    try:
+        time.sleep(governor.WINDOW_S + 0.5)
+        governor.last = governor._sample()  # a window with every CPU busy from the start
+        time.sleep(governor.WINDOW_S + 0.1)
+        assert runtime.adapt_threads() is not None and torch.get_num_threads() == 1
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+    time.sleep(governor.WINDOW_S + 0.1)
+    assert runtime.adapt_threads() is not None and torch.get_num_threads() == 2
+
+
+def test_a_fixed_thread_count_is_never_adapted(restore_threads):
+    runtime.use_threads(1)
+    assert runtime._adaptive is None and runtime.adapt_threads() is None and torch.get_num_threads() == 1
+
+
+def test_processes_launched_together_share_the_cpu_budget(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_budget", lambda: (4, "affinity 4"))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert runtime.default_threads() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert runtime.default_threads() == 1

@@ -56,7 +56,11 @@ def cmd_info(args: argparse.Namespace) -> None:
         ("ISA", features),
         ("cores", info["cores"]),
         ("CPUs usable", f"{info['cpu_budget']['cpus']} ({info['cpu_budget']['why']})"),
-        ("torch threads", f"{info['torch_threads']} (by default one per usable core; --threads N sets it)"),
+        (
+            "torch threads",
+            f"{info['torch_threads']} (one per usable core; training uses fewer while other programs keep CPUs "
+            "busy; --threads N fixes the count)",
+        ),
         ("bf16=auto means", precision_name(info["bf16_auto"])),
     ]
     if args.json:
@@ -439,8 +443,8 @@ def _shared_options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]
     device_opts.add_argument(
         "--threads",
         type=_threads,
-        help="CPU threads for PyTorch (default: one per core this process may use, within its affinity and "
-        "container CPU quota); 1 is fastest on a machine busy with other work",
+        help="CPU threads for PyTorch, fixed (default: one per core this process may use, within its affinity "
+        "and container CPU quota; training uses fewer while other programs keep CPUs busy)",
     )
     return data_opts, device_opts
 
@@ -596,7 +600,11 @@ def _add_export(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argpa
         action="store_true",
         help="also write an int8-quantised ONNX model, with its test accuracy and speed beside the float model's",
     )
-    p.add_argument("--threads", type=_threads, help="CPU threads for PyTorch (default: one per core)")
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        help="CPU threads for PyTorch (default: one per core this process may use)",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -723,12 +731,10 @@ def _port(text: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # reuse activation memory between training steps (see runtime.py)
-    if hasattr(args, "threads"):  # commands that compute: --threads, or what the CPU budget allows
-        import torch
+    if hasattr(args, "threads"):  # commands that compute: --threads, or what the CPU budget and the load allow
+        from cifarkit.runtime import use_threads
 
-        from cifarkit.runtime import default_threads
-
-        torch.set_num_threads(args.threads or default_threads())
+        use_threads(args.threads)
     try:
         args.func(args)
     except CifarkitError as e:

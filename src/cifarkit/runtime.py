@@ -28,6 +28,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,10 +229,106 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
 
 
 def default_threads() -> int:
-    """PyTorch's own thread count (one per physical core) where the CPU budget allows it, else the budget."""
+    """PyTorch's own thread count (one per physical core), capped by this process's share of the CPU budget.
+
+    Under torchrun the processes on one machine share its budget
+    (``LOCAL_WORLD_SIZE``): 2 processes on 2 CPUs get a thread each, not two.
+    """
     import torch
 
-    return min(torch.get_num_threads(), cpu_budget()[0])
+    try:
+        local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_processes = 1
+    return max(1, min(torch.get_num_threads(), cpu_budget()[0] // local_processes))
+
+
+def use_threads(count: int | None) -> None:
+    """Set PyTorch's thread count: ``count``, or (None) :func:`default_threads` adapted to the load as training runs.
+
+    Why adapt: OpenMP threads wait for each other at the end of every
+    operation. When another program takes one of the cores, the thread that
+    shares it with that program holds up the others at every step, and two
+    threads ran 2-3x slower than one (``python benchmarks/under_load.py``).
+    Fewer threads while others are busy, all of them when the CPUs are free,
+    keeps the slowdown in proportion to the CPU the other program takes. A
+    fixed count (``--threads N``) is never changed: the thread count changes
+    the order of float additions, so only a fixed count repeats a run's numbers
+    to the last bit.
+    """
+    import torch
+
+    global _adaptive
+    torch.set_num_threads(count or default_threads())
+    _adaptive = None if count else _LoadAdaptiveThreads(torch.get_num_threads())
+
+
+def adapt_threads() -> str | None:
+    """Between training steps: follow the load if :func:`use_threads` chose that; a line to show when it changed."""
+    return None if _adaptive is None else _adaptive.step()
+
+
+def threads_for(free_cpus: float, budget: int) -> int:
+    """The thread count for ``free_cpus`` CPUs left free by other programs: rounded up from .6, within 1..budget.
+
+    1.6 free CPUs get 2 threads, 1.5 get 1: a thread that has to share its
+    core half the time holds up every operation of the others.
+    """
+    return max(1, min(budget, int(free_cpus + 0.4)))
+
+
+class _LoadAdaptiveThreads:
+    """Once a second, between training steps: set the thread count to what other programs leave free.
+
+    Free CPUs = this process's CPU time + the idle time of the CPUs it may
+    run on (``/proc/stat``), per second of wall time. Where ``/proc/stat``
+    cannot be read (macOS, Windows) the count stays as it started.
+    """
+
+    WINDOW_S = 1.0
+
+    def __init__(self, budget: int, stat: Path = Path("/proc/stat")) -> None:
+        self.budget, self.stat = budget, stat
+        try:
+            self.cpus = os.sched_getaffinity(0)
+        except AttributeError:
+            self.cpus = set(range(os.cpu_count() or 1))
+        self.last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        """(wall time, this process's CPU seconds, idle seconds of its CPUs), or None where unreadable."""
+        try:
+            lines = self.stat.read_text().splitlines()
+            ticks_per_s = os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, AttributeError):
+            return None
+        idle_ticks = 0
+        for line in lines:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in self.cpus:
+                idle_ticks += int(fields[3]) + int(fields[4])  # idle, iowait
+        return time.monotonic(), time.process_time(), idle_ticks / ticks_per_s
+
+    def step(self) -> str | None:
+        """Re-measure if a window has passed; the line to show if the thread count changed, else None."""
+        import torch
+
+        if self.last is None or time.monotonic() - self.last[0] < self.WINDOW_S:
+            return None
+        now = self._sample()
+        if now is None:
+            return None
+        wall, ours, idle = (b - a for a, b in zip(self.last, now))
+        self.last = now
+        free = (ours + idle) / wall
+        count = threads_for(free, self.budget)
+        if count == torch.get_num_threads():
+            return None
+        torch.set_num_threads(count)
+        return f"threads {count}: {free:.1f} of {len(self.cpus)} CPUs free of other programs' work"
+
+
+_adaptive: _LoadAdaptiveThreads | None = None
 
 
 def machine_info(device: str = "auto") -> dict[str, Any]:

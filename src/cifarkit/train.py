@@ -49,7 +49,7 @@ from cifarkit.runs import (
     save_weights,
     split_indices,
 )
-from cifarkit.runtime import autocast, cpu_kind, precision_name, resolve_bf16
+from cifarkit.runtime import adapt_threads, autocast, cpu_kind, precision_name, resolve_bf16
 from cifarkit.tracking import Callback
 
 
@@ -178,6 +178,8 @@ def train_one_epoch(
         optimizer.step()
         if ema is not None:
             ema.update_parameters(model)
+        if (threads := adapt_threads()) and progress:  # another program started or stopped using the CPU
+            bar.write(threads, file=sys.stderr)
         loss_sum += batch_loss.detach()
         correct += (logits.argmax(1) == yb).sum()
         seen += len(yb)
