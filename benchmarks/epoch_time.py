@@ -41,7 +41,7 @@ from cifarkit.models import count_parameters
 from cifarkit.optim import build_optimizer, lr_multiplier
 from cifarkit.recipes import Recipe, get_recipe
 from cifarkit.runs import build_model
-from cifarkit.runtime import machine_info, precision_name, resolve_bf16
+from cifarkit.runtime import machine_info, precision_name, resolve_bf16, use_threads
 from cifarkit.train import Split, evaluate_loss_acc, prepare_split, train_one_epoch
 
 NOTEBOOK_MODELS = ("seed_cnn1", "seed_cnn2", "seed_cnn3")
@@ -69,7 +69,9 @@ def keras_twin(model: nn.Sequential) -> Any:
     return twin
 
 
-def keras_pipeline(model: nn.Sequential, split: Split, recipe: Recipe, threads: int) -> tuple[EpochRunner | None, dict]:
+def keras_pipeline(
+    model: nn.Sequential, split: Split, recipe: Recipe, threads: int | None
+) -> tuple[EpochRunner | None, dict]:
     """(a function that trains the Keras twin of ``model`` for one epoch and returns its seconds, versions),
     or (None, {"skipped": why}) where TensorFlow is not installed.
 
@@ -85,8 +87,9 @@ def keras_pipeline(model: nn.Sequential, split: Split, recipe: Recipe, threads: 
             "skipped": f"TensorFlow is not installed ({exc}); "
             "pip install -e '.[peers]' to time the notebook's Keras pipeline"
         }
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    if threads:  # otherwise TensorFlow's own default, as a notebook user gets it
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     twin = keras_twin(model)
     twin.compile(
         optimizer=keras.optimizers.Adamax(recipe.lr),
@@ -129,12 +132,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="seed_cnn3", choices=NOTEBOOK_MODELS, help="notebook CNN (and recipe)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs to time on each side (medians compared)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and for TensorFlow")
+    parser.add_argument(
+        "--threads",
+        type=lambda text: None if text == "auto" else int(text),
+        default="auto",
+        help="CPU threads for PyTorch and for TensorFlow, or auto (default): each tool's own default, "
+        "cifarkit's following the load as `cifarkit train` does",
+    )
     parser.add_argument("--data", help="CIFAR-10 location (default $CIFARKIT_DATA)")
     parser.add_argument("--bf16", choices=list(BF16_SETTINGS), help="cifarkit's precision (default: the recipe's)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     machine = machine_info("cpu")
     print(f"machine: {json.dumps(machine)}", flush=True)
 
@@ -170,7 +179,7 @@ def main() -> None:
         "val_images": len(split.x_val),
         "batch_size": recipe.batch_size,
         "steps": steps,
-        "threads": args.threads,
+        "threads": args.threads or "auto",
         "epoch": "training pass + validation",
         "cifarkit": c,
         "keras": k,
@@ -179,7 +188,7 @@ def main() -> None:
     }
     print(
         f"{args.model}: {images:,} images, batch {recipe.batch_size} ({steps:,} steps), then validation on "
-        f"{len(split.x_val):,}; threads: {args.threads}; {machine['cpu_model']}, {machine['cpu_kind']}"
+        f"{len(split.x_val):,}; threads: {args.threads or 'auto'}; {machine['cpu_model']}, {machine['cpu_kind']}"
     )
     print(
         f"  cifarkit (torch {c['torch']}, {c['precision']}): median {c['median_seconds']:.1f} s/epoch, "

@@ -5,15 +5,18 @@ training epoch of each recipe through the command line (``cifarkit train
 --subset N --epochs 1 --no-eval``, each in a fresh process, as users run it),
 quiet and beside a plain busy loop (``python -c "while True: pass"``, same
 priority), with the default thread count and with ``--threads 1`` and
-``--threads 2``. It prints each epoch's seconds (from the run's history) and
-peak resident memory (from the kernel's accounting of that process), then
+``--threads 2``, after one untimed epoch per recipe. It prints each epoch's
+seconds (from the run's history) and peak resident memory (from the kernel's
+accounting of that process), records the thread counts the default chose
+(its ``threads N: ...`` lines), then
 the ratios that matter: under load, the default against the better of 1 and 2
 threads; and each setting busy against quiet. With TensorFlow installed
 (``pip install -e '.[peers]'``) it also times the notebook's Keras pipeline
-beside cifarkit (``benchmarks/epoch_time.py``, one full epoch each) under the same conditions.
+beside cifarkit (``benchmarks/epoch_time.py``, one full epoch each, each tool
+with its default threads) under the same conditions.
 
     python benchmarks/under_load.py --data ../shared/data/cifar10 --recipes seed_cnn3 fast93 \
-        --subset 5000 --json benchmarks/results/under_load.json
+        --subset 5000 --json benchmarks/results/issue18/under_load_avx2.json
 
 Only one of these runs at a time; the busy loop is started before and killed
 after each timed run. Never run two benchmarks at once on the same machine.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +52,12 @@ def timed_epoch(recipe: str, threads: int | None, busy: bool, args: argparse.Nam
         if run.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed:\n{Path(f'{tmp}/stderr').read_text()}")
         history = json.loads(Path(f"{tmp}/run/history.json").read_text())
-    return {"seconds": history[0]["seconds"], "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+        log = Path(f"{tmp}/stderr").read_text().replace("\r", "\n").splitlines()
+    return {
+        "seconds": history[0]["seconds"],
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "thread_changes": [line for line in log if line.startswith("threads ")],  # what the default decided
+    }
 
 
 @contextmanager
@@ -74,7 +83,7 @@ def keras_beside_cifarkit(busy: bool, args: argparse.Namespace) -> dict | None:
         return None
     with tempfile.TemporaryDirectory(prefix="under-load-keras-") as tmp, busy_core(busy):
         command = [sys.executable, str(Path(__file__).with_name("epoch_time.py")), "--model", "seed_cnn3"]
-        command += ["--epochs", "1", "--threads", "2", "--data", args.data, "--json", f"{tmp}/k.json"]
+        command += ["--epochs", "1", "--data", args.data, "--json", f"{tmp}/k.json"]  # each tool's default threads
         subprocess.run(command, check=True, capture_output=True)
         result = json.loads(Path(f"{tmp}/k.json").read_text())
     return {
@@ -90,11 +99,16 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=5000, help="training images per epoch (default 5000)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: the busy loop is stopped on the way out
     if not args.data:
         raise SystemExit("pass --data or set CIFARKIT_DATA")
     results: dict = {"machine": machine_info(), "subset": args.subset, "recipes": {}}
     print(f"{results['machine']['cpu_model']}, {results['machine']['cpu_kind']}, {os.cpu_count()} cores", flush=True)
     for recipe in args.recipes:
+        # Untimed first: in a run without it, fast93's first epoch (default threads, which stayed at 2) took 28.5 s
+        # and the same epoch with --threads 2 right after it 22.6 s; the first process to use that much memory
+        # after others seems to pay for getting it (benchmarks/results/issue18/under_load_avx2_no_warmup.txt).
+        timed_epoch(recipe, None, False, args)
         rows = {}
         for busy in (False, True):
             for threads in (None, 1, 2):

@@ -6,8 +6,9 @@ from safetensors.torch import load_file
 
 import cifarkit.train as train_module
 from cifarkit.errors import CifarkitError
+from cifarkit.optim import build_optimizer
 from cifarkit.recipes import Recipe, get_recipe
-from cifarkit.runs import load_model
+from cifarkit.runs import build_model, load_model
 from cifarkit.train import train
 from interrupt import train_killed_in_epoch
 
@@ -175,6 +176,7 @@ def test_notebook_recipes():
         ({"optimizer": "rmsprop"}, "choose one of adamax"),
         ({"schedule": "step"}, "choose one of constant"),
         ({"tta": "all"}, "choose one of none"),
+        ({"micro_batch": -1}, "'micro_batch' must be >= 0"),
     ],
 )
 def test_bad_recipe_is_refused_before_anything_is_written(tiny_data, tmp_path, changes, message):
@@ -284,3 +286,33 @@ def test_compile_is_for_cuda_and_says_so_elsewhere(tiny_data, tmp_path, monkeypa
     with pytest.warns(UserWarning, match="compile=true is for CUDA; on cpu it trains uncompiled"):
         run = train(quick(epochs=1, compile=True), tiny_data, tmp_path / "run", subset=100, progress=False)
     assert json.loads((run / "config.json").read_text())["compile"] is True
+
+
+def test_micro_batches_add_up_to_the_step_of_the_whole_batch():
+    """Parts of 3 images (3, 3, 3 and 1) make the step the whole batch of 10 makes.
+
+    Dropout is off (eval mode), so each forward is the same function, and SGD's
+    step is -lr x the gradient: the parts' gradients differ from the whole
+    batch's only by float32 summation order, ~1e-7 of the update (1e-4 allowed);
+    a part counted twice, left out or scaled by its own size instead of the
+    batch's is off by 10% of the update or more.
+    """
+    recipe = quick(optimizer="sgd", lr=0.01, momentum=0.0, bf16=False)
+    images, labels = torch.rand(10, 3, 32, 32), torch.randint(0, 10, (10,))
+
+    def one_step(micro_batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model(recipe.to_dict()).eval()
+        start = torch.cat([p.detach().flatten() for p in model.parameters()])
+        chosen = recipe.replace(micro_batch=micro_batch)
+        batch = (images, labels, None)
+        loss, correct = train_module._step(
+            model, build_optimizer(model, chosen), chosen, torch.device("cpu"), batch, 0.1
+        )
+        return start, torch.cat([p.detach().flatten() for p in model.parameters()]), loss, correct
+
+    start, whole, whole_loss, whole_correct = one_step(0)
+    _, parts, parts_loss, parts_correct = one_step(3)
+    update = (whole - start).norm()
+    assert update > 0 and (parts - whole).norm() <= 1e-4 * update
+    assert parts_correct == whole_correct and parts_loss.item() == pytest.approx(whole_loss.item(), rel=1e-5)

@@ -28,6 +28,7 @@ failed, instead of the survivors hanging.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import os
 from collections.abc import Callable
@@ -175,6 +176,11 @@ def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.M
     if sync_bn:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
+def no_sync(module: nn.Module) -> contextlib.AbstractContextManager:
+    """Gradients of the block's backward passes kept local (added to by the next), where ``module`` is DDP."""
+    return module.no_sync() if isinstance(module, DistributedDataParallel) else contextlib.nullcontext()
 
 
 def shard(n: int) -> slice:

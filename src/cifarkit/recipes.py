@@ -67,6 +67,10 @@ class Recipe:
     distill_temperature: float = 4.0
     bf16: bool | str = "auto"  # bfloat16 autocast: auto (where native: GPUs, CPUs with AVX512-BF16/AMX) | true | false
     compile: bool = False  # torch.compile the model, on CUDA only (measured slower on CPUs: 0.88-0.94x)
+    # > 0: each step runs its batch in parts of at most this many images and adds their gradients up before the
+    # one optimizer step: the activations of a part, not of the batch, are held at once (BatchNorm then
+    # normalises each part by its own statistics). 0: the whole batch at once.
+    micro_batch: int = 0
     # Several processes (torchrun, see cifarkit.distributed): batch_size is the global batch, split over them,
     # so a recipe trains the same on 1 or N processes. batch_per_process > 0 instead fixes each process's
     # share (global batch = N x it) and scales every lr by lr_scaling: none | linear | sqrt of global / batch_size.
@@ -163,27 +167,32 @@ CHOICES = {
     "select": ("best", "last"),
     "lr_scaling": ("none", "linear", "sqrt"),
 }
+_AT_LEAST_ONE = (1, math.inf, True, False)
+_POSITIVE = (0, math.inf, False, False)
+_NON_NEGATIVE = (0, math.inf, True, False)
+_FRACTION = (0, 1, True, False)  # [0, 1)
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "epochs": (1, math.inf, True, False),
-    "batch_size": (1, math.inf, True, False),
-    "lr": (0, math.inf, False, False),
-    "weight_decay": (0, math.inf, True, False),
-    "momentum": (0, 1, True, False),
-    "warmup_epochs": (0, math.inf, True, False),
-    "label_smoothing": (0, 1, True, False),
-    "val_fraction": (0, 1, True, False),
+    "epochs": _AT_LEAST_ONE,
+    "batch_size": _AT_LEAST_ONE,
+    "lr": _POSITIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "momentum": _FRACTION,
+    "warmup_epochs": _NON_NEGATIVE,
+    "label_smoothing": _FRACTION,
+    "val_fraction": _FRACTION,
     "translate": (0, 16, True, True),
     "cutout": (0, 32, True, True),
-    "ema": (0, 1, True, False),
-    "patience": (0, math.inf, True, False),
-    "muon_lr": (0, math.inf, True, False),
-    "muon_momentum": (0, 1, True, False),
-    "batch_per_process": (0, math.inf, True, False),
+    "ema": _FRACTION,
+    "patience": _NON_NEGATIVE,
+    "muon_lr": _NON_NEGATIVE,
+    "muon_momentum": _FRACTION,
+    "batch_per_process": _NON_NEGATIVE,
+    "micro_batch": _NON_NEGATIVE,
     "resize_start": (0, 1024, True, True),
-    "resize_until": (0, 1, True, False),
+    "resize_until": _FRACTION,
     "distill_weight": (0, 1, True, True),
-    "distill_temperature": (0, math.inf, False, False),
-    "whiten_bias_epochs": (0, math.inf, True, False),
+    "distill_temperature": _POSITIVE,
+    "whiten_bias_epochs": _NON_NEGATIVE,
     "seed": (0, 2**32 - 1, True, True),  # NumPy's and PyTorch's seeds: 32-bit unsigned
 }
 
@@ -341,7 +350,13 @@ def _fast(name: str, model: str, epochs: int, description: str, batch_size: int 
     the whitening bias decays to zero within 3 epochs and then stays fixed, as in airbench
     (measured on fast90, 2 seeds each: 92.23% TTA test accuracy with this,
     92.36% without, a difference within seed noise);
-    flip+translate test-time augmentation. A 2% validation split is held out
+    flip+translate test-time augmentation. Each step's 2,000 images run as
+    micro-batches of 250 whose gradients add up to the step: on a 2-core AMD
+    EPYC with AVX2 only, fast93's peak memory fell from 5.2 GB to 1.4 GB (4,900
+    images) and its epoch took no longer (25.3 s against 28.5 s; BatchNorm
+    then normalises each 250 images by their own statistics). On a GPU,
+    ``--set micro_batch=0`` runs the whole batch at once, and reproduces the
+    figures measured before micro-batches. A 2% validation split is held out
     to watch training (airbench trains on all 50,000 images); the last epoch's
     weights are kept, as in airbench: the learning rate decays to zero, so the
     last epochs differ by less than the noise of 1,000 validation images, and
@@ -374,6 +389,7 @@ def _fast(name: str, model: str, epochs: int, description: str, batch_size: int 
         tta="flip_translate",
         select="last",
         seed=0,
+        micro_batch=250,
     )
 
 

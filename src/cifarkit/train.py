@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,34 +160,63 @@ def train_one_epoch(
     for i, (xb, ib) in enumerate(bar):
         set_learning_rates(optimizer, lr_at, first_step + i)
         xb, yb = _to_device(xb, device), split.y_train[ib].to(device, non_blocking=True)
-        with autocast(device, recipe.bf16):
-            logits = model(xb)
-        batch_loss = training_loss(
-            logits.float(),
-            yb,
-            None if teacher is None else teacher[ib].to(device, non_blocking=True),
-            weight=recipe.distill_weight,
-            temperature=recipe.distill_temperature,
-            label_smoothing=recipe.label_smoothing,
-        )
+        tb = None if teacher is None else teacher[ib].to(device, non_blocking=True)
         # The sum over this process's part / the global batch's size x the processes DDP averages over: the
         # gradient of the global batch's mean loss, however unevenly the batch was split.
-        loss = batch_loss * (world / min(recipe.batch_size, len(x) - i * recipe.batch_size))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scale = world / min(recipe.batch_size, len(x) - i * recipe.batch_size)
+        batch_loss, batch_correct = _step(model, optimizer, recipe, device, (xb, yb, tb), scale)
         if ema is not None:
             ema.update_parameters(model)
         if (threads := adapt_threads()) and progress:  # another program started or stopped using the CPU
             bar.write(threads, file=sys.stderr)
-        loss_sum += batch_loss.detach()
-        correct += (logits.argmax(1) == yb).sum()
+        loss_sum += batch_loss
+        correct += batch_correct
         seen += len(yb)
         if progress and time.monotonic() >= next_postfix:  # this epoch's figures so far, as often as a line shows
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
             next_postfix = time.monotonic() + bar.mininterval / 2
     loss_total, correct_total, seen_total = distributed.all_sum(loss_sum, correct, seen)
     return loss_total / seen_total, correct_total / seen_total
+
+
+def _step(
+    model: nn.Module,
+    optimizer: OptimizerChain,
+    recipe: Recipe,
+    device: torch.device,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on ``batch`` (images, labels, teacher logits or None); its loss sum and correct count.
+
+    With ``recipe.micro_batch`` the batch runs in parts whose gradients add
+    up before the step (each backward frees its part's activations); with
+    several processes the gradients are averaged once, after the last part.
+    """
+    images, labels, teacher = batch
+    size = recipe.micro_batch or len(images)
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for start in range(0, len(images), size):
+        part = slice(start, start + size)
+        last = start + size >= len(images)
+        with nullcontext() if last else distributed.no_sync(model):
+            with autocast(device, recipe.bf16):
+                logits = model(images[part])
+            loss = training_loss(
+                logits.float(),
+                labels[part],
+                None if teacher is None else teacher[part],
+                weight=recipe.distill_weight,
+                temperature=recipe.distill_temperature,
+                label_smoothing=recipe.label_smoothing,
+            )
+            (loss * scale).backward()
+        loss_sum += loss.detach()
+        correct += (logits.argmax(1) == labels[part]).sum()
+    optimizer.step()
+    return loss_sum, correct
 
 
 def image_side(recipe: Recipe, epoch: int, full: int) -> int:
