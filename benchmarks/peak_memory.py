@@ -11,6 +11,8 @@ README. The distillation recipes are fast93/fast94 plus a teacher's logits
 
     python benchmarks/peak_memory.py --data ../shared/data/cifar10 --subset 5000 \
         --json benchmarks/results/issue18/peak_memory.json
+    python benchmarks/peak_memory.py --data ../shared/data/cifar10 --subset 5000 --recipes fast93 \
+        --set micro_batch=0 --json benchmarks/results/issue18/peak_memory_fast93_whole_batch.json
 
 Run it alone on the machine: its seconds are printed too, and mean nothing beside other work.
 """
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("CIFARKIT_DATA"), help="CIFAR-10 (default $CIFARKIT_DATA)")
     parser.add_argument("--recipes", nargs="+", default=[name for name in RECIPES if not name.startswith("distill")])
     parser.add_argument("--subset", type=int, default=5000, help="training images of the epoch (default 5000)")
+    parser.add_argument("--set", action="append", default=[], help="FIELD=VALUE for every recipe, as in train")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     if not args.data:
@@ -40,10 +43,10 @@ def main() -> None:
     print(f"{machine['cpu_model']}, {machine['cpu_kind']}, {os.cpu_count()} cores; {args.subset:,} images", flush=True)
     rows = {}
     for recipe in args.recipes:
-        rows[recipe] = timed_epoch(recipe, None, False, args)
+        rows[recipe] = timed_epoch(recipe, None, False, args, args.set)
         print(f"{recipe:<22} {rows[recipe]['peak_rss_mb']:6,} MB  {rows[recipe]['seconds']:7.1f} s", flush=True)
     if args.json:
-        result = {"machine": machine, "subset": args.subset, "recipes": rows}
+        result = {"machine": machine, "subset": args.subset, "set": args.set, "recipes": rows}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -32,19 +32,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from cifarkit.runtime import machine_info
 
 
-def timed_epoch(recipe: str, threads: int | None, busy: bool, args: argparse.Namespace) -> dict:
-    """One epoch of ``recipe`` in a fresh `cifarkit train` process: its seconds and peak memory."""
+def timed_epoch(
+    recipe: str, threads: int | None, busy: bool, args: argparse.Namespace, sets: Sequence[str] = ()
+) -> dict:
+    """One epoch of ``recipe`` (with ``--set`` ``sets``) in a fresh `cifarkit train` process: seconds, peak memory."""
     with tempfile.TemporaryDirectory(prefix="under-load-") as tmp:
         command = [sys.executable, "-m", "cifarkit", "train", "--recipe", recipe, "--epochs", "1", "--no-eval"]
         command += ["--subset", str(args.subset), "--out", f"{tmp}/run", "--set", "val_fraction=0.02"]
         command += ["--data", args.data] + (["--threads", str(threads)] if threads else [])
+        command += [arg for field in sets for arg in ("--set", field)]
         with busy_core(busy), open(f"{tmp}/stderr", "w") as err:
             run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
             _, status, usage = os.wait4(run.pid, 0)  # this process's own peak memory, not the maximum of all

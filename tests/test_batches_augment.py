@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from cifarkit.data.augment import augment, cutout, translate
+import cifarkit.data.augment as augment_module
+from cifarkit.data.augment import augment, cutout, flipped, translate
 from cifarkit.data.batches import balanced_subset, batches, stratified_split, to_tensor
 from cifarkit.errors import CifarkitError
 
@@ -103,3 +104,21 @@ def test_batches_cover_everything_once():
     assert [len(b[1]) for b in got] == [32, 32, 6]
     assert sorted(torch.cat([b[1] for b in got]).tolist()) == list(range(70))
     assert all(torch.equal(bx.view(-1).long(), by) for bx, by in got)  # labels stay with images
+
+
+@pytest.mark.parametrize("chunk", [3, 4096])
+def test_augment_is_each_image_mirrored_then_cropped_from_its_reflect_padding(monkeypatch, chunk):
+    """The definition, image by image, whatever the chunk size: mirror if drawn, reflect-pad by 2, crop at the
+    drawn shift (dx for all images drawn first, then dy, from the epoch's generator)."""
+    monkeypatch.setattr(augment_module, "CHUNK", chunk)
+    images = torch.rand(10, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    before = images.clone()
+    out = augment(images, epoch=3, seed=5, flip=True, alternating_flip=True, pad=2)
+    mirror = flipped(10, epoch=3, seed=5, alternating=True)
+    g = torch.Generator().manual_seed(5 * 100_019 + 3)
+    dx, dy = torch.randint(0, 5, (10,), generator=g), torch.randint(0, 5, (10,), generator=g)
+    for i in range(10):
+        x = images[i].flip(-1) if mirror[i] else images[i]
+        padded = torch.nn.functional.pad(x[None], (2, 2, 2, 2), mode="reflect")[0]
+        assert torch.equal(out[i], padded[:, dy[i] : dy[i] + 8, dx[i] : dx[i] + 8])
+    assert torch.equal(images, before)  # the input is left as it was
