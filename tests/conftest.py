@@ -1,8 +1,9 @@
-"""Shared fixtures: a tiny learnable synthetic data set, and thread limits for a 2-core machine."""
+"""Shared fixtures: a tiny learnable synthetic data set, an isolated data environment, thread limits."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +36,26 @@ def synthetic_cifar(n_train: int = 300, n_test: int = 100, seed: int = 0) -> CIF
 @pytest.fixture
 def tiny_data() -> CIFAR10:
     return synthetic_cifar()
+
+
+@pytest.fixture
+def cli_data(monkeypatch: pytest.MonkeyPatch, tiny_data: CIFAR10) -> CIFAR10:
+    """The command line loads ``tiny_data`` (returned) whatever --data says: CLI tests need no CIFAR-10 files."""
+    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
+    return tiny_data
+
+
+@pytest.fixture
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No $CIFARKIT_DATA, $CIFARKIT_CACHE in tmp_path (returned) and tmp_path as the working directory.
+
+    A test then finds no data set or cache of the user's and writes nothing outside tmp_path.
+    """
+    monkeypatch.delenv("CIFARKIT_DATA", raising=False)
+    cache = tmp_path / "env-cache"
+    monkeypatch.setenv("CIFARKIT_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    return cache
 
 
 @pytest.fixture

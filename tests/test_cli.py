@@ -40,26 +40,16 @@ def test_bad_input_is_a_clear_error_not_a_traceback(capsys, tmp_path):
     assert code == 2 and "FIELD=VALUE" in err
 
 
-def test_train_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch, tiny_data):
-    # Feed the CLI the synthetic set through the data API it calls.
-    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
+def _train_two_epochs(capsys, run, *argv):
+    """`cifarkit train --recipe seed_cnn3 --epochs 2 ARGV --out RUN`: (exit code, stdout, stderr)."""
+    return run_cli(capsys, "train", "--recipe", "seed_cnn3", "--epochs", "2", *argv, "--out", str(run))
+
+
+def test_train_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch, cli_data):
     config = tmp_path / "cfg.toml"
     config.write_text("lr = 0.003\nflip = true\n")
     run = tmp_path / "run"
-    code, out, err = run_cli(
-        capsys,
-        "train",
-        "--recipe",
-        "seed_cnn3",
-        "--epochs",
-        "2",
-        "--config",
-        str(config),
-        "--set",
-        "translate=2",
-        "--out",
-        str(run),
-    )
+    code, out, err = _train_two_epochs(capsys, run, "--config", str(config), "--set", "translate=2")
     assert code == 0, err
     assert "test accuracy" in out and "precision" in out
     cfg = json.loads((run / "config.json").read_text())
@@ -67,13 +57,12 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch, tiny_d
 
     code, out, err = run_cli(capsys, "evaluate", str(run))
     assert code == 0 and "test accuracy" in out, err
-    monkeypatch.setattr("cifarkit.distributed.is_main", lambda: False)  # another torchrun process: stays silent
-    code, out, err = run_cli(capsys, "evaluate", str(run))
+    with monkeypatch.context() as patch:
+        patch.setattr("cifarkit.distributed.is_main", lambda: False)  # another torchrun process: stays silent
+        code, out, err = run_cli(capsys, "evaluate", str(run))
     assert code == 0 and out == "", err
-    monkeypatch.undo()
-    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
 
-    Image.fromarray(tiny_data.x_test[3]).save(tmp_path / "img.png")
+    Image.fromarray(cli_data.x_test[3]).save(tmp_path / "img.png")
     (tmp_path / "bad.jpg").write_bytes(b"\x00garbage")
     code, out, _ = run_cli(
         capsys, "predict", str(run), str(tmp_path / "img.png"), str(tmp_path / "bad.jpg"), "--json", "--top-k", "2"
@@ -98,13 +87,12 @@ def test_console_script_entry_point():
     assert out.returncode == 0 and __version__ in out.stdout
 
 
-def test_data_info_and_show(tmp_path, capsys, monkeypatch, tiny_data):
-    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
+def test_data_info_and_show(tmp_path, capsys, cli_data):
     code, out, _ = run_cli(capsys, "data", "info")
     assert code == 0 and "train: images (300, 32, 32, 3) uint8" in out and "test: images (100, 32, 32, 3)" in out
     # One count per class and split: 30 training and 10 test images of each class, in class order.
     counts = re.findall(r"^ +(\w+) +([\d,]+)$", out, re.M)
-    assert counts == [(c, "30") for c in tiny_data.classes] + [(c, "10") for c in tiny_data.classes]
+    assert counts == [(c, "30") for c in cli_data.classes] + [(c, "10") for c in cli_data.classes]
     png = tmp_path / "grid.png"
     code, out, _ = run_cli(capsys, "data", "show", "-o", str(png), "--count", "8")
     assert code == 0 and Image.open(png).size[0] > 100
@@ -148,8 +136,7 @@ def _error(capsys, *argv):
     return err
 
 
-def test_bad_train_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch, tiny_data):
-    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
+def test_bad_train_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch, cli_data):
     listed = tmp_path / "list.json"
     listed.write_text("[1, 2]")
     assert "must be one table" in _error(capsys, "train", "--config", str(listed), "--out", str(tmp_path / "a"))
@@ -174,10 +161,9 @@ def test_bad_threads_is_a_usage_error(capsys):
     assert code == 2 and "expects a whole number >= 1" in err
 
 
-def test_resume_needs_only_the_run_directory(tmp_path, capsys, monkeypatch, tiny_data):
+def test_resume_needs_only_the_run_directory(tmp_path, capsys, monkeypatch, cli_data):
     import cifarkit.train as train_module
 
-    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
     real_epoch = train_module.train_one_epoch
 
     def dies_in_second_epoch(*args, **kwargs):
@@ -187,21 +173,7 @@ def test_resume_needs_only_the_run_directory(tmp_path, capsys, monkeypatch, tiny
 
     monkeypatch.setattr(train_module, "train_one_epoch", dies_in_second_epoch)
     run = tmp_path / "run"
-    code, _, err = run_cli(
-        capsys,
-        "train",
-        "--recipe",
-        "seed_cnn3",
-        "--epochs",
-        "2",
-        "--set",
-        "lr=0.003",
-        "--subset",
-        "200",
-        "--out",
-        str(run),
-        "--no-eval",
-    )
+    code, _, err = _train_two_epochs(capsys, run, "--set", "lr=0.003", "--subset", "200", "--no-eval")
     assert code == 130 and f"cifarkit train --resume --out {run}" in err
     monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
     code, out, err = run_cli(capsys, "train", "--resume", "--out", str(run), "--no-eval")

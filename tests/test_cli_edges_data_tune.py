@@ -31,12 +31,7 @@ from data_factories import (
     write_python_batches,
 )
 
-
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CIFARKIT_DATA", raising=False)
-    monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "env-cache"))
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 def assert_refused(code: int, err: str, *expected: str) -> str:

@@ -271,24 +271,9 @@ def test_a_nan_answer_is_a_500_with_a_message_not_a_crash():
     from fastapi.testclient import TestClient
 
     from cifarkit.serve.app import create_app
-    from cifarkit.serve.backends import Classifier
+    from stand_in import stand_in_classifier
 
-    classes = [f"c{i}" for i in range(10)]
-    info = {
-        "run": "r",
-        "recipe": "x",
-        "cifarkit_version": "0",
-        "classes": classes,
-        "input_size": [32, 32],
-        "parameters": None,
-        "test_acc": None,
-        "test_acc_tta": None,
-        "tta": "none",
-        "backend": "torch",
-        "precision": "float32",
-        "device": "cpu",
-    }
-    classifier = Classifier(lambda x: np.full((len(x), 10), np.nan, np.float32), classes, info)
+    classifier = stand_in_classifier(lambda x: np.full((len(x), 10), np.nan, np.float32))
     png = io.BytesIO()
     Image.new("RGB", (8, 8)).save(png, "PNG")
     with TestClient(create_app(classifier)) as client:

@@ -68,10 +68,7 @@ class _Server(ThreadingHTTPServer):
     served: Served
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CIFARKIT_DATA", raising=False)
-    monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 @pytest.fixture(scope="module")
@@ -117,39 +114,41 @@ def test_download(server: tuple[str, Served], archive: tuple[CIFAR10, bytes, str
     assert served.ranges == [None]
 
 
+def _download_over_part(
+    server: tuple[str, Served], archive: tuple[CIFAR10, bytes, str], folder: Path, part: bytes
+) -> Served:
+    """Download the archive into ``folder``, where a ``.part`` file holding ``part`` is left over.
+
+    Whatever the part held, the result must be the archive; returns what the server saw.
+    """
+    url, served = server
+    dest = folder / "cifar-10-python.tar.gz"
+    Path(f"{dest}.part").write_bytes(part)
+    download_file(url, dest, archive[2])
+    assert dest.read_bytes() == archive[1]
+    return served
+
+
 def test_resume_asks_for_the_rest_only(
     server: tuple[str, Served], archive: tuple[CIFAR10, bytes, str], tmp_path: Path
 ) -> None:
-    url, served = server
-    dest = tmp_path / "cifar-10-python.tar.gz"
-    Path(f"{dest}.part").write_bytes(archive[1][:1000])
-    download_file(url, dest, archive[2])
-    assert served.ranges == ["bytes=1000-"]
-    assert served.sent == len(archive[1]) - 1000
-    assert dest.read_bytes() == archive[1]
+    served = _download_over_part(server, archive, tmp_path, archive[1][:1000])
+    assert served.ranges == ["bytes=1000-"] and served.sent == len(archive[1]) - 1000
 
 
 def test_restarts_when_the_server_ignores_range(
     server: tuple[str, Served], archive: tuple[CIFAR10, bytes, str], tmp_path: Path
 ) -> None:
-    url, served = server
-    served.honor_range = False
-    dest = tmp_path / "cifar-10-python.tar.gz"
-    Path(f"{dest}.part").write_bytes(b"x" * 1000)  # would corrupt the file if appended to
-    download_file(url, dest, archive[2])
+    server[1].honor_range = False
+    served = _download_over_part(server, archive, tmp_path, b"x" * 1000)  # would corrupt the file if appended to
     assert served.ranges == ["bytes=1000-"] and served.sent == len(archive[1])
-    assert dest.read_bytes() == archive[1]
 
 
 def test_restarts_when_the_part_is_too_long(
     server: tuple[str, Served], archive: tuple[CIFAR10, bytes, str], tmp_path: Path
 ) -> None:
-    url, served = server
-    dest = tmp_path / "cifar-10-python.tar.gz"
-    Path(f"{dest}.part").write_bytes(archive[1] + b"extra")
-    download_file(url, dest, archive[2])
+    served = _download_over_part(server, archive, tmp_path, archive[1] + b"extra")
     assert served.ranges == [f"bytes={len(archive[1]) + 5}-", None]
-    assert dest.read_bytes() == archive[1]
 
 
 def test_interrupted_download_resumes_next_time(
@@ -203,25 +202,25 @@ def test_silent_server_times_out(tmp_path: Path) -> None:
 
 
 def test_load_downloads_into_the_cache(
-    server: tuple[str, Served], archive: tuple[CIFAR10, bytes, str], tmp_path: Path
+    server: tuple[str, Served], archive: tuple[CIFAR10, bytes, str], isolated_env: Path
 ) -> None:
     url, served = server
     data, payload, md5 = archive
     assert_same_data(load_cifar10(url=url, md5=md5), data)
-    assert (tmp_path / "cache" / "cifar-10-python.tar.gz").read_bytes() == payload
+    assert (isolated_env / "cifar-10-python.tar.gz").read_bytes() == payload
     assert_same_data(load_cifar10(download=False, md5=md5), data)  # found in the cache now
     assert served.ranges == [None]
 
 
-def test_load_with_a_corrupt_download(server: tuple[str, Served], tmp_path: Path) -> None:
+def test_load_with_a_corrupt_download(server: tuple[str, Served], isolated_env: Path) -> None:
     url, _ = server
     with pytest.raises(DataError, match="(?s)it is corrupt and was deleted.*CIFARKIT_DATA"):
         load_cifar10(url=url, md5="f" * 32)
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert list(isolated_env.iterdir()) == []
 
 
-def test_load_offline_says_where_to_put_the_data(closed_port_url: str, tmp_path: Path) -> None:
-    archive = tmp_path / "cache" / "cifar-10-python.tar.gz"
+def test_load_offline_says_where_to_put_the_data(closed_port_url: str, isolated_env: Path) -> None:
+    archive = isolated_env / "cifar-10-python.tar.gz"
     with pytest.raises(DataError) as caught:
         load_cifar10(url=closed_port_url)
     message = str(caught.value)

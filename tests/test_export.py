@@ -22,11 +22,10 @@ from cifarkit.export import (
     onnx_metadata,
     onnx_predictor,
     quantize_int8,
-    weights_digest,
 )
 from cifarkit.inference import predict_proba
 from cifarkit.recipes import get_recipe
-from cifarkit.runs import load_model
+from cifarkit.runs import load_model, weights_digest
 from cifarkit.serve.app import create_app
 from cifarkit.serve.backends import load_classifier
 from cifarkit.train import train

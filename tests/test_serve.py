@@ -25,6 +25,7 @@ from cifarkit.serve.backends import Classifier, load_classifier
 from cifarkit.serve.security import check_bind, is_loopback
 from cifarkit.serve.settings import ServeSettings
 from cifarkit.train import train
+from stand_in import stand_in_classifier
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -273,21 +274,7 @@ def gated_classifier(
             release.wait(timeout=30)
         return np.full((len(images), 10), 0.1, dtype=np.float32)
 
-    info = {
-        "run": "gated",
-        "recipe": "none",
-        "cifarkit_version": "0",
-        "classes": CLASSES,
-        "input_size": [32, 32],
-        "parameters": None,
-        "test_acc": None,
-        "test_acc_tta": None,
-        "tta": "none",
-        "backend": "test",
-        "precision": "float32",
-        "device": "cpu",
-    }
-    return Classifier(predict, CLASSES, info)
+    return stand_in_classifier(predict, run="gated")
 
 
 def test_full_queue_is_503_with_retry_after_and_waiting_requests_share_a_batch():

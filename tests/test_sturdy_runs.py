@@ -55,12 +55,6 @@ def refused(capsys, *argv: str, started: bool = False) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def cli_data(monkeypatch, tiny_data):
-    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
-    return tiny_data
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> tuple[Path, CIFAR10]:
     """A trained and evaluated run, to be copied by tests that try to damage it."""

@@ -44,10 +44,9 @@ def test_callbacks_see_every_epoch_and_can_stop_training(tiny_data, tmp_path):
     assert watcher.rows[-1]["epoch"] == 2 and watcher.metrics["epochs_run"] == 2
 
 
-def test_train_track_tensorboard_writes_readable_events(tiny_data, tmp_path, capsys, monkeypatch):
+def test_train_track_tensorboard_writes_readable_events(cli_data, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
     run = tmp_path / "run"
     try:
         main(

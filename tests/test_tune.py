@@ -151,10 +151,9 @@ def test_trials_are_run_directories_and_the_bad_one_is_pruned(pruned_study):
     assert study.trials[0].user_attrs["run_dir"] == "trials/0000"
 
 
-def test_best_config_is_accepted_by_train(pruned_study, tmp_path, capsys, monkeypatch, tiny_data):
+def test_best_config_is_accepted_by_train(pruned_study, tmp_path, capsys, cli_data):
     best = json.loads((pruned_study / BEST_CONFIG).read_text())
     assert best == {"epochs": 3, "lr": 3e-3, "bf16": False}  # only what differs from seed_cnn3
-    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
     code, _, err = run_cli(
         capsys,
         "train",
@@ -314,8 +313,7 @@ def test_two_workers_share_a_postgresql_study(postgres_url, tmp_path):
 # --- the command line, with --final ------------------------------------------------------------------------
 
 
-def test_tune_command_with_final(tmp_path, capsys, monkeypatch, tiny_data):
-    monkeypatch.setattr("cifarkit.cli._data", lambda args: tiny_data)
+def test_tune_command_with_final(tmp_path, capsys, cli_data):
     space = tmp_path / "space.toml"
     space.write_text("epochs = 1\nbf16 = false\nlr = {low = 1e-3, high = 1e-2, log = true}\n")
     out = tmp_path / "study"

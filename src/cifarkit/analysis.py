@@ -135,10 +135,17 @@ def confused_pairs(cm: np.ndarray, k: int) -> list[ConfusedPair]:
 # --- single predictions ----------------------------------------------------------------------------------------------
 
 
+def _top_indices(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values, largest first; equal values keep their order (a stable sort)."""
+    return np.argsort(-np.asarray(values), kind="stable")[:k]
+
+
 def ranked(probs: np.ndarray, classes: Sequence[str], k: int) -> tuple[tuple[str, float], ...]:
-    """The ``k`` most probable (class, probability) pairs of one probability row, most probable first."""
-    order = np.argsort(-np.asarray(probs), kind="stable")[:k]
-    return tuple((classes[i], float(probs[i])) for i in order)
+    """The ``k`` most probable (class, probability) pairs of one probability row, most probable first.
+
+    The one ranking of classes: `cifarkit predict`, the web service and the galleries (:func:`describe`) use it.
+    """
+    return tuple((classes[i], float(probs[i])) for i in _top_indices(probs, k))
 
 
 def losses(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -170,8 +177,7 @@ def prediction_rows(predictions: Sequence[Prediction]) -> list[dict[str, Any]]:
 
 def top_losses(probs: np.ndarray, labels: np.ndarray, k: int, classes: Sequence[str]) -> list[Prediction]:
     """The ``k`` test images with the highest loss, highest first: the most confidently wrong predictions."""
-    order = np.argsort(-losses(probs, labels), kind="stable")[:k]
-    return describe(probs, labels, order, classes)
+    return describe(probs, labels, _top_indices(losses(probs, labels), k), classes)
 
 
 def random_predictions(

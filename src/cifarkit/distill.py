@@ -13,7 +13,6 @@ good teacher's answer, and caching every shift would multiply its cost by 25.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +25,8 @@ from cifarkit.data.cache import default_cache_dir
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cache_path, cached_rows
 from cifarkit.inference import predict_logits
-from cifarkit.runs import load_model, read_config
-from cifarkit.runtime import native_bf16, pick_device
+from cifarkit.runs import load_model, native_run_bf16, read_config, weights_digest
+from cifarkit.runtime import pick_device
 
 
 def teacher_cache_dir() -> Path:
@@ -69,12 +68,10 @@ def teacher_logits(
     """
     run_dir = Path(run_dir)
     config = check_teacher(run_dir, classes)
-    weights = run_dir / "best.safetensors"
     dev = pick_device(device)
-    bf16 = bool(config.get("bf16", False)) and native_bf16(dev)
+    bf16 = native_run_bf16(config, dev)
     precision = "bf16" if bf16 else "fp32"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    parts = ("teacher", config["model"], digest, data_key, f"{images.dtype}{images.shape}", precision)
+    parts = ("teacher", config["model"], weights_digest(run_dir), data_key, f"{images.dtype}{images.shape}", precision)
     path = cache_path(cache_dir or teacher_cache_dir(), f"{config['model']}-{precision}-{data_key}", parts, images)
 
     def compute(part: np.ndarray) -> np.ndarray:

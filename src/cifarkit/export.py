@@ -25,7 +25,6 @@ only inside the functions that need them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -45,7 +44,7 @@ from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
 from cifarkit.files import atomic_write_bytes, read_json
 from cifarkit.inference import check_model, check_outputs, check_tta, predict_proba, tta_logits
-from cifarkit.runs import load_model, read_config
+from cifarkit.runs import load_model, read_config, weights_digest
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
@@ -75,14 +74,6 @@ class ProbabilityModel(nn.Module):
         # The permuted view is channels-last in memory, the layout the CPU convolutions want.
         x = images.permute(0, 3, 1, 2).float() / 255
         return torch.softmax(tta_logits(self.model, x, self.tta).float(), dim=1)
-
-
-def weights_digest(run_dir: str | Path) -> str:
-    """SHA-256 of the run's best weights: tells whether an exported file still matches the run."""
-    path = Path(run_dir) / "best.safetensors"
-    if not path.is_file():
-        raise CifarkitError(f"{path} is missing: the run has not finished an epoch yet; train (or --resume) it first")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def run_metadata(run_dir: str | Path, tta: str) -> dict[str, str]:

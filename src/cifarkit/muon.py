@@ -17,6 +17,17 @@ Keller Jordan, push small singular values up quickly at the price of not
 converging exactly: singular values of the result land roughly in [0.7, 1.2]
 rather than at exactly 1, which does not hurt training. (Directions much
 weaker than the strongest, under ~1/100 of it, are lifted only part of the way.)
+
+Why not ``torch.optim.Muon`` (in recent PyTorch; checked against 2.13): it
+raises ``ValueError`` for any parameter that is not exactly 2-D, and the
+weights the recipes give Muon are conv filter banks (4-D). It also differs
+where the recipes depend on it: it runs the iteration in bfloat16 on every
+device (emulated, so slow, on CPUs without native bf16), multiplies ``lr`` by a
+shape-dependent factor (``adjust_lr_fn``, which cannot be turned off), and has
+decoupled weight decay but not the per-filter weight normalisation of
+``normalize_weights`` below. (Its momentum is an exponential moving average
+rather than a sum; that only rescales the direction, which the iteration
+normalises away.)
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ Every reader here raises :class:`CifarkitError` naming the file and a fix, never
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
@@ -43,6 +44,7 @@ from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
 from cifarkit.files import atomic_write_bytes, check_writable, exclusive, read_json
 from cifarkit.models import create_model, get_model_info
+from cifarkit.runtime import native_bf16
 
 RETRAIN = "train the run again into a new --out"
 
@@ -166,6 +168,16 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     return config
 
 
+def native_run_bf16(config: dict[str, Any], device: torch.device) -> bool:
+    """Whether a trained run's model runs under bfloat16 autocast on ``device`` when served or teaching.
+
+    Only where the run trained in bf16 and bf16 is native on ``device`` (a GPU,
+    or a CPU with AVX512-BF16/AMX); float32 otherwise, since emulated bfloat16
+    is about 20x slower and no more accurate.
+    """
+    return bool(config.get("bf16", False)) and native_bf16(device)
+
+
 def build_model(config: dict[str, Any], *, pretrained: bool = True) -> nn.Module:
     """The untrained model a run's configuration describes.
 
@@ -230,6 +242,14 @@ def load_model(run_dir: str | Path, which: str = "best") -> nn.Module:
             f"put the run's own weights back, or {RETRAIN}"
         ) from None
     return model.eval()
+
+
+def weights_digest(run_dir: str | Path) -> str:
+    """SHA-256 of the run's best weights file: whether an export or a teacher's cache still matches the run."""
+    path = Path(run_dir) / "best.safetensors"
+    if not path.is_file():
+        raise CifarkitError(f"{path} is missing: the run has not finished an epoch yet; train (or --resume) it first")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --- the data a run trained and validated on -------------------------------------------------------------------------

@@ -205,30 +205,31 @@ def whitening_filters(images: Tensor, kernel: int, eps: float) -> tuple[Tensor, 
     return filters.view(-1, images.shape[1], kernel, kernel).float(), bias.float()
 
 
-def _build(widths: tuple[int, int, int], num_classes: int, channels_last: bool, **overrides) -> FastNet:
-    model = FastNet(FastNetConfig(widths=widths, **overrides), num_classes=num_classes)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+# The registered sizes: widths of the three blocks, and the line `cifarkit models` shows.
+SIZES: dict[str, tuple[tuple[int, int, int], str]] = {
+    "fastnet_xs": (
+        (32, 128, 128),
+        "FastNet, widths 32/128/128 (~1/3.5 of fastnet_s's FLOPs): for CPU budgets of minutes.",
+    ),
+    "fastnet_s": ((64, 256, 256), "FastNet, widths 64/256/256, the airbench94 network."),
+    "fastnet_m": ((128, 384, 384), "FastNet, widths 128/384/384, the airbench95 network."),
+    "fastnet_l": (
+        (128, 512, 512),
+        "FastNet, widths 128/512/512, airbench96's widths without its third conv and residuals.",
+    ),
+}
 
 
-@register_model("fastnet_xs")
-def fastnet_xs(num_classes: int = 10, channels_last: bool = True, **overrides) -> FastNet:
-    """FastNet, widths 32/128/128 (~1/3.5 of fastnet_s's FLOPs): for CPU budgets of minutes."""
-    return _build((32, 128, 128), num_classes, channels_last, **overrides)
+def _register_size(name: str) -> None:
+    widths, description = SIZES[name]
+
+    def build(num_classes: int = 10, channels_last: bool = True, **overrides) -> FastNet:
+        """The FastNet of these widths; ``overrides`` set other :class:`FastNetConfig` fields."""
+        model = FastNet(FastNetConfig(widths=widths, **overrides), num_classes=num_classes)
+        return model.to(memory_format=torch.channels_last) if channels_last else model
+
+    register_model(name, description)(build)
 
 
-@register_model("fastnet_s")
-def fastnet_s(num_classes: int = 10, channels_last: bool = True, **overrides) -> FastNet:
-    """FastNet, widths 64/256/256, the airbench94 network."""
-    return _build((64, 256, 256), num_classes, channels_last, **overrides)
-
-
-@register_model("fastnet_m")
-def fastnet_m(num_classes: int = 10, channels_last: bool = True, **overrides) -> FastNet:
-    """FastNet, widths 128/384/384, the airbench95 network."""
-    return _build((128, 384, 384), num_classes, channels_last, **overrides)
-
-
-@register_model("fastnet_l")
-def fastnet_l(num_classes: int = 10, channels_last: bool = True, **overrides) -> FastNet:
-    """FastNet, widths 128/512/512, airbench96's widths without its third conv and residuals."""
-    return _build((128, 512, 512), num_classes, channels_last, **overrides)
+for _name in SIZES:
+    _register_size(_name)

@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
@@ -67,18 +68,13 @@ def _gaussian_noise(x: np.ndarray, std: float, rng: np.random.Generator) -> np.n
 
 
 def _gaussian_blur(x: np.ndarray, sigma: float, _rng: np.random.Generator) -> np.ndarray:
-    """Separable Gaussian blur over height and width, the border extended by repeating edge pixels."""
-    radius = math.ceil(4 * sigma)
-    taps = np.arange(-radius, radius + 1)
-    kernel = np.exp(-(taps**2) / (2 * sigma**2))
-    kernel /= kernel.sum()
-    for axis in (1, 2):
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (radius, radius)
-        padded = np.pad(x, pad, mode="edge")
-        length = x.shape[axis]
-        x = sum(w * padded.take(np.arange(i, i + length), axis=axis) for i, w in enumerate(kernel))
-    return x
+    """Gaussian blur over height and width, the border extended by repeating edge pixels ("nearest").
+
+    The kernel reaches ceil(4 sigma) pixels each way. SciPy's default radius,
+    int(4 sigma + 0.5), is one pixel shorter for sigma 0.6 and 0.8, so the
+    radius is given explicitly to keep the kernel the table documents.
+    """
+    return gaussian_filter(x, sigma, mode="nearest", radius=math.ceil(4 * sigma), axes=(1, 2))
 
 
 def _brightness(x: np.ndarray, delta: float, _rng: np.random.Generator) -> np.ndarray:

@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cifarkit import __version__
+from cifarkit.analysis import ranked
 from cifarkit.data.images import image_to_array
 from cifarkit.errors import CifarkitError
 from cifarkit.serve.backends import Classifier
@@ -206,8 +207,8 @@ def _decode_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> np.ndarray
 
 
 def _top(probs: np.ndarray, classes: list[str], k: int) -> list[ClassProbability]:
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [ClassProbability(**{"class": classes[i], "probability": float(probs[i])}) for i in order]
+    """The ``k`` most probable classes of one probability row, ranked as `cifarkit predict` ranks them."""
+    return [ClassProbability(**{"class": name, "probability": p}) for name, p in ranked(probs, classes, k)]
 
 
 def _add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:

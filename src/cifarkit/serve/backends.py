@@ -28,11 +28,11 @@ import torch
 
 from cifarkit import __version__
 from cifarkit.errors import CifarkitError
-from cifarkit.export import DEFAULT_FILES, ProbabilityModel, onnx_metadata, onnx_predictor, weights_digest
+from cifarkit.export import DEFAULT_FILES, ProbabilityModel, onnx_metadata, onnx_predictor
 from cifarkit.files import read_json
 from cifarkit.inference import check_outputs
-from cifarkit.runs import load_model, read_config
-from cifarkit.runtime import autocast, native_bf16, pick_device, precision_name
+from cifarkit.runs import load_model, native_run_bf16, read_config, weights_digest
+from cifarkit.runtime import autocast, pick_device, precision_name
 
 BACKENDS = ("torch", "onnx")
 INPUT_SIZE = 32
@@ -139,7 +139,7 @@ def _torch_backend(
     run_dir: str | Path, config: dict[str, Any], device: str, tta: str
 ) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
     dev = pick_device(device)
-    bf16 = bool(config.get("bf16", False)) and native_bf16(dev)
+    bf16 = native_run_bf16(config, dev)
     model = ProbabilityModel(load_model(run_dir), tta).to(dev, memory_format=torch.channels_last)
 
     @torch.inference_mode()

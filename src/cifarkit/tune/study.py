@@ -23,6 +23,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -317,16 +318,17 @@ def tune(
         trial.set_user_attr("run_dir", run_dir.relative_to(out).as_posix())
         pruning = Pruning(trial)
         try:
-            with track(track_with, run_dir, f"{study.study_name}/{trial.number:04d}") as trackers:
-                train(
-                    recipe,
-                    data,
-                    run_dir,
-                    subset=subset,
-                    progress=progress,
-                    device=device,
-                    callbacks=[pruning, *trackers],
-                )
+            _train_tracked(
+                recipe,
+                data,
+                run_dir,
+                track_with=track_with,
+                name=f"{study.study_name}/{trial.number:04d}",
+                subset=subset,
+                progress=progress,
+                device=device,
+                callbacks=[pruning],
+            )
         except CifarkitError as e:
             return _failed(trial, e)
         metrics = read_json(run_dir / "metrics.json", dict)
@@ -427,19 +429,53 @@ def retrain_best(
     best = best_trial(study, base, space)
     recipe = space.recipe(base, best.params).replace(val_fraction=0.0)
     run_dir = Path(out) / f"final-{best.number:04d}"
-    with track(track_with, run_dir, f"{study.study_name}/final-{best.number:04d}") as trackers:
+    metrics = _train_tracked(
+        recipe,
+        data,
+        run_dir,
+        track_with=track_with,
+        name=f"{study.study_name}/final-{best.number:04d}",
+        subset=subset,
+        resume=(run_dir / "resume.pt").is_file(),
+        progress=progress,
+        device=device,
+        test=True,
+    )
+    return run_dir, metrics
+
+
+def _train_tracked(
+    recipe: Recipe,
+    data: CIFAR10,
+    run_dir: Path,
+    *,
+    track_with: str | None,
+    name: str,
+    subset: int | None,
+    progress: bool,
+    device: str,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    test: bool = False,
+) -> dict[str, Any] | None:
+    """Train ``recipe`` into ``run_dir``, mirrored to tracker ``track_with`` (if any) as run ``name``.
+
+    The one path by which trials and the final retraining train. With
+    ``test`` the run is then evaluated on the test set, inside the tracking so
+    that the tracker logs the test accuracy, and its metrics are returned.
+    """
+    with track(track_with, run_dir, name) as trackers:
         train(
             recipe,
             data,
             run_dir,
             subset=subset,
-            resume=(run_dir / "resume.pt").is_file(),
+            resume=resume,
             progress=progress,
             device=device,
-            callbacks=trackers,
+            callbacks=[*callbacks, *trackers],
         )
-        metrics = evaluate(run_dir, data, device=device)
-    return run_dir, metrics
+        return evaluate(run_dir, data, device=device) if test else None
 
 
 def load_study(study_dir: str | Path, storage: str | None = None) -> optuna.Study:
