@@ -245,8 +245,9 @@ def test_without_proc_stat_the_count_stays(tmp_path, restore_threads):
 @pytest.mark.skipif(
     not os.path.exists("/proc/stat") or len(os.sched_getaffinity(0)) < 2, reason="needs Linux and 2 CPUs"
 )
-def test_other_programs_on_every_cpu_take_the_threads_down_and_leaving_gives_them_back(restore_threads):
-    """The real /proc/stat: a busy loop on each CPU this process may use, then none."""
+def test_other_programs_on_every_cpu_take_the_threads_down(restore_threads):
+    """The real /proc/stat: a busy loop on each CPU this process may use. (Going back up is the fake-stat test's: on
+    the real one it depends on what else the machine runs.)"""
     runtime.use_threads(None)
     governor = runtime._adaptive
     governor.budget = 2
@@ -261,8 +262,6 @@ def test_other_programs_on_every_cpu_take_the_threads_down_and_leaving_gives_the
         for loop in loops:
             loop.kill()
             loop.wait()
-    time.sleep(governor.WINDOW_S + 0.1)
-    assert runtime.adapt_threads() is not None and torch.get_num_threads() == 2
 
 
 def test_a_fixed_thread_count_is_never_adapted(restore_threads):

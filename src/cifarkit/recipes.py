@@ -351,10 +351,11 @@ def _fast(name: str, model: str, epochs: int, description: str, batch_size: int 
     (measured on fast90, 2 seeds each: 92.23% TTA test accuracy with this,
     92.36% without, a difference within seed noise);
     flip+translate test-time augmentation. Each step's 2,000 images run as
-    micro-batches of 250 whose gradients add up to the step: on a 2-core AMD
-    EPYC with AVX2 only, fast93's peak memory fell from 5.2 GB to 1.4 GB (4,900
-    images) and its epoch took no longer (25.3 s against 28.5 s; BatchNorm
-    then normalises each 250 images by their own statistics). On a GPU,
+    micro-batches of 250 whose gradients add up to the step (BatchNorm then
+    normalises each 250 images by their own statistics): on a 2-core AMD EPYC
+    with AVX2 only, one fast93 epoch on 4,900 images peaked at 1.39 GB against
+    4.87 GB with the whole batch (``benchmarks/peak_memory.py``,
+    ``benchmarks/results/issue18/peak_memory*.json``). On a GPU,
     ``--set micro_batch=0`` runs the whole batch at once, and reproduces the
     figures measured before micro-batches. A 2% validation split is held out
     to watch training (airbench trains on all 50,000 images); the last epoch's
