@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from cifarkit.data import load_cifar10
+from cifarkit.data.batches import unit_range
 from cifarkit.models import count_parameters
 from cifarkit.optim import build_optimizer, lr_multiplier
 from cifarkit.recipes import Recipe, get_recipe
@@ -96,6 +97,8 @@ def keras_pipeline(
         metrics=["accuracy"],
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
+    # The notebook's arrays: float32 pixels in [0, 1], (N, H, W, 3); made once, as the notebook does.
+    x_train, x_val = _nhwc(split.x_train), _nhwc(split.x_val)
     starts, seconds = [], []
     timer = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: starts.append(time.perf_counter()),
@@ -104,11 +107,11 @@ def keras_pipeline(
 
     def run_epoch(epoch: int) -> float:
         twin.fit(
-            _nhwc(split.x_train),
+            x_train,
             split.y_train.numpy(),
             batch_size=recipe.batch_size,
             verbose=0,
-            validation_data=(_nhwc(split.x_val), split.y_val.numpy()),
+            validation_data=(x_val, split.y_val.numpy()),
             initial_epoch=epoch,
             epochs=epoch + 1,
             callbacks=[timer],
@@ -119,8 +122,8 @@ def keras_pipeline(
 
 
 def _nhwc(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) images, channels-last in memory, as Keras' (N, H, W, 3) array without a copy."""
-    return images.permute(0, 2, 3, 1).numpy()
+    """(N, 3, H, W) uint8 images, channels-last in memory, as Keras' (N, H, W, 3) float32 array in [0, 1]."""
+    return unit_range(images).permute(0, 2, 3, 1).numpy()
 
 
 def summary(seconds: list[float], images: int) -> dict[str, Any]:

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import cifarkit.data.augment as augment_module
-from cifarkit.data.augment import augment, cutout, flipped, translate
-from cifarkit.data.batches import balanced_subset, batches, stratified_split, to_tensor
+from cifarkit.data.augment import augment, cutout, flipped, resize, translate
+from cifarkit.data.batches import balanced_subset, batches, pixels, stratified_split, to_tensor, unit_range
 from cifarkit.errors import CifarkitError
 
 
@@ -15,6 +15,29 @@ def test_to_tensor_scales_and_transposes():
     assert t.shape == (2, 3, 32, 32) and t.dtype == torch.float32
     assert t[1, :, 5, 7].tolist() == pytest.approx([1.0, 0.0, 0.2])
     assert t.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_pixels_are_a_byte_view_that_unit_range_scales_as_to_tensor_does():
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    p = pixels(x)
+    assert p.shape == (4, 3, 32, 32) and p.dtype == torch.uint8 and p.is_contiguous(memory_format=torch.channels_last)
+    assert np.shares_memory(p.numpy(), x)  # a view: training's images cost their bytes, once
+    assert torch.equal(unit_range(p), to_tensor(x))
+    features = torch.rand(3, 8)
+    assert unit_range(features) is features
+
+
+def test_augmenting_bytes_then_scaling_equals_scaling_then_augmenting():
+    """Training augments uint8 pixels and scales each batch afterwards: mirror, shift and cutout move or zero
+    pixels, so the order makes no difference, bit for bit."""
+    x = pixels(np.random.default_rng(1).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8))
+    kw = dict(epoch=2, seed=7, flip=True, alternating_flip=False, pad=2, cutout_size=5)
+    assert torch.equal(unit_range(augment(x, **kw)), augment(unit_range(x), **kw))
+
+
+def test_resizing_a_batch_equals_resizing_the_set():
+    images = torch.rand(20, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(resize(images, 20)[7:12], resize(images[7:12], 20))
 
 
 def test_stratified_split_holds_out_each_class_equally():

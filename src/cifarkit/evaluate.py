@@ -1,7 +1,9 @@
 """Test-set evaluation of a run, done once: predictions, metrics and figures in RUN/eval/.
 
 :func:`evaluate` predicts the test set with the run's best weights, in the
-precision the run was trained in, without and with test-time augmentation,
+precision the run was trained in where this machine runs it natively (bf16
+where native, float32 otherwise: :func:`cifarkit.runs.native_run_bf16`),
+without and with test-time augmentation,
 and writes the predictions (``probs`` and ``probs_tta``, labelled with the TTA
 mode), the metrics computed from them and their figures (layout in
 :mod:`cifarkit.runs`). The report renders what it wrote instead of computing
@@ -38,7 +40,7 @@ from cifarkit.features import cached_features
 from cifarkit.files import write_csv, write_json, write_text
 from cifarkit.inference import check_model, check_tta, predict_proba
 from cifarkit.plots import confusion_matrices, prediction_grid, save_png
-from cifarkit.runs import eval_dir, load_model, locked, read_config, save_predictions
+from cifarkit.runs import eval_dir, load_model, locked, native_run_bf16, read_config, save_predictions
 from cifarkit.runtime import autocast, pick_device
 
 
@@ -46,10 +48,10 @@ from cifarkit.runtime import autocast, pick_device
 def _plain_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device: str) -> np.ndarray:
     """Test-set probabilities without TTA; frozen-feature runs read the backbone's features from the cache.
 
-    Both paths run in the run's precision: the cache is keyed by it, so a bf16
-    run reads the bf16 features it was trained on.
+    Both paths run in the run's precision where it is native here: the cache
+    is keyed by it, so a bf16 run reads the bf16 features it was trained on.
     """
-    bf16 = config.get("bf16", False)
+    bf16 = native_run_bf16(config, device)
     if not config.get("frozen_features"):
         return _shared_probs(model, data.x_test, device=device, bf16=bf16)
     dev = pick_device(device)
@@ -132,7 +134,7 @@ def evaluate(
         distributed.on_main(lambda: stack.enter_context(locked(run_dir)))  # before the work: one writer at a time
         model = check_model(distributed.on_main(lambda: load_model(run_dir)), run_dir, classes)
         probs = _plain_probs(model, config, data, device)
-        bf16 = config.get("bf16", False)
+        bf16 = native_run_bf16(config, device)
         probs_tta = _shared_probs(model, data.x_test, tta=tta, device=device, bf16=bf16) if tta != "none" else None
         record, analysed, cm = _record(data, probs, probs_tta, tta)
         report = classification_report_text(data.y_test, predicted_classes(analysed), classes)

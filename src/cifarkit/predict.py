@@ -11,13 +11,14 @@ from cifarkit.analysis import Prediction, ranked  # Prediction re-exported: the 
 from cifarkit.data.images import image_to_array
 from cifarkit.errors import CifarkitError
 from cifarkit.inference import check_model, check_outputs, predict_proba
-from cifarkit.runs import load_model, read_config
+from cifarkit.runs import load_model, native_run_bf16, read_config
 
 
 def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 3, device: str = "auto") -> list[Prediction]:
     """Top-k predictions for each image file; unreadable files get an error, the rest are still predicted.
 
-    Predictions use the run's TTA mode and run in the precision it was trained in. A ``top_k`` outside
+    Predictions use the run's TTA mode and its precision where native here (see
+    :func:`cifarkit.runs.native_run_bf16`). A ``top_k`` outside
     1..number of classes, a run whose weights do not match its class list, and a run whose outputs are
     not finite (it diverged) raise :class:`CifarkitError`.
     """
@@ -38,7 +39,7 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 3, de
             np.stack(list(arrays.values())),
             tta=config.get("tta", "none"),
             device=device,
-            bf16=config.get("bf16", False),
+            bf16=native_run_bf16(config, device),
         )
         check_outputs(stacked, run_dir, classes, on=" on the images given")
         probs = dict(zip(arrays, stacked))

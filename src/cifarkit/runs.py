@@ -44,7 +44,7 @@ from cifarkit.data.dataset import CIFAR10
 from cifarkit.errors import CifarkitError
 from cifarkit.files import atomic_write_bytes, check_writable, exclusive, read_json
 from cifarkit.models import create_model, get_model_info
-from cifarkit.runtime import native_bf16
+from cifarkit.runtime import native_bf16, pick_device
 
 RETRAIN = "train the run again into a new --out"
 
@@ -168,14 +168,16 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     return config
 
 
-def native_run_bf16(config: dict[str, Any], device: torch.device) -> bool:
-    """Whether a trained run's model runs under bfloat16 autocast on ``device`` when served or teaching.
+def native_run_bf16(config: dict[str, Any], device: torch.device | str) -> bool:
+    """Whether a trained run's model runs under bfloat16 autocast on ``device`` (evaluated, predicting, served...).
 
     Only where the run trained in bf16 and bf16 is native on ``device`` (a GPU,
     or a CPU with AVX512-BF16/AMX); float32 otherwise, since emulated bfloat16
-    is about 20x slower and no more accurate.
+    is about 20x slower and no more accurate: a run trained on one machine is
+    used at full speed on another. A ``device`` string is resolved as
+    ``--device`` is (``auto``: CUDA, then MPS, then CPU).
     """
-    return bool(config.get("bf16", False)) and native_bf16(device)
+    return bool(config.get("bf16", False)) and native_bf16(pick_device(str(device)))
 
 
 def build_model(config: dict[str, Any], *, pretrained: bool = True) -> nn.Module:

@@ -27,12 +27,13 @@ from tqdm import tqdm
 
 from cifarkit import __version__, distributed
 from cifarkit.data.augment import augment, flipped, progressive_size, resize
-from cifarkit.data.batches import batches, to_tensor
+from cifarkit.data.batches import batches, pixels, unit_range
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.distill import check_teacher, teacher_logits, training_loss
 from cifarkit.errors import CifarkitError
 from cifarkit.features import cached_features
 from cifarkit.files import LOCK_FILE, check_writable, write_csv, write_json
+from cifarkit.inference import images_per_pass
 from cifarkit.models import count_parameters
 from cifarkit.optim import OptimizerChain, build_optimizer, lr_multiplier, set_learning_rates, weight_ema
 from cifarkit.plots import plot_history
@@ -55,7 +56,9 @@ from cifarkit.tracking import Callback
 
 @dataclass
 class Split:
-    """Training and validation inputs: images in [0, 1] (channels-last), or frozen-backbone features.
+    """Training and validation inputs: uint8 images (N, 3, H, W, channels-last), or frozen-backbone features.
+
+    Images stay bytes until a batch is taken (see :func:`_to_device`).
 
     ``teacher``: when distilling, the teacher's logits (N, 2, C) for each
     training image as it is and mirrored (see :mod:`cifarkit.distill`).
@@ -72,9 +75,9 @@ def prepare_split(data: CIFAR10, val_fraction: float, seed: int, subset: int | N
     """The training images (optionally a class-balanced subset) split into train and validation."""
     train_idx, val_idx = split_indices(data.y_train, val_fraction, seed, subset)
     return Split(
-        to_tensor(data.x_train[train_idx]),
+        pixels(data.x_train[train_idx]),
         torch.from_numpy(data.y_train[train_idx]).long(),
-        to_tensor(data.x_train[val_idx]),
+        pixels(data.x_train[val_idx]),
         torch.from_numpy(data.y_train[val_idx]).long(),
     )
 
@@ -85,13 +88,15 @@ def evaluate_loss_acc(
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode, in the training precision.
 
+    ``batch_size`` counts 32x32 images per forward pass (see :func:`cifarkit.inference.images_per_pass`).
+
     With several processes each evaluates its share of (x, y) and the sums are
     added up, so every process gets the figures of the whole set.
     """
     model.eval()
     loss_sum, correct = 0.0, 0
     part = distributed.shard(len(x))
-    for xb, yb in batches(x[part], y[part], batch_size):
+    for xb, yb in batches(x[part], y[part], images_per_pass(model, batch_size)):
         with autocast(device, bf16):
             logits = model(_to_device(xb, device)).float()
         yb = yb.to(device)
@@ -101,9 +106,17 @@ def evaluate_loss_acc(
     return loss_sum / max(1, len(x)), correct / max(1, len(x))
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+def _to_device(x: torch.Tensor, device: torch.device, side: int | None = None) -> torch.Tensor:
+    """A batch as the model takes it: on ``device``, images in [0, 1], channels-last, ``side`` pixels wide if given.
+
+    Pixels travel as bytes and are scaled there; resizing a batch at a time
+    gives the same images as resizing the set (each image is resized alone).
+    """
+    x = unit_range(x.to(device, non_blocking=True))
+    if x.dim() != 4:  # frozen-backbone features
+        return x
+    x = x.contiguous(memory_format=torch.channels_last)
+    return x if side is None else resize(x, side)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -141,8 +154,7 @@ def train_one_epoch(
         pad=recipe.translate,
         cutout_size=recipe.cutout,
     )
-    if recipe.resize_start:
-        x = resize(x, image_side(recipe, epoch, split.x_train.shape[-1]))
+    side = image_side(recipe, epoch, x.shape[-1]) if x.dim() == 4 else None
     teacher = _teacher_view(split.teacher, recipe, epoch)
     steps = -(-len(x) // recipe.batch_size)
     # Batches of indices, so labels and teacher outputs follow the images through the shuffle.
@@ -159,7 +171,7 @@ def train_one_epoch(
     seen, next_postfix = 0, 0.0
     for i, (xb, ib) in enumerate(bar):
         set_learning_rates(optimizer, lr_at, first_step + i)
-        xb, yb = _to_device(xb, device), split.y_train[ib].to(device, non_blocking=True)
+        xb, yb = _to_device(xb, device, side), split.y_train[ib].to(device, non_blocking=True)
         tb = None if teacher is None else teacher[ib].to(device, non_blocking=True)
         # The sum over this process's part / the global batch's size x the processes DDP averages over: the
         # gradient of the global batch's mean loss, however unevenly the batch was split.

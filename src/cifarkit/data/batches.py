@@ -11,13 +11,26 @@ from sklearn.model_selection import train_test_split
 from cifarkit.errors import CifarkitError
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1], channels-last in memory.
+def pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> uint8 (N, 3, H, W), channels-last in memory: a view, no copy.
 
     Channels-last is the layout oneDNN's CPU convolutions are fastest on, and it
     costs nothing here: it is the layout the pixels are already stored in.
+    Training keeps its images as these bytes, a quarter of float32's memory
+    (150 MB rather than 600 MB for 49,000 images, and as much again for each
+    epoch's augmented copy), and scales a batch at a time (:func:`unit_range`).
     """
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
+def unit_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1]; any other tensor (floats, features) as it is."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1], channels-last in memory."""
+    return unit_range(pixels(images))
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

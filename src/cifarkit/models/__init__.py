@@ -8,6 +8,15 @@ from cifarkit.models.registry import (
     list_models,
     parameter_roles,
     register_model,
+    working_side,
 )
 
-__all__ = ["count_parameters", "create_model", "get_model_info", "list_models", "parameter_roles", "register_model"]
+__all__ = [
+    "count_parameters",
+    "create_model",
+    "get_model_info",
+    "list_models",
+    "parameter_roles",
+    "register_model",
+    "working_side",
+]

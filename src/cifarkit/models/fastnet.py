@@ -17,11 +17,12 @@ re-implemented here:
 
 Every model takes float images in [0, 1], shape (N, 3, 32, 32), and normalises
 them inside (CIFAR-10 mean and std are buffers). Call ``model.data_init(images)``
-once with training images before training, to set the whitening filters.
+once with training images (uint8 pixels, or floats in [0, 1]) before training, to set the whitening filters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -134,15 +135,19 @@ class FastNet(nn.Module):
         return self.head(x) * self.head_scale
 
     @torch.no_grad()
-    def data_init(self, train_images01: Tensor, eps: float = 5e-4) -> None:
-        """Set the whitening layer from training images in [0, 1]; call once before training.
+    def data_init(self, train_images: Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening layer from training images; call once before training.
 
+        ``train_images`` (N, 3, H, W) are uint8 pixels or floats in [0, 1].
         The first half of its channels gets the whitening filters of the
         normalised images' patches (see :func:`whitening_filters`), the second
         half their negatives, so that GELU(+z), GELU(-z) together keep both
         signs of z. A few thousand images are plenty (airbench uses 5,000).
+        Images are scaled and normalised a chunk at a time, so the whole set's
+        float copies (0.6 GB each for 49,000 images) are never held.
         """
-        filters, bias = whitening_filters(self.normalize(train_images01), self.cfg.whiten_kernel, eps)
+        chunks = (self.normalize(_unit_range(part)) for part in train_images.split(_CHUNK))
+        filters, bias = whitening_filters(chunks, train_images.shape[1], self.cfg.whiten_kernel, eps)
         self.whiten.weight.copy_(torch.cat((filters, -filters)))
         self.whiten.bias.copy_(torch.cat((bias, -bias)))
 
@@ -167,42 +172,52 @@ class FastNet(nn.Module):
         return roles
 
 
-def _patch_moments(images: Tensor, kernel: int, chunk: int = 1024) -> tuple[Tensor, Tensor]:
-    """Mean (D,) and covariance (D, D) of all kernel x kernel patches, D = C*k*k, in float64.
+# Images whose patches are unfolded at a time by data_init (about 50 MB of float64 patches for 32x32 images).
+_CHUNK = 1024
 
-    Patches are flattened in (channel, row, col) order, the order of a conv
-    weight's ``view(out, -1)``. Works in chunks so 50,000 images need not be
-    unfolded at once (that would be ~2 GB).
+
+def _unit_range(images: Tensor) -> Tensor:
+    """uint8 pixels as floats in [0, 1]; floats as they are."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+
+def _patch_moments(chunks: Iterable[Tensor], dim: int, kernel: int) -> tuple[Tensor, Tensor]:
+    """Mean (D,) and covariance (D, D) of all kernel x kernel patches of the images in ``chunks``, in float64.
+
+    D = ``dim`` = C*k*k. Patches are flattened in (channel, row, col) order,
+    the order of a conv weight's ``view(out, -1)``. Taking the images a chunk
+    at a time means 50,000 images are never unfolded at once (that would be ~2 GB).
     """
-    dim = images.shape[1] * kernel * kernel
-    total = torch.zeros(dim, dtype=torch.float64, device=images.device)
-    outer = torch.zeros(dim, dim, dtype=torch.float64, device=images.device)
+    total = outer = None
     count = 0
-    for batch in images.split(chunk):
+    for batch in chunks:
         patches = F.unfold(batch.float(), kernel_size=kernel)  # (n, D, L)
         flat = patches.transpose(1, 2).reshape(-1, dim).double()
-        total += flat.sum(0)
-        outer += flat.T @ flat
+        total = flat.sum(0) if total is None else total + flat.sum(0)
+        outer = flat.T @ flat if outer is None else outer + flat.T @ flat
         count += len(flat)
+    if total is None or outer is None:
+        raise ValueError("whitening needs at least one image")
     mean = total / count
     return mean, outer / count - torch.outer(mean, mean)
 
 
-def whitening_filters(images: Tensor, kernel: int, eps: float) -> tuple[Tensor, Tensor]:
+def whitening_filters(chunks: Iterable[Tensor], channels: int, kernel: int, eps: float) -> tuple[Tensor, Tensor]:
     """PCA whitening of patches: filters (D, C, k, k) and biases (D,).
 
+    ``chunks``: the images, in parts of (n, ``channels``, H, W).
     Filter i is the i-th eigenvector of the patch covariance divided by
     sqrt(eigenvalue_i + eps), largest eigenvalue first, and its bias subtracts
     the mean patch, so the outputs on these images have zero mean and
     covariance diag(lambda / (lambda + eps)) ~ identity. ``eps`` caps the gain
     of near-constant directions (in standardised units: 5e-4 ~ noise level).
     """
-    mean, cov = _patch_moments(images, kernel)
+    mean, cov = _patch_moments(chunks, channels * kernel * kernel, kernel)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
     eigenvalues, eigenvectors = eigenvalues.flip(0).clamp_min(0), eigenvectors.flip(1)
     filters = eigenvectors.T / torch.sqrt(eigenvalues + eps).unsqueeze(1)
     bias = -filters @ mean
-    return filters.view(-1, images.shape[1], kernel, kernel).float(), bias.float()
+    return filters.view(-1, channels, kernel, kernel).float(), bias.float()
 
 
 # The registered sizes: widths of the three blocks, and the line `cifarkit models` shows.

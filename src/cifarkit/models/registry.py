@@ -80,6 +80,15 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def working_side(model: nn.Module, side: int = 32) -> int:
+    """The side in pixels ``model`` computes at when given ``side``-pixel images.
+
+    A transfer model's backbone resizes its input to its ``input_size``
+    (160 px in ``lite0_finetune``); every other model works at the images' side.
+    """
+    return getattr(getattr(model, "backbone", None), "input_size", None) or side
+
+
 def parameter_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The model's parameters by role (``parameter_roles()``: filters / norm / head, backbone / head...), or one role.
 

@@ -41,7 +41,7 @@ from cifarkit.plots import (
     save_png,
     training_curves,
 )
-from cifarkit.runs import Run
+from cifarkit.runs import Run, native_run_bf16
 
 from . import markup
 from .calibration import fit_temperature, logits_from_probs, negative_log_likelihood, softmax
@@ -276,7 +276,7 @@ def _temperature_record(ctx: RunContext, test_logits: np.ndarray) -> dict[str, f
         tta=ctx.run.evaluation.tta,
         batch_size=ctx.options.batch_size,
         device=ctx.device,
-        bf16=ctx.run.config.get("bf16", False),
+        bf16=native_run_bf16(ctx.run.config, ctx.device),
     )
     temperature = fit_temperature(val_logits, val_y)
     return {
@@ -337,7 +337,7 @@ def robustness_section(ctx: RunContext) -> str:
         seed=opts.seed,
         batch_size=opts.batch_size,
         device=ctx.device,
-        bf16=ctx.run.config.get("bf16", False),
+        bf16=native_run_bf16(ctx.run.config, ctx.device),
     )
     means = mean_corruption_accuracy(rows)
     clean = next(r.accuracy for r in rows if r.severity == 0)
