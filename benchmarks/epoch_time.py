@@ -39,6 +39,7 @@ from torch import nn
 from cifarkit.data import load_cifar10
 from cifarkit.data.batches import unit_range
 from cifarkit.models import count_parameters
+from cifarkit.models.dropout import Dropout
 from cifarkit.optim import build_optimizer, lr_multiplier
 from cifarkit.recipes import Recipe, get_recipe
 from cifarkit.runs import build_model
@@ -60,7 +61,7 @@ def keras_twin(model: nn.Sequential) -> Any:
         nn.Conv2d: lambda m: layers.Conv2D(m.out_channels, m.kernel_size, padding="same"),
         nn.LeakyReLU: lambda m: layers.LeakyReLU(negative_slope=m.negative_slope),
         nn.MaxPool2d: lambda m: layers.MaxPooling2D(m.kernel_size),
-        nn.Dropout: lambda m: layers.Dropout(m.p),
+        Dropout: lambda m: layers.Dropout(m.p),
         nn.Flatten: lambda m: layers.Flatten(),
         nn.Linear: lambda m: layers.Dense(m.out_features),
     }

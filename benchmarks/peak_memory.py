@@ -4,9 +4,9 @@ Memory is what decides whether a recipe runs on an 8 GB laptop at all. Each
 recipe trains one epoch on a subset (``cifarkit train --subset N --epochs 1
 --no-eval``, the default threads) and the kernel's accounting of that process
 (``ru_maxrss`` from ``wait4``) gives its peak. The whole training set adds its
-augmented copy per epoch (about 0.6 GB in float32 for 49,000 images) to a
-subset's figure; the default command's full run is measured end to end in the
-README. The distillation recipes are fast93/fast94 plus a teacher's logits
+images and each epoch's augmented copy (uint8: about 0.15 GB each for 49,000
+images) to a subset's figure; the default command's full run is measured end
+to end in the README (``whole_command.py``). The distillation recipes are fast93/fast94 plus a teacher's logits
 (2 MB) and need a trained teacher run, so they are left out.
 
     python benchmarks/peak_memory.py --data ../shared/data/cifar10 --subset 5000 \

@@ -15,7 +15,7 @@ slow part), and each test checks one promise of it against one process:
   history, epochs and step counts exactly, its weights as above;
 * torchrun stops a launch whose worker was killed, naming the rank.
 
-Augmentation is off. So is dropout (a patched nn.Dropout): its masks are
+Augmentation is off. So is dropout (a patched Dropout): its masks are
 drawn per process and cannot match one process's draws. The fast recipe's
 BatchNorm normalises each process's part of the batch on its own (sync_bn
 needs CUDA), so its one-process reference normalises each half of its batch
@@ -52,6 +52,7 @@ from cifarkit.evaluate import evaluate
 from cifarkit.features import extract_features
 from cifarkit.files import read_json
 from cifarkit.models.backbones import create_backbone
+from cifarkit.models.dropout import Dropout
 from cifarkit.recipes import Recipe, for_processes, get_recipe, validate
 from cifarkit.runs import load_model, load_torch
 from cifarkit.tracking import Callback
@@ -127,7 +128,7 @@ def _record_writes() -> list[str]:
 def _two_process_work(runs: Path) -> dict:
     """What each launched process does; returns what it wrote and what it measured."""
     written = _record_writes()
-    nn.Dropout.forward = _identity
+    nn.Dropout.forward = Dropout.forward = _identity
     data = synthetic_cifar(N_TRAIN, N_TEST)
     train(CNN, data, runs / "cnn", progress=False, callbacks=[StopAfterFirstEpoch()])
     train(FAST, data, runs / "fast", progress=False)
@@ -269,7 +270,7 @@ def test_sync_bn_on_cpus_and_a_bad_timeout_are_clear_errors(monkeypatch):
 
 def test_two_processes_train_a_notebook_cnn_as_one_process_does(launched, tmp_path, monkeypatch, one_thread):
     runs, _ = launched
-    monkeypatch.setattr(nn.Dropout, "forward", _identity)
+    monkeypatch.setattr(Dropout, "forward", _identity)
     data = synthetic_cifar(N_TRAIN, N_TEST)
     alone = train(CNN, data, tmp_path / "alone", progress=False, callbacks=[StopAfterFirstEpoch()])
     assert _optimizer_steps(runs / "cnn") == _optimizer_steps(alone) and set(_optimizer_steps(alone)) == {3}
@@ -305,7 +306,7 @@ def test_two_processes_extract_features_once_and_train_a_head_as_one_process_doe
     # float16 step, 2^-10 of the value (measured: equal, with AVX-512, AVX2 and SSE4.1 kernels). bf16 features or
     # another backbone's would be percents off.
     np.testing.assert_allclose(np.load(cached).astype(np.float32), alone.astype(np.float32), rtol=1e-3, atol=1e-4)
-    monkeypatch.setattr(nn.Dropout, "forward", _identity)
+    monkeypatch.setattr(Dropout, "forward", _identity)
     monkeypatch.setenv("CIFARKIT_CACHE", str(runs.parent / "cache"))  # the same features: a cache hit
     head = train(FROZEN, data, tmp_path / "alone", progress=False)
     assert _optimizer_steps(runs / "frozen") == _optimizer_steps(head) and set(_optimizer_steps(head)) == {3}
@@ -335,7 +336,7 @@ def test_two_process_run_is_one_run_directory_that_resumes_on_one_process(launch
     assert sorted(p.name for p in runs.iterdir()) == ["cnn", "fast", "frozen"]
     assert results[0]["written"] and results[1]["written"] == []  # rank 0 writes, rank 1 never does
     assert read_json(runs / "cnn" / "metrics.json")["processes"] == 2
-    monkeypatch.setattr(nn.Dropout, "forward", _identity)
+    monkeypatch.setattr(Dropout, "forward", _identity)
     data = synthetic_cifar(N_TRAIN, N_TEST)
     resumed = train(CNN, data, shutil.copytree(runs / "cnn", tmp_path / "resumed"), resume=True, progress=False)
     uninterrupted = train(CNN, data, tmp_path / "uninterrupted", progress=False)

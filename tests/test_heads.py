@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from cifarkit.errors import CifarkitError
+from cifarkit.models.dropout import Dropout
 from cifarkit.models.heads import HEADS, create_head
 from cifarkit.models.registry import count_parameters
 
@@ -24,7 +25,7 @@ def test_heads_map_features_to_logits(name: str, num_classes: int) -> None:
 def test_notebook_head_is_the_notebooks_vgg16_head() -> None:
     head = create_head("notebook", 512)
     kinds = [type(m) for m in head]
-    assert kinds == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Linear]
+    assert kinds == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, Dropout, nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Linear]
     assert [m.out_features for m in head if isinstance(m, nn.Linear)] == [256, 128, 64, 10]
     assert head[4].p == 0.3
     assert (head[7].eps, head[7].momentum) == (1e-3, 0.01)  # Keras BatchNormalization defaults

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from torch import nn
 
 from cifarkit.errors import CifarkitError
+from cifarkit.models.dropout import Dropout
 
 
 def _dropout(p: float) -> list[nn.Module]:
-    return [nn.Dropout(p)] if p > 0 else []
+    return [Dropout(p)] if p > 0 else []
 
 
 def linear_head(in_features: int, num_classes: int = 10, dropout: float = 0.0) -> nn.Sequential:
@@ -44,7 +45,7 @@ def notebook_head(in_features: int, num_classes: int = 10) -> nn.Sequential:
         nn.ReLU(inplace=True),
         nn.Linear(256, 128),
         nn.ReLU(inplace=True),
-        nn.Dropout(0.3),
+        Dropout(0.3),
         nn.Linear(128, 64),
         nn.ReLU(inplace=True),
         nn.BatchNorm1d(64, eps=1e-3, momentum=0.01),
