@@ -2,8 +2,9 @@
 
 PyTorch's CPU dropout draws one random float per element with a scalar
 Mersenne-Twister generator, then divides and multiplies: in the notebook's
-CNN 3 at batch 32 its three dropout layers took about a tenth of each training
-step (2-core AMD EPYC, AVX2, float32, ``torch.profiler``). Here one 64-bit
+CNN 3 at batch 32 that was the largest cost after the convolutions and the
+dense layer (a ``torch.profiler`` trace on a 2-core AMD EPYC, AVX2, float32;
+``benchmarks/epoch_time.py`` measures what replacing it gives). Here one 64-bit
 draw gives the masks of four elements (16 random bits each), and the mask is
 built with float operations that vectorise. On other devices (CUDA's dropout
 is a fused kernel) nn.Dropout's own forward runs.

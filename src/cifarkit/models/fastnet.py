@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cifarkit.data.batches import unit_range
 from cifarkit.models.registry import register_model
 
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
@@ -146,7 +147,7 @@ class FastNet(nn.Module):
         Images are scaled and normalised a chunk at a time, so the whole set's
         float copies (0.6 GB each for 49,000 images) are never held.
         """
-        chunks = (self.normalize(_unit_range(part)) for part in train_images.split(_CHUNK))
+        chunks = (self.normalize(unit_range(part)) for part in train_images.split(_CHUNK))
         filters, bias = whitening_filters(chunks, train_images.shape[1], self.cfg.whiten_kernel, eps)
         self.whiten.weight.copy_(torch.cat((filters, -filters)))
         self.whiten.bias.copy_(torch.cat((bias, -bias)))
@@ -174,11 +175,6 @@ class FastNet(nn.Module):
 
 # Images whose patches are unfolded at a time by data_init (about 50 MB of float64 patches for 32x32 images).
 _CHUNK = 1024
-
-
-def _unit_range(images: Tensor) -> Tensor:
-    """uint8 pixels as floats in [0, 1]; floats as they are."""
-    return images.float().div_(255) if images.dtype == torch.uint8 else images
 
 
 def _patch_moments(chunks: Iterable[Tensor], dim: int, kernel: int) -> tuple[Tensor, Tensor]:
