@@ -45,13 +45,12 @@ from cifarkit.runtime import autocast, pick_device
 
 
 @torch.no_grad()
-def _plain_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device: str) -> np.ndarray:
+def _plain_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device: str, bf16: bool) -> np.ndarray:
     """Test-set probabilities without TTA; frozen-feature runs read the backbone's features from the cache.
 
-    Both paths run in the run's precision where it is native here: the cache
-    is keyed by it, so a bf16 run reads the bf16 features it was trained on.
+    Both paths run in ``bf16``, the run's precision where it is native here: the
+    cache is keyed by it, so a bf16 run reads the bf16 features it was trained on.
     """
-    bf16 = native_run_bf16(config, device)
     if not config.get("frozen_features"):
         return _shared_probs(model, data.x_test, device=device, bf16=bf16)
     dev = pick_device(device)
@@ -133,8 +132,8 @@ def evaluate(
     with ExitStack() as stack:
         distributed.on_main(lambda: stack.enter_context(locked(run_dir)))  # before the work: one writer at a time
         model = check_model(distributed.on_main(lambda: load_model(run_dir)), run_dir, classes)
-        probs = _plain_probs(model, config, data, device)
         bf16 = native_run_bf16(config, device)
+        probs = _plain_probs(model, config, data, device, bf16)
         probs_tta = _shared_probs(model, data.x_test, tta=tta, device=device, bf16=bf16) if tta != "none" else None
         record, analysed, cm = _record(data, probs, probs_tta, tta)
         report = classification_report_text(data.y_test, predicted_classes(analysed), classes)

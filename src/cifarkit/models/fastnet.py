@@ -184,15 +184,12 @@ def _patch_moments(chunks: Iterable[Tensor], dim: int, kernel: int) -> tuple[Ten
     the order of a conv weight's ``view(out, -1)``. Taking the images a chunk
     at a time means 50,000 images are never unfolded at once (that would be ~2 GB).
     """
-    total = outer = None
-    count = 0
+    total, outer, count = 0, 0, 0
     for batch in chunks:
         patches = F.unfold(batch.float(), kernel_size=kernel)  # (n, D, L)
         flat = patches.transpose(1, 2).reshape(-1, dim).double()
-        total = flat.sum(0) if total is None else total + flat.sum(0)
-        outer = flat.T @ flat if outer is None else outer + flat.T @ flat
-        count += len(flat)
-    if total is None or outer is None:
+        total, outer, count = total + flat.sum(0), outer + flat.T @ flat, count + len(flat)
+    if not count:
         raise ValueError("whitening needs at least one image")
     mean = total / count
     return mean, outer / count - torch.outer(mean, mean)
