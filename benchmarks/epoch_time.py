@@ -45,6 +45,7 @@ from cifarkit.recipes import Recipe, get_recipe
 from cifarkit.runs import build_model
 from cifarkit.runtime import machine_info, precision_name, resolve_bf16, use_threads
 from cifarkit.train import Split, evaluate_loss_acc, prepare_split, train_one_epoch
+from provenance import record
 
 NOTEBOOK_MODELS = ("seed_cnn1", "seed_cnn2", "seed_cnn3")
 BF16_SETTINGS = {"auto": "auto", "true": True, "false": False}
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     use_threads(args.threads)
+    provenance = record(args.threads)  # before the timing: it measures the matmul throughput
     machine = machine_info("cpu")
     print(f"machine: {json.dumps(machine)}", flush=True)
 
@@ -178,6 +180,7 @@ def main() -> None:
     c = {**summary(seconds, images), "precision": precision_name(recipe.bf16), "torch": torch.__version__}
     k = {**summary(keras_seconds, images), **keras_info} if keras_seconds else keras_info
     result = {
+        **provenance,
         "model": args.model,
         "train_images": images,
         "val_images": len(split.x_val),
@@ -188,7 +191,7 @@ def main() -> None:
         "cifarkit": c,
         "keras": k,
         "speedup_vs_keras": k["median_seconds"] / c["median_seconds"] if keras_seconds else None,
-        "machine": machine,
+        "runtime": machine,
     }
     print(
         f"{args.model}: {images:,} images, batch {recipe.batch_size} ({steps:,} steps), then validation on "

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cifarkit.recipes import RECIPES
 from cifarkit.runtime import machine_info
+from provenance import record
 from under_load import timed_epoch
 
 
@@ -39,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data:
         raise SystemExit("pass --data or set CIFARKIT_DATA")
+    provenance = record()  # the default threads, as the timed commands use
     machine = machine_info()
     print(f"{machine['cpu_model']}, {machine['cpu_kind']}, {os.cpu_count()} cores; {args.subset:,} images", flush=True)
     rows = {}
@@ -46,7 +48,7 @@ def main() -> None:
         rows[recipe] = timed_epoch(recipe, None, False, args, args.set)
         print(f"{recipe:<22} {rows[recipe]['peak_rss_mb']:6,} MB  {rows[recipe]['seconds']:7.1f} s", flush=True)
     if args.json:
-        result = {"machine": machine, "subset": args.subset, "set": args.set, "recipes": rows}
+        result = {**provenance, "runtime": machine, "subset": args.subset, "set": args.set, "recipes": rows}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -35,6 +35,7 @@ from cifarkit.data import load_cifar10
 from cifarkit.recipes import get_recipe
 from cifarkit.runs import split_indices
 from cifarkit.runtime import machine_info
+from provenance import record
 
 GRADIENT_BYTES = 4  # DDP all-reduces gradients in the parameters' dtype: float32 (autocast leaves them so)
 
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
+    provenance = record(args.cores)  # threads of all processes together
     machine = machine_info("cpu")
     print("machine:", json.dumps(machine))
     recipe = get_recipe(args.recipe)
@@ -124,6 +126,7 @@ def main() -> None:
     )
     if args.json:
         result = {
+            **provenance,
             "recipe": recipe.name,
             "subset": args.subset,
             "epochs": args.epochs,
@@ -133,7 +136,7 @@ def main() -> None:
             "runs": rows,
             "gradient_bytes_per_step": gradient_bytes,
             "ring_bytes_sent_per_process_per_step": {str(p): b for p, b in ring.items()},
-            "machine": machine,
+            "runtime": machine,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -48,6 +48,7 @@ from cifarkit.export import export_model, sample
 from cifarkit.runs import read_config
 from cifarkit.runtime import keep_freed_memory, machine_info
 from cifarkit.serve.backends import load_classifier
+from provenance import record
 
 
 def percentiles_ms(seconds: list[float]) -> dict[str, float]:
@@ -207,6 +208,7 @@ def main() -> None:
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
+    provenance = record(args.threads)
     info = machine_info("cpu")
     print(
         f"{info['cpu_model']} ({info['cpu_kind']}), {info['cores']} cores, {info['torch_threads']} threads, "
@@ -237,7 +239,7 @@ def main() -> None:
                     print_row(rows[-1])
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     if args.output:
-        Path(args.output).write_text(json.dumps({"machine": info, "command": sys.argv, "results": rows}, indent=2))
+        Path(args.output).write_text(json.dumps({**provenance, "runtime": info, "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from cifarkit.evaluate import evaluate
 from cifarkit.recipes import get_recipe
 from cifarkit.runtime import keep_freed_memory, machine_info
 from cifarkit.train import teacher_split_logits, train
+from provenance import record
 
 
 def main() -> None:
@@ -50,6 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as the CLI does: without it each training step here took about 1.5x as long
+    provenance = record(args.threads)
     machine = machine_info()
     print(f"machine: {json.dumps(machine)}", flush=True)
 
@@ -100,6 +102,7 @@ def main() -> None:
         }
 
     result = {
+        **provenance,
         "recipe": base.to_dict(),
         "runs": runs,
         "wall_seconds": summary("wall_seconds"),
@@ -107,7 +110,7 @@ def main() -> None:
         "test_acc": summary("test_acc"),
         "test_acc_tta": summary("test_acc_tta"),
         "teacher_cache_seconds": teacher_seconds,
-        "machine": machine,
+        "runtime": machine,
     }
     for key in ("wall_seconds", "train_seconds", "test_acc", "test_acc_tta"):
         if result[key]:

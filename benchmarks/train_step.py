@@ -21,7 +21,9 @@ can make 2 threads slower than 1.
 ``--bf16`` takes the recipes' values: ``auto`` (the default: bfloat16 where
 the CPU has it natively, AVX512-BF16 or AMX, else float32), ``true`` or
 ``false``; several values time each precision they resolve to. The first line
-printed describes the machine (CPU model and kind, cores, threads, torch).
+printed describes the machine (CPU model and kind, cores, threads, torch);
+``--json FILE`` also writes every row with the command, commit, date and machine
+(its matmul throughput measured), as the tables in the README read them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -38,6 +41,7 @@ from torch.nn import functional as F
 
 from cifarkit.models import create_model, list_models
 from cifarkit.runtime import autocast, keep_freed_memory, machine_info, resolve_bf16
+from provenance import record
 
 PRESETS = ("fastnet_xs", "fastnet_s", "fastnet_m", "fastnet_l")
 TRAIN_IMAGES = 50_000
@@ -129,6 +133,7 @@ def main() -> None:
         action="store_true",
         help="leave glibc's allocator as it is, to measure what cifarkit.runtime gains",
     )
+    parser.add_argument("--json", help="also write the rows, with the command, commit, date and machine, here")
     args = parser.parse_args()
     malloc = "glibc default" if args.default_malloc else f"tuned: {keep_freed_memory()}"
     # Explicit, so numbers are comparable between machines and with the 2-core target.
@@ -138,8 +143,10 @@ def main() -> None:
     # Each setting resolved as a recipe's would be (an emulated bf16 warns); duplicates timed once.
     precisions = list(dict.fromkeys(resolve_bf16(BF16_SETTINGS[b], torch.device("cpu")) for b in args.bf16))
 
+    provenance = record(args.threads)
     print(f"machine: {json.dumps(machine_info('cpu'))}")
     print(f"malloc {malloc}")
+    rows = []
     print(
         f"{'model':<18} {'batch':>5} {'size':>4} {'format':<26} {'img/s':>7} {'ms/step':>8} {'median':>7} "
         f"{'fwd GFLOP/img':>13} {'GFLOP/s':>8} {'s/epoch':>8}"
@@ -163,12 +170,31 @@ def main() -> None:
                 median, fastest = time_steps(model, batch_size, args.steps, args.warmup, bf16, size)
                 images_per_s = batch_size / fastest
                 label = fmt + ("+bf16" if bf16 else "") + ("+compile" if compiled == "true" else "")
+                rows.append(
+                    {
+                        "model": name,
+                        "batch_size": batch_size,
+                        "image_size": size,
+                        "format": fmt,
+                        "bf16": bf16,
+                        "compile": compiled == "true",
+                        "images_per_second": images_per_s,
+                        "ms_per_step": 1e3 * fastest,
+                        "median_ms_per_step": 1e3 * median,
+                        "forward_gflop_per_image": gflop,
+                        "gflop_per_second": 3 * gflop * images_per_s,
+                    }
+                )
                 print(
                     f"{name:<18} {batch_size:>5} {size:>4} {label:<26} {images_per_s:>7.0f} {1e3 * fastest:>8.0f} "
                     f"{1e3 * median:>7.0f} {gflop:>13.3f} {3 * gflop * images_per_s:>8.1f} "
                     f"{TRAIN_IMAGES / images_per_s:>8.0f}",
                     flush=True,
                 )
+    if args.json:
+        result = {**provenance, "runtime": machine_info("cpu"), "malloc": malloc, "input_size": args.input_size}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**result, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

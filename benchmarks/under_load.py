@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cifarkit.runtime import machine_info
+from provenance import record
 
 
 def timed_epoch(
@@ -105,8 +106,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: the busy loop is stopped on the way out
     if not args.data:
         raise SystemExit("pass --data or set CIFARKIT_DATA")
-    results: dict = {"machine": machine_info(), "subset": args.subset, "recipes": {}}
-    print(f"{results['machine']['cpu_model']}, {results['machine']['cpu_kind']}, {os.cpu_count()} cores", flush=True)
+    results: dict = {**record(), "runtime": machine_info(), "subset": args.subset, "recipes": {}}
+    print(f"{results['runtime']['cpu_model']}, {results['runtime']['cpu_kind']}, {os.cpu_count()} cores", flush=True)
     for recipe in args.recipes:
         # Untimed first: in a run without it, fast93's first epoch (default threads, which stayed at 2) took 28.5 s
         # and the same epoch with --threads 2 right after it 22.6 s; the first process to use that much memory

@@ -8,8 +8,9 @@ children too, which the training command has none of) gives the peak.
     python benchmarks/whole_command.py --json benchmarks/results/issue18/default_command_avx2.json \
         --copy-run /tmp/default-run -- cifarkit train --data ../shared/data/cifar10 --out /tmp/default-run
 
-Run it alone on the machine; with ``--copy-run DIR`` the run's metrics.json and
-eval/metrics.json are copied beside the JSON, so that the accuracy sits with the time.
+Run it alone on the machine; with ``--copy-run DIR`` the run's config.json, metrics.json
+and eval/metrics.json are copied beside the JSON, so that the recipe and the accuracy sit
+with the time.
 """
 
 from __future__ import annotations
@@ -24,18 +25,22 @@ import time
 from pathlib import Path
 
 from cifarkit.runtime import machine_info
+from provenance import record
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, help="write the results here (the log goes beside it, .log)")
-    parser.add_argument("--copy-run", help="a run directory the command writes: its metrics.json is kept too")
+    parser.add_argument(
+        "--copy-run", help="a run directory the command writes: its config.json and metrics.json are kept too"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise SystemExit("give the command after --")
     out = Path(args.json)
+    provenance = record()  # before the command: it measures the matmul throughput
     machine = machine_info()
     print(f"{machine['cpu_model']}, {machine['cpu_kind']}, {os.cpu_count()} cores: {' '.join(command)}", flush=True)
     start = time.perf_counter()
@@ -44,13 +49,14 @@ def main() -> None:
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     result = {
-        "command": command,
+        **provenance,  # its command is this benchmark's whole command line; measured_command is what it timed
+        "measured_command": command,
         "exit_status": os.waitstatus_to_exitcode(status),
         "wall_seconds": seconds,
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
-        "machine": machine,
+        "runtime": machine,
     }
-    for name in ("metrics.json", "eval/metrics.json") if args.copy_run else ():
+    for name in ("config.json", "metrics.json", "eval/metrics.json") if args.copy_run else ():
         if (Path(args.copy_run) / name).is_file():
             shutil.copy(Path(args.copy_run) / name, out.with_name(f"{out.stem}_{name.replace('/', '_')}"))
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,9 @@ import torch
 
 from cifarkit.data.dataset import CIFAR10
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The fixed thread count of every test that compares runs bit for bit: only a fixed count repeats a run exactly.
+THREADS = min(2, os.cpu_count() or 1)
+torch.set_num_threads(THREADS)
 
 
 def synthetic_cifar(n_train: int = 300, n_test: int = 100, seed: int = 0) -> CIFAR10:
@@ -77,3 +83,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped, but CIFARKIT_REQUIRE_ALL=1 (CI) requires this test to run: {reason}"
+
+
+@contextlib.contextmanager
+def busy_cpus() -> Iterator[None]:
+    """Another program busy on every CPU this process may use, for as long as the block runs."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()

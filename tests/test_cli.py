@@ -126,8 +126,33 @@ def test_info_names_cpu_kind_and_precision(capsys):
     code, out, _ = run_cli(capsys, "info")
     assert code == 0 and "torch" in out and "CPU kind" in out and "avx512_bf16" in out
     assert ("bfloat16" if cpu_has_native_bf16() else "float32") in out.split("bf16=auto means:")[1]
+    code, out, _ = run_cli(capsys, "info", "--json", "--no-estimate")
+    assert json.loads(out)["bf16_auto"] is cpu_has_native_bf16() and "estimate" not in json.loads(out)
+
+
+def test_info_estimates_the_default_command_from_its_own_steps(capsys, monkeypatch):
+    """The estimate is the default recipe's work (every epoch, validation, test evaluation with TTA) times the
+    seconds per image the probe measured through the training loop: checked here against that product."""
+    import cifarkit.cli as cli
+    from cifarkit.estimate import run_work
+    from cifarkit.recipes import DEFAULT_RECIPE, get_recipe
+
+    monkeypatch.setattr(cli, "_seconds_per_image", lambda recipe, threads: 0.002)
     code, out, _ = run_cli(capsys, "info", "--json")
-    assert json.loads(out)["bf16_auto"] is cpu_has_native_bf16()
+    estimate = json.loads(out)["estimate"]
+    recipe = get_recipe(DEFAULT_RECIPE)
+    work = run_work(recipe, 49_000, 1_000, 10_000)
+    assert work > recipe.epochs * 49_000  # training, plus validation and the test evaluation
+    assert estimate["default_command_s"] == pytest.approx(work * 0.002 + cli.DATA_LOAD_S)
+    assert estimate["matmul_gflops"]["float32"] > 0 and "cifarkit train" in estimate["says"]
+
+
+def test_the_speed_probe_trains_through_the_loop_and_times_its_second_epoch():
+    import cifarkit.cli as cli
+    from cifarkit.recipes import get_recipe
+
+    per_image = cli._seconds_per_image(get_recipe("fast90").replace(batch_size=100), threads=1, images=200)
+    assert 1e-6 < per_image < 1.0  # between a million and one image a second: any CPU or GPU
 
 
 def _error(capsys, *argv):
@@ -163,21 +188,34 @@ def test_bad_threads_is_a_usage_error(capsys):
 
 def test_resume_needs_only_the_run_directory(tmp_path, capsys, monkeypatch, cli_data):
     import cifarkit.train as train_module
+    from interrupt import dies_in_epoch
 
-    real_epoch = train_module.train_one_epoch
-
-    def dies_in_second_epoch(*args, **kwargs):
-        if args[4] == 1:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_one_epoch", dies_in_second_epoch)
+    real_augment = train_module.augment
+    monkeypatch.setattr(train_module, "augment", dies_in_epoch(1))
     run = tmp_path / "run"
     code, _, err = _train_two_epochs(capsys, run, "--set", "lr=0.003", "--subset", "200", "--no-eval")
     assert code == 130 and f"cifarkit train --resume --out {run}" in err
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(train_module, "augment", real_augment)
     code, out, err = run_cli(capsys, "train", "--resume", "--out", str(run), "--no-eval")
     assert code == 0, err
     history = json.loads((run / "history.json").read_text())
     config = json.loads((run / "config.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2] and (config["lr"], config["subset"]) == (0.003, 200)
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from cifarkit.cli import build_parser
+
+    def undescribed(parser: argparse.ArgumentParser, command: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    missing += undescribed(sub, f"{command} {name}")
+            elif not action.help:
+                missing.append(f"{command} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    assert undescribed(build_parser(), "cifarkit") == []

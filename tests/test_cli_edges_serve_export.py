@@ -220,6 +220,12 @@ def test_serve_refuses_an_address_it_cannot_bind(run, capsys, monkeypatch, no_se
     assert "--host" in line
 
 
+def test_serve_says_an_address_is_not_one_before_asking_for_a_key(run, capsys, monkeypatch, no_serving):
+    no_model(monkeypatch)
+    line = refused(capsys, run, "serve", str(run), "--host", "999.1.1.1", match="cannot listen on 999.1.1.1:")
+    assert "API key" not in line and "--host" in line
+
+
 def test_serve_binds_before_loading_and_releases_the_port():
     port = free_port()
     sockets = listen("127.0.0.1", port)
@@ -308,6 +314,21 @@ def test_export_refuses_bad_numbers(run, capsys, monkeypatch, option, value):
     refused(capsys, run, "export", str(run), option, value, match=option)
 
 
+def test_export_refuses_torchscript_naming_its_replacement(run, capsys, monkeypatch):
+    no_data(monkeypatch)
+    line = refused(capsys, run, "export", str(run), "--format", "torchscript", match="use --format torch-export")
+    assert "torchscript format is gone" in line
+    refused(capsys, run, "export", str(run), "--format", "tflite", match="unknown export format 'tflite'")
+
+
+def test_export_writes_a_torch_export_program_into_the_run(run, capsys):
+    code, out, err = run_cli(capsys, "export", str(run), "--format", "torch-export", "--check-images", "20")
+    assert code == 0, err
+    assert out.startswith(f"wrote {run / 'model.pt2'}\n") and "parity on 20 images" in out
+    code, _, err = run_cli(capsys, "export", str(run), "--format", "torch-export", "-o", str(run / "copy.pt2"))
+    assert code == 0 and (run / "copy.pt2").is_file(), err  # the exporter's own suffix, beside the run's files
+
+
 @pytest.mark.parametrize(
     "damage, match",
     [
@@ -326,10 +347,10 @@ def test_export_refuses_a_damaged_or_diverged_run_before_loading_data(run, capsy
 def test_export_checks_pytorch_outputs_on_the_check_images_before_writing(run, data, tmp_path):
     diverged(run)
     with pytest.raises(CifarkitError, match=r"not finite \(NaN or infinity\) on the 5 check images.*diverged"):
-        export_model(run, "torchscript", data.x_test[:5], out=tmp_path / "m.pt")
-    assert not (tmp_path / "m.pt").exists()
+        export_model(run, "torch-export", data.x_test[:5], out=tmp_path / "m.pt2")
+    assert not (tmp_path / "m.pt2").exists()
     with pytest.raises(CifarkitError, match="uint8 images of shape"):
-        export_model(run, "torchscript", data.x_test[:0])
+        export_model(run, "torch-export", data.x_test[:0])
 
 
 def test_parity_with_nan_never_passes():
@@ -345,11 +366,11 @@ def test_parity_with_nan_never_passes():
 
 def test_export_caps_check_images_at_the_test_set_with_a_note(run, capsys, tmp_path):
     code, out, err = run_cli(
-        capsys, "export", str(run), "--format", "torchscript", "-o", str(tmp_path / "m.pt"), "--check-images", "500"
+        capsys, "export", str(run), "--format", "torch-export", "-o", str(tmp_path / "m.pt2"), "--check-images", "500"
     )
     assert code == 0, err
     assert "--check-images 500 is more than the 100 test images; checking all of them" in err
-    assert "parity on 100 images" in out and (tmp_path / "m.pt").is_file()
+    assert "parity on 100 images" in out and (tmp_path / "m.pt2").is_file()
 
 
 # --- predict --------------------------------------------------------------------------------------------------------

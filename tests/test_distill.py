@@ -18,6 +18,7 @@ from cifarkit.recipes import get_recipe
 from cifarkit.runs import load_model
 from cifarkit.runtime import native_bf16
 from cifarkit.train import _teacher_view, train
+from conftest import THREADS
 from interrupt import train_killed_in_epoch
 
 CPU = torch.device("cpu")
@@ -137,7 +138,7 @@ def test_student_with_teacher_and_progressive_resizing_resumes_exactly(tiny_data
     monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "cache"))
     teacher = quick_teacher(tiny_data, tmp_path / "teacher")
     recipe = fast(resize_start=16, resize_until=0.5, teacher=str(teacher), distill_weight=0.5)
-    full = train(recipe, tiny_data, tmp_path / "full", progress=False)
+    full = train(recipe, tiny_data, tmp_path / "full", progress=False, threads=THREADS)
     assert json.loads((full / "config.json").read_text())["teacher"] == str(teacher)
     assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1
 

@@ -13,7 +13,9 @@ slow part), and each test checks one promise of it against one process:
 * rank 0 alone writes the one run directory, the files one process writes,
   which resumes on one process as an uninterrupted run continues: its
   history, epochs and step counts exactly, its weights as above;
-* torchrun stops a launch whose worker was killed, naming the rank.
+* torchrun stops a launch whose worker was killed, naming the rank;
+* a launcher killed outright (SIGKILL) takes its workers with it, and the
+  run they leave resumes.
 
 Augmentation is off. So is dropout (a patched Dropout): its masks are
 drawn per process and cannot match one process's draws. The fast recipe's
@@ -412,3 +414,134 @@ def test_killing_a_worker_ends_the_launch_naming_its_rank(tmp_path):
     assert "Traceback" not in text, text  # neither the survivor's nor torchrun's own
     with pytest.raises(ProcessLookupError):  # and the other worker did not outlive the launch
         os.kill(survivor, 0)
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (in clock ticks since boot), or None once it has ended (a zombie has ended).
+
+    Compared with the start time seen before, it tells an ended process from a new one that got its pid.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (command)", where the command may hold spaces
+    return None if fields[0] in "ZX" else fields[19]
+
+
+def _launch_command(run: Path, data: Path, cache: Path, epochs: int) -> list[str]:
+    """Plain torchrun (which tells its workers nothing of itself) training seed_cnn3 on two processes."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",  # what the `torchrun` command runs
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "cifarkit",
+        "train",
+        "--recipe",
+        "seed_cnn3",
+        "--epochs",
+        str(epochs),
+        "--set",
+        "val_fraction=0.25",
+        "--data",
+        str(data),
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(run),
+        "--no-eval",
+        "--threads",
+        "1",
+    ]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers in /proc (Linux)")
+def test_workers_stop_when_their_launcher_is_killed_and_the_run_resumes(tmp_path):
+    # 600 images: epochs of about half a second on two processes here, so that the workers are still training
+    # when the launcher is killed after their first epoch, and the resumed run is short.
+    epochs = 6
+    folder = write_python_batches(synthetic_cifar(600, N_TEST), tmp_path / "cifar-10-batches-py")
+    run, log = tmp_path / "run", tmp_path / "torchrun.log"
+    command = _launch_command(run, folder, tmp_path / "cache", epochs)
+    with log.open("w") as output:  # a session of its own: nothing of the test's, and only the launcher, is signalled
+        launch = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    workers: dict[int, str | None] = {}
+    try:
+        _wait_for(lambda: (run / "history.json").is_file() or launch.poll() is not None, 120)
+        assert launch.poll() is None, log.read_text()
+        workers = {pid: _start_time(pid) for pid in (_worker_pid(launch.pid, rank) for rank in range(2))}
+        os.kill(launch.pid, signal.SIGKILL)  # the launcher alone: it can pass nothing on to its workers
+        launch.wait(timeout=30)
+        _wait_for(lambda: all(_start_time(pid) != started for pid, started in workers.items()), 10)
+        assert all(_start_time(pid) != started for pid, started in workers.items()), "a worker outlived its launcher"
+    finally:
+        for pid, started in workers.items():  # a failed test leaves no worker training
+            if _start_time(pid) == started:
+                os.kill(pid, signal.SIGKILL)
+        if launch.poll() is None:
+            launch.kill()
+            launch.wait(timeout=30)
+    # Stopped, not finished: the run has its last finished epoch's checkpoint and no summary yet.
+    before = read_json(run / "history.json")
+    assert (run / "resume.pt").is_file() and not (run / "metrics.json").exists()
+    assert 1 <= len(before) < epochs, "the workers trained on after their launcher was killed"
+    # The lock died with its holder, so the run resumes at once, on one process, from that epoch.
+    resumed = subprocess.run(
+        [sys.executable, "-m", "cifarkit", "train", "--resume", "--out", str(run), "--no-eval", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    history = read_json(run / "history.json")
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
+    assert history[: len(before)] == before and (run / "metrics.json").is_file()
+
+
+def _worker_code(launcher: int | str, platform: str) -> str:
+    """A worker's Python code: stop_with_launcher() as on ``platform``, under ``launcher`` ('': its parent); it says
+    its pid and waits to be stopped."""
+    return (
+        "import os, sys, time\n"
+        "from cifarkit import distributed\n"
+        f"os.environ.update(LOCAL_RANK='0', {distributed.LAUNCHER_ENV}={str(launcher)!r})\n"
+        f"sys.platform = {platform!r}  # linux: the kernel's parent-death signal; darwin: the watchdog thread\n"
+        "distributed.stop_with_launcher()\n"
+        "print(os.getpid(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="tells an ended process by /proc (Linux)")
+@pytest.mark.parametrize("platform", ["linux", "darwin"])
+def test_a_worker_stops_when_its_launcher_is_killed(platform):
+    start_worker = f"subprocess.Popen([sys.executable, '-c', {_worker_code('', platform)!r}])"
+    launcher_code = f"import subprocess, sys, time\n{start_worker}\ntime.sleep(60)\n"
+    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], stdout=subprocess.PIPE, text=True)
+    worker, started = 0, None
+    try:
+        worker = int(launcher.stdout.readline())  # the worker's pid, once it is watched
+        started = _start_time(worker)
+        launcher.kill()
+        launcher.wait(timeout=30)
+        _wait_for(lambda: _start_time(worker) != started, 10)  # the watchdog looks once a second
+        assert _start_time(worker) != started, f"the worker outlived its launcher ({platform})"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=30)
+        if started is not None and _start_time(worker) == started:  # a failed test leaves no process behind
+            os.kill(worker, signal.SIGKILL)
+        launcher.stdout.close()
+
+
+def test_a_worker_whose_launcher_ended_before_it_was_watched_stops_at_once():
+    ended = subprocess.Popen(["true"])  # the launcher the worker is told of: ended, not its parent
+    ended.wait()
+    worker = subprocess.run(
+        [sys.executable, "-c", _worker_code(ended.pid, "linux")], capture_output=True, text=True, timeout=60
+    )
+    assert worker.returncode == -signal.SIGTERM and worker.stdout == "", worker.stderr

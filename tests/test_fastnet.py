@@ -103,12 +103,14 @@ def test_whitening_eps_caps_gain_of_weak_directions() -> None:
     assert expected[0] > 0.95 and expected[-1] < 0.5
 
 
-def test_whitening_from_uint8_pixels_equals_whitening_from_their_floats() -> None:
-    """Training hands data_init its uint8 images, which it scales a chunk at a time (no float copy of the set)."""
+def test_whitening_from_chunks_scaled_from_uint8_equals_whitening_from_their_floats() -> None:
+    """Training hands data_init its uint8 images scaled a chunk at a time (no float copy of the set)."""
+    from cifarkit.data.batches import unit_range
+
     images = (smooth_images(40) * 255).round().to(torch.uint8)
     from_bytes, from_floats = (FastNet(FastNetConfig(widths=(8, 8, 8))) for _ in range(2))
-    from_bytes.data_init(images)
-    from_floats.data_init(images.float() / 255)
+    from_bytes.data_init(unit_range(chunk) for chunk in images.split(16))
+    from_floats.data_init((images.float() / 255).split(16))
     assert torch.equal(from_bytes.whiten.weight, from_floats.whiten.weight)
     assert torch.equal(from_bytes.whiten.bias, from_floats.whiten.bias)
 

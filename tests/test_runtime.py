@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
 
@@ -157,7 +158,7 @@ def test_the_cpu_budget_is_the_affinity_capped_by_a_cgroup_quota(tmp_path, files
 def test_the_command_line_uses_only_the_cpus_it_may():
     probe = (
         "import os, sys; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
-        "from cifarkit.cli import main\nmain(['info', '--json'])"
+        "from cifarkit.cli import main\nmain(['info', '--json', '--no-estimate'])"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     info = json.loads(out)
@@ -177,10 +178,9 @@ def test_bars_in_a_log_file_write_a_line_every_few_seconds(capsys):
 
 @pytest.fixture
 def restore_threads():
-    """Tests that set the process's thread policy put it back: other tests run in this process after them."""
+    """Tests that set the process's thread count put it back: other tests run in this process after them."""
     before = torch.get_num_threads()
     yield
-    runtime._adaptive = None
     torch.set_num_threads(before)
 
 
@@ -191,18 +191,10 @@ def test_threads_follow_the_cpus_other_programs_leave_free(free, budget, threads
     assert runtime.threads_for(free, budget) == threads
 
 
-def _stat(tmp_path, idle_ticks: list[int]):
-    """A /proc/stat with these idle ticks per CPU (the other fields arbitrary)."""
-    lines = ["cpu  1 2 3 4 5 6 7 8 0 0"]
-    lines += [f"cpu{i} 100 0 50 {idle} 7 0 0 0 0 0" for i, idle in enumerate(idle_ticks)]
-    path = tmp_path / "stat"
-    path.write_text("\n".join(lines + ["intr 12345", "ctxt 99"]) + "\n")
-    return path
-
-
-def test_the_thread_count_follows_measured_free_cpu_time(tmp_path, monkeypatch, restore_threads):
+def test_the_thread_count_follows_measured_free_cpu_time(monkeypatch, restore_threads):
     """Free CPUs = this process's CPU time + its CPUs' idle time, per second; measured once a window."""
     clock = {"wall": 100.0, "cpu": 10.0}
+    idle = [0.0, 0.0]  # seconds each CPU has been idle
     monkeypatch.setattr(
         runtime,
         "time",
@@ -212,66 +204,69 @@ def test_the_thread_count_follows_measured_free_cpu_time(tmp_path, monkeypatch, 
             {"monotonic": staticmethod(lambda: clock["wall"]), "process_time": staticmethod(lambda: clock["cpu"])},
         ),
     )
-    hz = os.sysconf("SC_CLK_TCK")
-    stat = _stat(tmp_path, [0, 0])
-    governor = runtime._LoadAdaptiveThreads(2, stat)
-    governor.cpus = {0, 1}
-    torch.set_num_threads(2)
+    monkeypatch.setattr(
+        runtime.psutil, "cpu_times", lambda percpu: [type("T", (), {"idle": i, "iowait": 0.0})() for i in idle]
+    )
+    monkeypatch.setattr(runtime, "default_threads", lambda: 2)
+    threads = runtime.Threads()
+    threads.cpus = [0, 1]
+    assert threads.count == 2 and threads.fixed is None
 
     clock["wall"] += 0.5  # within the window: nothing measured yet
-    assert governor.step() is None and torch.get_num_threads() == 2
+    assert threads.follow_load() is None and torch.get_num_threads() == 2
     clock["wall"] += 0.5
     clock["cpu"] += 1.0  # this process used one CPU, the other CPU was never idle: another program took it
-    message = governor.step()
-    assert torch.get_num_threads() == 1 and message.startswith("threads 1: 1.0 of 2 CPUs free")
+    message = threads.follow_load()
+    assert threads.count == 1 and message.startswith("threads 1: 1.0 of 2 CPUs free")
 
     clock["wall"] += 1.0
     clock["cpu"] += 1.0
-    _stat(tmp_path, [0, hz])  # the other program stopped: CPU 1 idle the whole second
-    assert governor.step().startswith("threads 2: 2.0 of 2 CPUs free") and torch.get_num_threads() == 2
+    idle[1] += 1.0  # the other program stopped: CPU 1 idle the whole second
+    assert threads.follow_load().startswith("threads 2: 2.0 of 2 CPUs free") and threads.count == 2
 
     clock["wall"] += 1.0
     clock["cpu"] += 1.9
-    _stat(tmp_path, [int(0.05 * hz), int(1.05 * hz)])  # still free: the count stays, nothing to say
-    assert governor.step() is None and torch.get_num_threads() == 2
+    idle[0] += 0.05
+    idle[1] += 1.05  # still free: the count stays, nothing to say
+    assert threads.follow_load() is None and threads.count == 2
 
 
-def test_without_proc_stat_the_count_stays(tmp_path, restore_threads):
-    torch.set_num_threads(2)
-    governor = runtime._LoadAdaptiveThreads(2, tmp_path / "missing")
-    assert governor.step() is None and torch.get_num_threads() == 2
-
-
-@pytest.mark.skipif(
-    not os.path.exists("/proc/stat") or len(os.sched_getaffinity(0)) < 2, reason="needs Linux and 2 CPUs"
-)
+@pytest.mark.skipif(len(psutil.Process().cpu_affinity() or []) < 2, reason="needs 2 CPUs")
 def test_other_programs_on_every_cpu_take_the_threads_down(restore_threads):
-    """The real /proc/stat: a busy loop on each CPU this process may use. (Going back up is the fake-stat test's: on
-    the real one it depends on what else the machine runs.)"""
-    runtime.use_threads(None)
-    governor = runtime._adaptive
-    governor.budget = 2
+    """The machine's real CPU times: a busy loop on each CPU this process may use. (Going back up is the fake
+    test's: on the real machine it depends on what else it runs.)"""
+    threads = runtime.Threads()
+    threads.budget = 2
     torch.set_num_threads(2)
-    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in governor.cpus]
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in threads.cpus]
     try:
-        time.sleep(governor.WINDOW_S + 0.5)
-        governor.last = governor._sample()  # a window with every CPU busy from the start
-        time.sleep(governor.WINDOW_S + 0.1)
-        assert runtime.adapt_threads() is not None and torch.get_num_threads() == 1
+        time.sleep(threads.WINDOW_S + 0.5)
+        threads.last = threads._sample()  # a window with every CPU busy from the start
+        time.sleep(threads.WINDOW_S + 0.1)
+        assert threads.follow_load() is not None and threads.count == 1
     finally:
         for loop in loops:
             loop.kill()
             loop.wait()
 
 
-def test_a_fixed_thread_count_is_never_adapted(restore_threads):
-    runtime.use_threads(1)
-    assert runtime._adaptive is None and runtime.adapt_threads() is None and torch.get_num_threads() == 1
+def test_a_fixed_thread_count_is_never_adapted(monkeypatch, restore_threads):
+    threads = runtime.Threads(1)
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: 1e12)  # any window has passed
+    assert threads.follow_load() is None and threads.count == 1 and "fixed" in threads.describe()
+
+
+def test_the_default_count_comes_back_after_a_run_lowered_it(monkeypatch, restore_threads):
+    """No ratchet: the default is read from the machine, not from the count a run under load left behind."""
+    monkeypatch.setattr(runtime, "cpu_budget", lambda: (2, "affinity 2"))
+    monkeypatch.setattr(runtime.psutil, "cpu_count", lambda logical=True: 2)
+    torch.set_num_threads(1)  # what the last run in this process may have left
+    assert runtime.default_threads() == 2 and runtime.Threads().count == 2
 
 
 def test_processes_launched_together_share_the_cpu_budget(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_budget", lambda: (4, "affinity 4"))
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(runtime.psutil, "cpu_count", lambda logical=True: 4)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert runtime.default_threads() == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")

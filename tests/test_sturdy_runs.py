@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def test_no_output_option_writes_a_runs_files(capsys, cli_data, run_copy, tmp_pa
     for argv in (
         ["export", str(run), "-o", str(run / "best.safetensors")],
         ["export", str(run), "-o", str(run / "resume.pt")],
-        ["export", str(run), "--format", "torchscript", "-o", str(run / "eval" / "model.pt")],
+        ["export", str(run), "--format", "torch-export", "-o", str(run / "eval" / "model.pt2")],
         ["report", str(run), "--no-data", "-o", str(run / "config.json")],
         ["report", str(run), "--no-data", "-o", str(run / "insight" / "report.html")],
         ["report", str(run), "--no-data", "-o", str(run / "new.html")],
@@ -171,7 +172,7 @@ def test_each_command_writes_only_its_own_files_and_replaces_none_of_another(cap
     assert writes("train", "--resume", "--out", str(run), "--no-eval") == set()  # finished: nothing to do
     assert all(map(own("insight/"), writes("report", str(run), "--no-data", "-o", str(tmp_path / "r.html"))))
     assert writes("export", str(run), "--check-images", "20") == {"model.onnx"}
-    assert writes("export", str(run), "--format", "torchscript", "--check-images", "20") == {"model.torchscript.pt"}
+    assert writes("export", str(run), "--format", "torch-export", "--check-images", "20") == {"model.pt2"}
     assert writes("predict", str(run), str(_image(tmp_path, cli_data))) == set()
     other = synthetic_cifar(seed=7)
     with pytest.MonkeyPatch.context() as patch:
@@ -198,7 +199,12 @@ def _image(tmp_path: Path, data: CIFAR10) -> Path:
 def test_divergence_stops_in_one_line_and_writes_no_nan(capsys, cli_data, tmp_path):
     out = tmp_path / "run"
     message = refused(capsys, "train", *TINY, "--set", "lr=1e6", "--out", str(out), started=True)
-    assert "training diverged in epoch 1" in message and "lower lr" in message
+    assert "training diverged in epoch 1" in message and "lower learning rate" in message
+    fix = re.search(r"`cifarkit (train --resume --out \S+ --set lr=\S+)`", message).group(1).split()
+    assert float(fix[-1].split("=")[1]) < 1e6
+    code, _, err = run_cli(capsys, *fix[:-2], "--set", "lr=0.003", "--no-eval")  # the fix it names works
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["lr"] == 0.003 and (out / "best.safetensors").is_file()
 
     def refuse(constant):
         raise AssertionError(f"{constant} in a JSON file of the run")
@@ -208,13 +214,18 @@ def test_divergence_stops_in_one_line_and_writes_no_nan(capsys, cli_data, tmp_pa
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):
-    real_epoch = train_module.train_one_epoch
+    real_augment, real_loss, epoch = train_module.augment, train_module.training_loss, [0]
+
+    def augment(images, **kwargs):
+        epoch[0] = kwargs["epoch"]
+        return real_augment(images, **kwargs)
 
     def nan_in_second_epoch(*args, **kwargs):
-        loss, acc = real_epoch(*args, **kwargs)
-        return (float("nan"), acc) if args[4] == 1 else (loss, acc)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if epoch[0] == 1 else loss
 
-    monkeypatch.setattr(train_module, "train_one_epoch", nan_in_second_epoch)
+    monkeypatch.setattr(train_module, "augment", augment)
+    monkeypatch.setattr(train_module, "training_loss", nan_in_second_epoch)
     out = tmp_path / "run"
     with pytest.raises(CifarkitError, match="diverged in epoch 2 .*training loss nan.*checkpoint of the epoch before"):
         train_module.train(RECIPE, tiny_data, out, subset=100, progress=False)

@@ -6,11 +6,11 @@ from safetensors.torch import load_file
 
 import cifarkit.train as train_module
 from cifarkit.errors import CifarkitError
-from cifarkit.optim import build_optimizer
 from cifarkit.recipes import Recipe, get_recipe
 from cifarkit.runs import build_model, load_model
 from cifarkit.train import train
-from interrupt import train_killed_in_epoch
+from conftest import THREADS, busy_cpus
+from interrupt import dies_in_epoch, train_killed_in_epoch
 
 
 def history(run, *keys: str) -> list:
@@ -79,9 +79,11 @@ def test_select_last_keeps_the_last_epoch_whatever_validation_says(tiny_data, tm
 
 
 def test_same_seed_same_numbers(tiny_data, tmp_path):
-    a = train(quick(epochs=2, flip=True, translate=2), tiny_data, tmp_path / "a", progress=False)
-    b = train(quick(epochs=2, flip=True, translate=2), tiny_data, tmp_path / "b", progress=False)
-    c = train(quick(epochs=2, flip=True, translate=2, seed=7), tiny_data, tmp_path / "c", progress=False)
+    """At a fixed thread count, with another program busy on every CPU during the second run on purpose."""
+    a = train(quick(epochs=2, flip=True, translate=2), tiny_data, tmp_path / "a", progress=False, threads=THREADS)
+    with busy_cpus():
+        b = train(quick(epochs=2, flip=True, translate=2), tiny_data, tmp_path / "b", progress=False, threads=THREADS)
+    c = train(quick(epochs=2, flip=True, translate=2, seed=7), tiny_data, tmp_path / "c", progress=False, threads=1)
 
     def loss(r):
         return history(r, "train_loss")
@@ -93,13 +95,16 @@ def test_same_seed_same_numbers(tiny_data, tmp_path):
 
 
 def test_resume_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    """The resumed part beside a busy program, on purpose, and without --threads: the run's own count is reused."""
     recipe = quick(epochs=3, flip=True, translate=2, ema=0.9)
-    full = train(recipe, tiny_data, tmp_path / "full", progress=False)
+    full = train(recipe, tiny_data, tmp_path / "full", progress=False, threads=THREADS)
 
     train_killed_in_epoch(recipe, tiny_data, tmp_path / "cut")
     assert len(json.loads((tmp_path / "cut" / "history.json").read_text())) == 2
 
-    cut = train(recipe, tiny_data, tmp_path / "cut", resume=True, progress=False)
+    with busy_cpus():
+        cut = train(recipe, tiny_data, tmp_path / "cut", resume=True, progress=False)
+    assert history(cut, "threads", "thread_changes") == [(THREADS, [])] * 3
     timeless = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")  # all but the seconds
     assert history(cut, *timeless) == history(full, *timeless)
     wf, wc = load_file(full / "last.safetensors"), load_file(cut / "last.safetensors")
@@ -110,8 +115,8 @@ def test_refuses_to_overwrite_and_checks_resume(tiny_data, tmp_path):
     train(quick(epochs=1), tiny_data, tmp_path / "run", progress=False)
     with pytest.raises(CifarkitError, match="--resume"):
         train(quick(epochs=1), tiny_data, tmp_path / "run", progress=False)
-    with pytest.raises(CifarkitError, match="different settings.*lr"):
-        train(quick(epochs=1, lr=0.1), tiny_data, tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(CifarkitError, match="different settings.*optimizer"):
+        train(quick(epochs=1, optimizer="sgd"), tiny_data, tmp_path / "run", resume=True, progress=False)
     with pytest.raises(CifarkitError, match="holds no run to continue"):
         train(quick(epochs=1), tiny_data, tmp_path / "new", resume=True, progress=False)
     assert not (tmp_path / "new").exists()
@@ -219,16 +224,14 @@ def test_no_validation_split_writes_null_not_nan(tiny_data, tmp_path):
 
 
 def test_run_killed_before_its_first_checkpoint_starts_again(tiny_data, tmp_path, monkeypatch):
-    def dies(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "train_one_epoch", dies)
+    dies = dies_in_epoch(0)
+    monkeypatch.setattr(train_module, "augment", dies)
     with pytest.raises(KeyboardInterrupt):
         train(quick(epochs=1), tiny_data, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "config.json").is_file() and not (tmp_path / "run" / "resume.pt").exists()
     monkeypatch.undo()
     with pytest.raises(KeyboardInterrupt):  # same state again, then both ways of restarting work
-        monkeypatch.setattr(train_module, "train_one_epoch", dies)
+        monkeypatch.setattr(train_module, "augment", dies)
         train(quick(epochs=1), tiny_data, tmp_path / "run2", progress=False)
     monkeypatch.undo()
     train(quick(epochs=1), tiny_data, tmp_path / "run", progress=False)
@@ -261,7 +264,7 @@ def test_fast_recipe_resume_retraces_the_uninterrupted_run(tiny_data, tmp_path, 
     recipe = get_recipe("fast90").replace(
         epochs=3, batch_size=100, val_fraction=0.1, bf16=False, whiten_bias_epochs=1.5, ema=0.9
     )
-    full = train(recipe, tiny_data, tmp_path / "full", progress=False)
+    full = train(recipe, tiny_data, tmp_path / "full", progress=False, threads=THREADS)
     train_killed_in_epoch(recipe, tiny_data, tmp_path / "cut")
     cut = train(recipe, tiny_data, tmp_path / "cut", resume=True, progress=False)
     wf, wc = load_file(full / "last.safetensors"), load_file(cut / "last.safetensors")
@@ -288,34 +291,39 @@ def test_compile_is_for_cuda_and_says_so_elsewhere(tiny_data, tmp_path, monkeypa
     assert json.loads((run / "config.json").read_text())["compile"] is True
 
 
-def test_micro_batches_add_up_to_the_step_of_the_whole_batch():
+def test_micro_batches_add_up_to_the_step_of_the_whole_batch(tiny_data, tmp_path, monkeypatch):
     """Parts of 3 images (3, 3, 3 and 1) make the step the whole batch of 10 makes.
 
-    Dropout is off (eval mode), so each forward is the same function, and SGD's
-    step is -lr x the gradient: the parts' gradients differ from the whole
-    batch's only by float32 summation order, ~1e-7 of the update (1e-4 allowed);
-    a part counted twice, left out or scaled by its own size instead of the
+    Dropout is off, so each forward is the same function, and SGD's step is
+    -lr x the gradient: the parts' gradients differ from the whole batch's
+    only by float32 summation order, ~1e-7 of the update (1e-4 allowed); a
+    part counted twice, left out or scaled by its own size instead of the
     batch's is off by 10% of the update or more.
     """
-    recipe = quick(optimizer="sgd", lr=0.01, momentum=0.0, bf16=False)
-    images, labels = torch.rand(10, 3, 32, 32), torch.randint(0, 10, (10,))
+    from cifarkit.models.dropout import Dropout
 
-    def one_step(micro_batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        torch.manual_seed(0)
-        model = build_model(recipe.to_dict()).eval()
-        start = torch.cat([p.detach().flatten() for p in model.parameters()])
-        chosen = recipe.replace(micro_batch=micro_batch)
-        batch = (images, labels, None)
-        loss, correct = train_module._step(
-            model, build_optimizer(model, chosen), chosen, torch.device("cpu"), batch, 0.1
+    monkeypatch.setattr(Dropout, "forward", lambda self, x: x)
+    recipe = quick(optimizer="sgd", lr=0.01, momentum=0.0, bf16=False, epochs=1, batch_size=10, val_fraction=0)
+    torch.manual_seed(recipe.seed)  # as training does before it builds the model
+    start = build_model(recipe.to_dict()).state_dict()
+
+    def one_step(micro_batch: int) -> tuple[dict[str, torch.Tensor], float]:
+        run = train(
+            recipe.replace(micro_batch=micro_batch),
+            tiny_data,
+            tmp_path / str(micro_batch),
+            subset=10,
+            progress=False,
+            threads=1,
         )
-        return start, torch.cat([p.detach().flatten() for p in model.parameters()]), loss, correct
+        return load_file(run / "best.safetensors"), json.loads((run / "history.json").read_text())[0]
 
-    start, whole, whole_loss, whole_correct = one_step(0)
-    _, parts, parts_loss, parts_correct = one_step(3)
-    update = (whole - start).norm()
-    assert update > 0 and (parts - whole).norm() <= 1e-4 * update
-    assert parts_correct == whole_correct and parts_loss.item() == pytest.approx(whole_loss.item(), rel=1e-5)
+    (whole, whole_row), (parts, parts_row) = one_step(0), one_step(3)
+    flat = lambda state: torch.cat([state[k].flatten() for k in sorted(start)])  # noqa: E731
+    update = (flat(whole) - flat(start)).norm()
+    assert update > 0 and (flat(parts) - flat(whole)).norm() <= 1e-4 * update
+    assert parts_row["train_acc"] == whole_row["train_acc"]
+    assert parts_row["train_loss"] == pytest.approx(whole_row["train_loss"], rel=1e-5)
 
 
 def test_training_holds_its_images_as_bytes(tiny_data):
@@ -327,3 +335,22 @@ def test_training_holds_its_images_as_bytes(tiny_data):
     batch = train_module._to_device(split.x_train[:4], torch.device("cpu"))
     assert batch.dtype == torch.float32 and 0 <= batch.min() and batch.max() <= 1
     assert torch.equal(batch * 255, split.x_train[:4].float())
+
+
+def test_a_run_beside_busy_programs_records_its_thread_counts(tiny_data, tmp_path, monkeypatch):
+    """Every epoch's starting count, and each change with the step it took effect at, in history and metrics."""
+    from cifarkit.runtime import Threads
+
+    monkeypatch.setattr(Threads, "WINDOW_S", 0.05)  # measure the load often: the epochs here last a second
+    with busy_cpus():
+        run = train(quick(epochs=2), tiny_data, tmp_path / "run", progress=False)
+    rows = json.loads((run / "history.json").read_text())
+    changes = [change for row in rows for change in row["thread_changes"]]
+    steps = [step for step, _ in changes]
+    assert steps == sorted(steps) and all(isinstance(row["threads"], int) for row in rows)
+    if THREADS > 1:  # a busy program on every CPU leaves one CPU's worth to this run at most
+        assert [count for _, count in changes][:1] == [1] or rows[0]["threads"] == 1
+    machine = json.loads((run / "metrics.json").read_text())["machine"]
+    assert machine["threads"]["fixed"] is None
+    assert set(machine["threads"]["used"]) == {row["threads"] for row in rows} | {n for _, n in changes}
+    assert machine["cpu_model"] and machine["torch"] == torch.__version__ and machine["precision"]

@@ -14,24 +14,14 @@ import numpy as np
 
 from cifarkit import __version__
 from cifarkit.errors import CifarkitError
-from cifarkit.recipes import CHOICES, DEFAULT_RECIPE
+from cifarkit.recipes import CHOICES, DEFAULT_RECIPE, Recipe
 from cifarkit.runtime import keep_freed_memory
 
 
 def _data(args: argparse.Namespace):
-    from cifarkit.data import load_cifar10
+    from cifarkit.api import load_data
 
-    for flag, value in (("--data", args.data), ("--cache-dir", args.cache_dir)):
-        if value is not None and not value.strip():  # `--data "$DIR"` with DIR unset: not the current folder
-            raise CifarkitError(
-                f"{flag} is empty (an unset shell variable?); name a folder or file, or leave {flag} out"
-            )
-    if args.cache_dir:
-        from cifarkit.runs import run_directory_of
-
-        if (run := run_directory_of(args.cache_dir)) is not None:
-            raise CifarkitError(f"--cache-dir {args.cache_dir} lies in the run directory {run}; choose another folder")
-    return load_cifar10(args.data, cache_dir=args.cache_dir)
+    return load_data(args.data, cache_dir=args.cache_dir)
 
 
 def _output_file(path: str, run: str | None = None, own: tuple[str, ...] = ()) -> Path:
@@ -63,6 +53,13 @@ def cmd_info(args: argparse.Namespace) -> None:
         ),
         ("bf16=auto means", precision_name(info["bf16_auto"])),
     ]
+    if args.estimate:
+        info["estimate"] = _default_command_estimate(args.threads)
+        matmul = info["estimate"]["matmul_gflops"]
+        lines += [
+            ("matmul", f"{matmul['float32']:,.0f} GFLOP/s float32, {matmul['bfloat16']:,.0f} bfloat16 (2048x2048)"),
+            ("default command", info["estimate"]["says"]),
+        ]
     if args.json:
         print(json.dumps(info, indent=2))
         return
@@ -70,22 +67,65 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{name + ':':<18}{value}")
 
 
-SHOW_MAX = 256  # images `data show` draws at most: 256 take about 10 s, and the figure grows with every row
+def _default_command_estimate(threads: int | None) -> dict[str, Any]:
+    """How long `cifarkit train` (the default recipe on all of CIFAR-10) takes here, from a few seconds of it."""
+    from cifarkit.estimate import minutes, run_work
+    from cifarkit.recipes import get_recipe
+    from cifarkit.runtime import machine_record
+
+    recipe = get_recipe(DEFAULT_RECIPE)
+    per_image = _seconds_per_image(recipe, threads)
+    val = round(TRAIN_IMAGES * recipe.val_fraction)
+    seconds = run_work(recipe, TRAIN_IMAGES - val, val, TEST_IMAGES) * per_image
+    return {
+        "recipe": recipe.name,
+        "seconds_per_image": per_image,
+        "default_command_s": seconds + DATA_LOAD_S,
+        "matmul_gflops": machine_record(threads)["matmul_gflops"],
+        "says": f"`cifarkit train` ({recipe.name}, {recipe.epochs} epochs): {minutes(seconds + DATA_LOAD_S)} here "
+        f"({per_image * 1e3:.2f} ms per training image; while other programs leave the CPUs free)",
+    }
+
+
+def _seconds_per_image(recipe: Recipe, threads: int | None = None, images: int = 1500) -> float:
+    """Seconds a training image at full side takes here: two epochs of ``recipe`` on random images, the second timed.
+
+    Through the training loop itself (augmentation, micro-batches, precision
+    as the recipe resolves it), into a temporary folder; the first epoch
+    prepares kernels and is not counted. Batches of 500: a step's speed per
+    image barely depends on the batch (``benchmarks/train_step.py``), and a
+    slow machine still finishes within about 10 seconds.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from cifarkit.data.dataset import CIFAR10
+    from cifarkit.files import read_json
+    from cifarkit.train import train
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(images) % 10
+    data = CIFAR10(pixels, labels, pixels[:10], labels[:10], source="random pixels")
+    probe = recipe.replace(epochs=2, val_fraction=0, batch_size=min(500, recipe.batch_size), patience=0)
+    with tempfile.TemporaryDirectory() as folder:
+        run = train(probe, data, Path(folder) / "probe", progress=False, threads=threads)
+        return read_json(run / "history.json", list)[-1]["seconds"] / images
+
+
+TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR-10, which the default command trains on
+# Loading CIFAR-10 once its decoded copy is cached, whitening init and start-up: measured with the default command.
+DATA_LOAD_S = 10.0
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    from cifarkit.api import check_sample, sample_grid
+
     if args.action == "show":
-        if not 1 <= args.count <= SHOW_MAX:
-            raise CifarkitError(f"--count must be from 1 to {SHOW_MAX} (images in the grid), got {args.count}")
-        if args.seed < 0:
-            raise CifarkitError(f"--seed must be a whole number >= 0, got {args.seed}")
+        check_sample(args.count, args.seed)
     output = _output_file(args.output) if args.action == "show" else None
     data = _data(args)
-    if args.action == "show" and args.count > len(data.x_train):
-        raise CifarkitError(
-            f"--count {args.count} is more than the {len(data.x_train)} training images in {data.source}; "
-            f"choose 1 to {len(data.x_train)}"
-        )
     if args.action == "info":
         print(f"source: {data.source}")
         for split, x in (("train", data.x_train), ("test", data.x_test)):
@@ -93,10 +133,7 @@ def cmd_data(args: argparse.Namespace) -> None:
             for name, n in data.class_counts(split).items():
                 print(f"  {name:<12}{n:>7,}")
         return
-    from cifarkit.plots import image_grid
-
-    pick = np.random.default_rng(args.seed).choice(len(data.x_train), size=args.count, replace=False)
-    image_grid(data.x_train[pick], [data.classes[i] for i in data.y_train[pick]], output)
+    sample_grid(data, args.count, seed=args.seed).save(output)
     print(f"wrote {args.output}")
 
 
@@ -114,20 +151,22 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_recipes(args: argparse.Namespace) -> None:
+    from cifarkit.estimate import training_compute
     from cifarkit.recipes import DEFAULT_RECIPE, RECIPES
 
     name_width = max(len(r.name) for r in RECIPES.values()) + 2
     model_width = max(len(r.model) for r in RECIPES.values()) + 2
+    compute = {name: training_compute(r) for name, r in RECIPES.items()}
     for r in RECIPES.values():
         mark = "*" if r.name == DEFAULT_RECIPE else " "
         print(
-            f"{mark} {r.name:<{name_width}}{r.model:<{model_width}}{r.epochs:>3} ep  {r.optimizer:<7} "
-            f"lr {r.lr:<8g} {r.description}"
+            f"{mark} {r.name:<{name_width}}{r.model:<{model_width}}{r.epochs:>3} ep {compute[r.name]:>6.2f} ae  "
+            f"{r.optimizer:<7} lr {r.lr:<8g} {r.description}"
         )
     if args.verbose:
         for r in RECIPES.values():
-            print(json.dumps(r.to_dict()))
-    print("(* = default)")
+            print(json.dumps({**r.to_dict(), "compute": round(compute[r.name], 3)}))
+    print("(* = default; ae = training compute in airbench94-epochs: fastnet_s at 32 px over 50,000 images = 1)")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -145,89 +184,47 @@ def _overrides(args: argparse.Namespace) -> dict:
     return changes
 
 
-def _recipe_and_subset(args: argparse.Namespace):
-    """The recipe and subset to train: named on the command line, or, with --resume, read from the run."""
-    from cifarkit.recipes import DEFAULT_RECIPE, get_recipe, recipe_from_config, validate
-
-    if not args.resume:
-        return validate(get_recipe(args.recipe or DEFAULT_RECIPE).replace(**_overrides(args))), args.subset
-    if not args.out:
-        raise CifarkitError("--resume needs --out RUN, the run directory to continue")
-    from cifarkit.distributed import on_main
-    from cifarkit.runs import read_config
-
-    config = on_main(lambda: read_config(args.out))  # the run directory is where rank 0 wrote it
-    recipe = recipe_from_config(config)
-    if args.recipe and args.recipe != recipe.name:
-        raise CifarkitError(
-            f"--resume: {args.out} trains recipe {recipe.name!r}, not {args.recipe!r}; "
-            f"drop --recipe (the run directory knows its recipe)"
-        )
-    args.data_given = bool(args.data)
-    args.data = args.data or config.get("data_source")
-    return validate(recipe.replace(**_overrides(args))), args.subset if args.subset is not None else config.get(
-        "subset"
-    )
-
-
 def cmd_train(args: argparse.Namespace) -> None:
+    from cifarkit.api import explain_moved_data, plan_training, train_planned
     from cifarkit.distributed import is_main, setup
-    from cifarkit.evaluate import evaluate
-    from cifarkit.tracking import track
-    from cifarkit.train import train
 
     setup(args.device)  # an unavailable device is an error before the data is loaded; torchrun: join the others
-    recipe, subset = _recipe_and_subset(args)
-    if args.out is not None and not args.out.strip():
-        raise CifarkitError("--out is empty (an unset shell variable?); name the run directory, or leave --out out")
-    out = Path(args.out or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    data = _resumed_data(args) if args.resume else _data(args)
-    main = is_main()  # under torchrun, rank 0 alone prints and tracks
-    if main:
-        print(f"training {recipe.name} ({recipe.model}) into {out}")
-    with track(args.track if main else None, out, out.name) as callbacks:
-        try:
-            train(recipe, data, out, subset=subset, resume=args.resume, device=args.device, callbacks=callbacks)
-        except KeyboardInterrupt:
-            done = "continues from the last finished epoch" if (out / "resume.pt").is_file() else "starts it again"
-            hint = f"`cifarkit train --resume --out {out}` {done}"
-            print(f"cifarkit: interrupted; {hint}", file=sys.stderr)
-            sys.exit(130)
-        if not args.no_eval:
-            metrics = evaluate(out, data, device=args.device)
-            if main:
-                _print_eval(metrics, out)
-
-
-def _resumed_data(args: argparse.Namespace):
-    """The data of a resumed run: --data, or where the run found it; gone from there, say how to pass its new place."""
-    from cifarkit.errors import DataError
-
+    plan = plan_training(args.recipe, args.out, changes=_overrides(args), subset=args.subset, resume=args.resume)
+    given, args.data = bool(args.data), args.data or plan.data_source  # resuming: where the run found its data
+    with explain_moved_data(plan, given):
+        data = _data(args)
     try:
-        return _data(args)
-    except DataError as exc:
-        if args.data_given:
-            raise
-        raise CifarkitError(
-            f"{exc}; if the data the run trained on has moved, pass its new place: "
-            f"`cifarkit train --resume --out {args.out} --data NEW_PLACE` (the pixels, not the path, must match)"
-        ) from None
+        _, evaluation = train_planned(
+            plan, data, device=args.device, threads=args.threads, evaluate=not args.no_eval, track=args.track
+        )
+    except KeyboardInterrupt:
+        done = "continues from the last finished epoch" if (plan.out / "resume.pt").is_file() else "starts it again"
+        hint = f"`cifarkit train --resume --out {plan.out}` {done}"
+        print(f"cifarkit: interrupted; {hint}", file=sys.stderr)
+        sys.exit(130)
+    if evaluation is not None and is_main():  # under torchrun, rank 0 alone prints
+        _print_eval(evaluation.metrics, plan.out)
+
+
+def _run_data(args: argparse.Namespace):
+    """The data to evaluate a run on: --data, else the data the run trained on (said which), else the default."""
+    from cifarkit.api import recorded_data
+    from cifarkit.distributed import is_main
+
+    if not args.data:
+        recorded = recorded_data(args.run)
+        if recorded:
+            args.data = recorded
+            if is_main():
+                print(f"data: {recorded}, where the run trained (--data DIR evaluates on other data)", file=sys.stderr)
+    return _data(args)
 
 
 def _print_eval(metrics: dict, run_dir: Path) -> None:
+    from cifarkit.api import evaluation_lines
+
     print(metrics["report"])
-    line = f"test accuracy {metrics['test_acc']:.4f}"
-    if "test_acc_tta" in metrics:
-        line += f"   with TTA ({metrics['tta']}) {metrics['test_acc_tta']:.4f}"
-    test_data = metrics["test_data"]
-    print(f"{line}   ({test_data['images']:,} test images from {test_data['source']})")
-    if "most_confused" in metrics:
-        mc = metrics["most_confused"]
-        print(f"most confused: {mc['actual']} -> {mc['predicted']} ({mc['count']} images)")
-    where = Path(metrics["eval_dir"])
-    if where.name != "eval":
-        print(f"(not the run's own test set: results kept apart from {run_dir / 'eval'})")
-    print(f"figures and reports in {where}")
+    print("\n".join(evaluation_lines(metrics, run_dir)))
 
 
 TUNE_EPILOG = """\
@@ -293,7 +290,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from cifarkit.distributed import is_main
     from cifarkit.evaluate import evaluate
 
-    record = evaluate(args.run, _data(args), tta=args.tta, device=args.device)
+    record = evaluate(args.run, _run_data(args), tta=args.tta, device=args.device)
     if is_main():  # under torchrun every process has the figures; rank 0 alone prints them
         _print_eval(record, Path(args.run))
 
@@ -322,7 +319,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from cifarkit.report.command import check_runs, run_report
-    from cifarkit.runs import locked
 
     _output_file(args.output)
     if len(args.runs) == 1 and (args.runs[0] / "study.json").is_file():  # a `cifarkit tune` study directory
@@ -331,27 +327,16 @@ def cmd_report(args: argparse.Namespace) -> None:
 
         print(f"wrote {study_report(load_study(args.runs[0]), args.runs[0], args.output)}")
         return
-    check_runs(args.runs)  # not a run, or a damaged config: said before the data is loaded
-    if not (args.no_data or args.no_model):
-        from cifarkit.runtime import pick_device
-
-        pick_device(args.device)  # a device this machine lacks, before the data is loaded
+    # Not a run, a damaged config, a device this machine lacks (where a model runs): said before the data is loaded.
+    check_runs(args.runs, device=None if args.no_data or args.no_model else args.device)
     data = None if args.no_data else _data(args)
-    with contextlib.ExitStack() as stack:
-        for run in args.runs:  # the report writes RUN/insight/ (and RUN/eval/ of a run not yet evaluated)
-            stack.enter_context(locked(run))
-        print(f"wrote {run_report(args, data=data, device=args.device)}")
+    print(f"wrote {run_report(args, data=data, device=args.device)}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from cifarkit.export import check_exportable, export_model, quantize_int8, sample
-    from cifarkit.runs import locked
+    from cifarkit.api import check_export, export_run
 
-    if args.int8 and args.format != "onnx":
-        raise CifarkitError("--int8 quantises ONNX models; use it with --format onnx")
-    if args.output:
-        _output_file(args.output, run=args.run, own=(".onnx", ".pt"))
-    check_exportable(args.run)  # a damaged or diverged run is refused before the data is loaded
+    check_export(args.run, args.format, args.output, args.int8)  # before the data is loaded
     data = _data(args)
     if args.check_images > len(data.x_test):
         print(
@@ -359,14 +344,16 @@ def cmd_export(args: argparse.Namespace) -> None:
             "images; checking all of them",
             file=sys.stderr,
         )
-    with locked(args.run):  # the model files are written into the run by default
-        path, parity = export_model(
-            args.run, args.format, sample(data.x_test, args.check_images), out=args.output, tta=args.tta
-        )
-        print(f"wrote {path}\n{parity}")
-        if args.int8:
-            report = quantize_int8(path, data)
-            print(f"wrote {report.path}\n{report}")
+    export_run(
+        args.run,
+        args.format,
+        data,
+        output=args.output,
+        tta=args.tta,
+        check_images=args.check_images,
+        int8=args.int8,
+        say=print,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -452,7 +439,7 @@ def _shared_options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]
 def _add_info_commands(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
     """The data, info, models and recipes: what is here subcommands."""
     p = sub.add_parser("data", parents=[data_opts], help="describe or show the data set")
-    p.add_argument("action", choices=["info", "show"])
+    p.add_argument("action", choices=["info", "show"], help="info: sizes, classes and source; show: a grid of images")
     p.add_argument("-o", "--output", default="cifar10_samples.png", help="PNG to write (show)")
     p.add_argument("--count", type=int, default=32, help="images in the grid, 1 to 256 (show; default 32)")
     p.add_argument("--seed", type=int, default=0, help="which images show draws: a whole number >= 0 (default 0)")
@@ -462,6 +449,12 @@ def _add_info_commands(sub: Any, data_opts: argparse.ArgumentParser, device_opts
         "info", parents=[device_opts], help="version, device, CPU features and the precision bf16=auto picks here"
     )
     p.add_argument("--json", action="store_true", help="print JSON (what the benchmarks record)")
+    p.add_argument(
+        "--no-estimate",
+        dest="estimate",
+        action="store_false",
+        help="skip the ~10 s measurement of how long the default `cifarkit train` takes here",
+    )
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("models", help="list registered models with parameter counts, or summarise one")
@@ -479,11 +472,17 @@ def _add_train(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argpar
 
     p = sub.add_parser("train", parents=[data_opts, device_opts], help="train a recipe, then evaluate it")
     p.add_argument("--recipe", help=f"recipe name (default {DEFAULT_RECIPE}; see `cifarkit recipes`)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer")
+    p.add_argument("--epochs", type=int, help="epochs to train (default: the recipe's)")
+    p.add_argument(
+        "--seed", type=int, help="random seed of initialisation, split, augmentation and order (default: the recipe's)"
+    )
+    p.add_argument("--batch-size", type=int, help="images per optimiser step (default: the recipe's)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate (default: the recipe's; with --resume, a lower one continues a run that diverged)",
+    )
+    p.add_argument("--optimizer", help="adamax, adamw or sgd (default: the recipe's)")
     p.add_argument("--subset", type=int, help="train on a class-balanced subset of N training images")
     p.add_argument("--config", help="JSON or TOML file of recipe fields to override")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override one recipe field (repeatable)")
@@ -583,10 +582,28 @@ def _add_run_commands(sub: Any, data_opts: argparse.ArgumentParser, device_opts:
 
 def _add_export(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
     """The export subcommand."""
-    p = sub.add_parser("export", parents=[data_opts], help="write a run as an ONNX or TorchScript model file")
+    p = sub.add_parser("export", parents=[data_opts], help="write a run as an ONNX or torch.export model file")
+
+    def export_format(text: str) -> str:
+        """A format cifarkit writes; a removed one (torchscript) is refused naming its replacement."""
+        from cifarkit.export import check_format
+
+        try:
+            check_format(text)
+        except CifarkitError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+
     p.add_argument("run", help="run directory")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("-o", "--output", help="file to write (default RUN/model.onnx or RUN/model.torchscript.pt)")
+    p.add_argument(
+        "--format",
+        type=export_format,
+        choices=["onnx", "torch-export"],
+        default="onnx",
+        help="onnx (default): for ONNX Runtime and `cifarkit serve --backend onnx`; torch-export: a torch.export "
+        "program for torch.export.load, AOTInductor or ExecuTorch (load it with the PyTorch version that wrote it)",
+    )
+    p.add_argument("-o", "--output", help="file to write (default RUN/model.onnx or RUN/model.pt2)")
     p.add_argument("--tta", choices=TTA_CHOICES, help="test-time augmentation built in (default: the recipe's)")
     p.add_argument(
         "--check-images",

@@ -22,15 +22,22 @@ every function, so the training loop has one code path. If a process dies,
 the others' next collective fails as its connection closes, or times out
 after ``CIFARKIT_DIST_TIMEOUT`` seconds (default 600) where a machine
 vanishes silently; torchrun then stops the launch and names the rank that
-failed, instead of the survivors hanging.
+failed, instead of the survivors hanging. If the launcher itself dies, even
+by SIGKILL, its workers stop too (:func:`stop_with_launcher`).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import functools
 import gc
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -47,6 +54,9 @@ from cifarkit.runtime import pick_device
 T = TypeVar("T")
 TIMEOUT_ENV = "CIFARKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600  # NCCL's own default; gloo's 30 minutes would leave a dead launch hanging for long
+LAUNCHER_ENV = "CIFARKIT_LAUNCHER_PID"
+"""The launcher's process id, which ``python -m cifarkit.launch`` gives its workers (torchrun itself gives none)."""
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def is_distributed() -> bool:
@@ -119,6 +129,7 @@ def setup(device: str = "auto") -> torch.device:
     (training, then evaluation) it only returns the device. Alone, it is
     :func:`cifarkit.runtime.pick_device`.
     """
+    stop_with_launcher()
     if world_size() == 1:
         return pick_device(device)
     dev = _local_device(device)
@@ -130,6 +141,51 @@ def setup(device: str = "auto") -> torch.device:
         )
         atexit.register(_shutdown)
     return dev
+
+
+@functools.cache  # once per process: training, then evaluation, set up
+def stop_with_launcher() -> None:
+    """Have this process, a worker that torchrun started, stop (SIGTERM) as soon as its launcher ends, however.
+
+    torchrun starts each worker in a session of its own, so a launcher that is
+    killed outright (SIGKILL, which it cannot pass on) leaves its workers
+    training, orphaned, with the run's lock held. On Linux the kernel sends
+    the signal the moment the launcher ends (``PR_SET_PDEATHSIG``: strictly,
+    when the launcher's thread that started the worker ends, which for
+    torchrun is its main thread); elsewhere on POSIX a watchdog thread checks
+    the parent process once a second. Windows, where a process keeps its
+    parent's id after the parent ends, is not covered. SIGTERM, which
+    cifarkit does not catch, ends the process at once, as torchrun's own stop
+    does: checkpoints are replaced atomically, so the last finished epoch's
+    stays, and the OS releases the run's lock (an flock) with the process.
+
+    A no-op outside a launch (no ``LOCAL_RANK``). The launcher is the process
+    ``$CIFARKIT_LAUNCHER_PID`` names, or else this process's parent now.
+    """
+    if "LOCAL_RANK" not in os.environ or sys.platform == "win32":
+        return
+    # Read once and forgotten, so that no process this one starts takes it for its own launcher.
+    launcher = int(os.environ.pop(LAUNCHER_ENV, "") or os.getppid())
+    if not (sys.platform == "linux" and _parent_death_signal(signal.SIGTERM)):
+        threading.Thread(target=_watch_parent, args=(launcher,), name="cifarkit-launcher-watch", daemon=True).start()
+    if os.getppid() != launcher:  # it ended before it could be watched: this process has a new parent already
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _parent_death_signal(sig: signal.Signals) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent ends; whether it agreed."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # no C library to call, as in a static or sandboxed Python
+        return False
+    return prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def _watch_parent(launcher: int, interval_s: float = 1.0) -> None:
+    """Send this process SIGTERM once its parent is no longer ``launcher`` (orphans get a new parent on POSIX)."""
+    while os.getppid() == launcher:
+        time.sleep(interval_s)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _shutdown() -> None:

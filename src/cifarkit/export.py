@@ -9,8 +9,12 @@ serve it.
 * ``onnx``: the ``torch.export``-based exporter at opset :data:`OPSET`, a
   dynamic batch dimension, validated with ``onnx.checker``; runs in
   onnxruntime (``cifarkit serve RUN --backend onnx``) or any ONNX runtime.
-* ``torchscript``: a traced module for C++/LibTorch or ``torch.jit.load``;
-  the metadata travels as the extra file ``cifarkit.json``.
+* ``torch-export``: a ``torch.export`` program (``RUN/model.pt2``) for
+  ``torch.export.load`` in Python, or AOTInductor and ExecuTorch, which compile
+  it ahead of time; the metadata travels as the extra file ``cifarkit.json``.
+  PyTorch promises no compatibility of such files across its versions, so the
+  metadata names the PyTorch that wrote it (``torch_version``). TorchScript,
+  which this replaced, is deprecated in PyTorch 2.14.
 
 Exports are float32 whatever the run trained in: ONNX Runtime's CPU kernels
 are float32, and a float32 graph matches the PyTorch model to within float
@@ -46,14 +50,14 @@ from cifarkit.files import atomic_write_bytes, read_json
 from cifarkit.inference import check_model, check_outputs, check_tta, predict_proba, tta_logits
 from cifarkit.runs import load_model, read_config, weights_digest
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torch-export")
 OPSET = 18
 """The torch.export-based exporter's own opset; onnxruntime runs it on CPU from version 1.14 on."""
 PARITY_TOLERANCE = 1e-4
 """Largest absolute difference of probabilities a float32 export may show against PyTorch."""
 METADATA_FILE = "cifarkit.json"
-"""TorchScript extra file holding the metadata."""
-DEFAULT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+"""Extra file of a torch.export program holding the metadata."""
+DEFAULT_FILES = {"onnx": "model.onnx", "torch-export": "model.pt2"}
 
 
 class ProbabilityModel(nn.Module):
@@ -112,15 +116,14 @@ def check_exportable(run_dir: str | Path) -> None:
 def export_model(
     run_dir: str | Path, fmt: str, images: np.ndarray, *, out: str | Path | None = None, tta: str | None = None
 ) -> tuple[Path, Parity]:
-    """Export a run's best weights as ``fmt`` (onnx or torchscript), checked against PyTorch on ``images``.
+    """Export a run's best weights as ``fmt`` (onnx or torch-export), checked against PyTorch on ``images``.
 
     ``images`` (uint8, (N, 32, 32, 3); real test images, 1,000 or more for a
     meaningful check) are classified by both; the file is written (default
-    RUN/model.onnx or RUN/model.torchscript.pt) only if the probabilities agree
-    to :data:`PARITY_TOLERANCE`. ``tta`` defaults to the run's recipe.
+    RUN/model.onnx or RUN/model.pt2) only if the probabilities agree to
+    :data:`PARITY_TOLERANCE`. ``tta`` defaults to the run's recipe.
     """
-    if fmt not in FORMATS:
-        raise CifarkitError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_format(fmt)
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or not len(images):
         raise CifarkitError(
@@ -134,8 +137,8 @@ def export_model(
     # (slow) export, and nothing is written.
     reference = predict_proba(model.model, images, tta=tta, device="cpu")
     check_outputs(reference, run_dir, config["classes"], on=f" on the {len(images):,} check images")
-    data = _to_onnx(model, metadata) if fmt == "onnx" else _to_torchscript(model, metadata)
-    predict = onnx_predictor(data) if fmt == "onnx" else _torchscript_predictor(data)
+    data = _to_onnx(model, metadata) if fmt == "onnx" else _to_program(model, metadata)
+    predict = onnx_predictor(data) if fmt == "onnx" else program_predictor(data)
     parity = check_parity(predict, reference, images)
     if not parity.passed:
         raise CifarkitError(
@@ -146,6 +149,17 @@ def export_model(
     path = Path(out) if out else Path(run_dir) / DEFAULT_FILES[fmt]
     atomic_write_bytes(path, data)
     return path, parity
+
+
+def check_format(fmt: str) -> None:
+    """Refuse an export format cifarkit does not write; the one it no longer writes, naming its replacement."""
+    if fmt == "torchscript":
+        raise CifarkitError(
+            "the torchscript format is gone (TorchScript is deprecated in PyTorch); "
+            "use --format torch-export, a torch.export program (RUN/model.pt2)"
+        )
+    if fmt not in FORMATS:
+        raise CifarkitError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def _example_input() -> torch.Tensor:
@@ -189,11 +203,19 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _to_torchscript(model: ProbabilityModel, metadata: dict[str, str]) -> bytes:
+def _to_program(model: ProbabilityModel, metadata: dict[str, str]) -> bytes:
+    """The model as a saved torch.export program, its batch dimension dynamic, its metadata an extra file."""
     with torch.no_grad():
-        traced = torch.jit.trace(model, _example_input())
+        program = torch.export.export(
+            model, (_example_input(),), dynamic_shapes={"images": {0: torch.export.Dim("batch")}}
+        )
     buf = io.BytesIO()
-    torch.jit.save(traced, buf, _extra_files={METADATA_FILE: json.dumps(metadata)})
+    extra = {METADATA_FILE: json.dumps({**metadata, "torch_version": torch.__version__})}
+    with warnings.catch_warnings():
+        # Channels-last conv weights are not "contiguous" to the saver, which then warns that it saves their whole
+        # storage, and that this "may cause issues" off the CPU; these are CPU tensors, saved whole with their strides.
+        warnings.filterwarnings("ignore", "No complete tensor found", UserWarning)
+        torch.export.save(program, buf, extra_files=extra)
     return buf.getvalue()
 
 
@@ -225,8 +247,9 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def _torchscript_predictor(data: bytes) -> Callable[[np.ndarray], np.ndarray]:
-    module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+def program_predictor(model: bytes | str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from uint8 images (N, 32, 32, 3) to probabilities, running a saved torch.export program."""
+    module = torch.export.load(io.BytesIO(model) if isinstance(model, bytes) else str(model)).module()
 
     @torch.no_grad()
     def predict(images: np.ndarray) -> np.ndarray:

@@ -13,12 +13,13 @@ import csv
 import io
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from cifarkit.errors import CifarkitError
 
@@ -110,48 +111,26 @@ def check_writable(path: str | Path, flag: str) -> Path:
 
 
 LOCK_FILE = ".cifarkit.lock"
-_held_locks: dict[Path, list[int]] = {}  # folder -> [file descriptor, depth]: a process may re-enter its own lock
 
 
 @contextmanager
 def exclusive(folder: str | Path, busy: str) -> Iterator[Path]:
-    """Hold an OS lock on ``folder`` (created if missing) while writing it; another holder raises ``busy``.
+    """Hold an OS lock on ``folder`` (created if missing) while writing it; another holder raises ``busy`` at once.
 
-    The lock (``flock`` on ``folder/.cifarkit.lock``) belongs to the open
-    file, so the OS releases it whenever the process ends, even by ``kill -9``:
-    a killed command never leaves a stale lock. The empty lock file stays.
+    filelock takes ``flock`` on ``folder/.cifarkit.lock`` (``msvcrt.locking``
+    on Windows; where the file system has no ``flock``, a marker file it
+    clears once its owner is dead). The OS lock belongs to the open file, so
+    it is released whenever the process ends, even by ``kill -9``: a killed
+    command never leaves a stale lock. One lock object per folder, shared by
+    all threads, lets a process re-enter its own lock (a report that evaluates
+    a run first).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    key = folder.resolve()
-    if key in _held_locks:
-        _held_locks[key][1] += 1
-        try:
-            yield folder
-        finally:
-            _held_locks[key][1] -= 1
-        return
-    fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    lock = FileLock(folder.resolve() / LOCK_FILE, thread_local=False, is_singleton=True)
     try:
-        _lock(fd)
-    except OSError:
-        os.close(fd)
+        held = lock.acquire(blocking=False)
+    except Timeout:
         raise CifarkitError(busy) from None
-    _held_locks[key] = [fd, 1]
-    try:
+    with held:
         yield folder
-    finally:
-        del _held_locks[key]
-        os.close(fd)  # closing the file releases the lock
-
-
-def _lock(fd: int) -> None:
-    """Take an exclusive lock on ``fd`` without waiting; OSError when another process holds it."""
-    if sys.platform == "win32":  # pragma: no cover
-        import msvcrt
-
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    else:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -6,10 +6,14 @@ this process. When a worker fails or is killed, torchrun itself ends with a
 Python traceback of its own code and a 20-line summary; this prints instead
 ``cifarkit: error: rank R (local rank L on HOST) ...`` for each failed rank,
 first the one that failed first, and exits with status 1.
+
+It also tells its workers its process id, so that each knows for sure which
+process it must not outlive (see :func:`cifarkit.distributed.stop_with_launcher`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -17,6 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    from cifarkit.distributed import LAUNCHER_ENV
+
+    os.environ[LAUNCHER_ENV] = str(os.getpid())  # the workers inherit the launcher's environment
     try:
         run(parse_args(sys.argv[1:] if argv is None else argv))
     except ChildFailedError as failed:

@@ -37,6 +37,38 @@ def save_png(fig: Figure, path: str | Path) -> bytes:
     return png
 
 
+class Picture:
+    """A PNG image that Jupyter shows where it is returned: a figure cifarkit drew, or a PNG file a run holds.
+
+    IPython displays any object with ``_repr_png_``, with no pyplot and no
+    ``%matplotlib`` backend involved (this module never chooses one).
+    ``figure`` is the matplotlib figure when it was drawn here (to change and
+    save it), None for a file read back; :meth:`save` writes the PNG.
+    """
+
+    def __init__(self, png: bytes, figure: Figure | None = None) -> None:
+        self.png = png
+        self.figure = figure
+
+    @classmethod
+    def of(cls, fig: Figure) -> Picture:
+        """The figure, rendered once."""
+        return cls(figure_png(fig), fig)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Picture:
+        """A PNG file."""
+        return cls(Path(path).read_bytes())
+
+    def save(self, path: str | Path) -> Path:
+        """Write the PNG to ``path`` (atomically) and return the path."""
+        atomic_write_bytes(path, self.png)
+        return Path(path)
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+
 def _grid(images: np.ndarray, titles: Sequence[str], colors: Sequence[str], cols: int) -> Figure:
     """Images in rows of ``cols``, each under its coloured title."""
     cols = min(cols, max(1, len(images)))
@@ -51,9 +83,14 @@ def _grid(images: np.ndarray, titles: Sequence[str], colors: Sequence[str], cols
     return fig
 
 
+def titled_grid(images: np.ndarray, titles: Sequence[str], *, cols: int = 8) -> Figure:
+    """A grid of uint8 (N, H, W, 3) images, each under its title."""
+    return _grid(images, titles, ["black"] * len(images), cols)
+
+
 def image_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, *, cols: int = 8) -> None:
     """Write a PNG grid of uint8 (N, H, W, 3) images, each with a title."""
-    save_png(_grid(images, titles, ["black"] * len(images), cols), path)
+    save_png(titled_grid(images, titles, cols=cols), path)
 
 
 def prediction_grid(images: np.ndarray, predictions: Sequence[Prediction], show_loss: bool = False) -> Figure:

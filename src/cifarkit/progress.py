@@ -1,9 +1,11 @@
-"""Progress bars as cifarkit shows them: live on a terminal, a line every few seconds in a log file.
+"""Progress bars as cifarkit shows them: live on a terminal, a line every few seconds in a log, a widget in Jupyter.
 
 tqdm refreshes a bar up to ten times a second; written to a file (``cifarkit
 train ... 2> log``, a batch job, CI) that is thousands of lines for nothing.
 Every bar of cifarkit comes from :func:`progress_bar`, which refreshes at most
 every :data:`LOG_INTERVAL_S` seconds when standard error is not a terminal.
+In a Jupyter kernel (``tqdm.auto`` finds one, and ipywidgets to draw with) the
+bar is a notebook widget instead of terminal text in the cell's output.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from tqdm import tqdm
+from tqdm.asyncio import tqdm as console_tqdm
+from tqdm.auto import tqdm as auto_tqdm
 
 LOG_INTERVAL_S = 10.0
+NOTEBOOK = auto_tqdm is not console_tqdm
+"""Whether bars are notebook widgets: tqdm.auto chose its notebook bar (in Jupyter, with ipywidgets installed)."""
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
-    """A tqdm bar on standard error, refreshed twice a second on a terminal and every 10 s elsewhere."""
-    interval = 0.5 if sys.stderr.isatty() else LOG_INTERVAL_S
-    return tqdm(iterable, mininterval=interval, dynamic_ncols=True, **kwargs)
+    """A tqdm bar: a widget in Jupyter; on standard error refreshed twice a second on a terminal, every 10 s elsewhere."""
+    live = NOTEBOOK or sys.stderr.isatty()  # a widget redraws in place, like a terminal bar
+    return auto_tqdm(iterable, mininterval=0.5 if live else LOG_INTERVAL_S, dynamic_ncols=True, **kwargs)

@@ -33,6 +33,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from cifarkit.errors import CifarkitError
 
 if TYPE_CHECKING:
@@ -152,7 +154,7 @@ def precision_name(bf16: bool) -> str:
     return "bfloat16 autocast" if bf16 else "float32"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -229,43 +231,30 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
 
 
 def default_threads() -> int:
-    """PyTorch's own thread count (one per physical core), capped by this process's share of the CPU budget.
+    """PyTorch's own rule, one thread per physical core, within this process's share of the CPU budget.
 
     Under torchrun the processes on one machine share its budget
     (``LOCAL_WORLD_SIZE``): 2 processes on 2 CPUs get a thread each, not two.
+    Read afresh each time (never from the current count, which a run may have
+    lowered), so a process that ran one run under load starts the next with all.
     """
-    import torch
-
     try:
         local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError:
         local_processes = 1
-    return max(1, min(torch.get_num_threads(), cpu_budget()[0] // local_processes))
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    return max(1, min(cores, cpu_budget()[0] // local_processes))
 
 
-def use_threads(count: int | None) -> None:
-    """Set PyTorch's thread count: ``count``, or (None) :func:`default_threads` adapted to the load as training runs.
+def use_threads(count: int | None) -> int:
+    """Set PyTorch's thread count to ``count``, or (None) :func:`default_threads`; returns it.
 
-    Why adapt: OpenMP threads wait for each other at the end of every
-    operation. When another program takes one of the cores, the thread that
-    shares it with that program holds up the others at every step, and two
-    threads ran 2-3x slower than one (``python benchmarks/under_load.py``).
-    Fewer threads while others are busy, all of them when the CPUs are free,
-    keeps the slowdown in proportion to the CPU the other program takes. A
-    fixed count (``--threads N``) is never changed: the thread count changes
-    the order of float additions, so only a fixed count repeats a run's numbers
-    to the last bit.
+    For commands that do not train; a training run owns a :class:`Threads`.
     """
     import torch
 
-    global _adaptive
     torch.set_num_threads(count or default_threads())
-    _adaptive = None if count else _LoadAdaptiveThreads(torch.get_num_threads())
-
-
-def adapt_threads() -> str | None:
-    """Between training steps: follow the load if :func:`use_threads` chose that; a line to show when it changed."""
-    return None if _adaptive is None else _adaptive.step()
+    return torch.get_num_threads()
 
 
 def threads_for(free_cpus: float, budget: int) -> int:
@@ -277,47 +266,62 @@ def threads_for(free_cpus: float, budget: int) -> int:
     return max(1, min(budget, int(free_cpus + 0.4)))
 
 
-class _LoadAdaptiveThreads:
-    """Once a second, between training steps: set the thread count to what other programs leave free.
+class Threads:
+    """The thread count of one training run: ``fixed`` (``--threads N``), or following other programs' load.
 
-    Free CPUs = this process's CPU time + the idle time of the CPUs it may
-    run on (``/proc/stat``), per second of wall time. Where ``/proc/stat``
-    cannot be read (macOS, Windows) the count stays as it started.
+    Why follow the load: OpenMP threads wait for each other at the end of
+    every operation. When another program takes one of the cores, the thread
+    that shares it holds up the others at every step, and two threads ran 2-3x
+    slower than one (``python benchmarks/under_load.py``). So once a second,
+    between steps, the count is set to the CPUs other programs leave free:
+    this process's CPU time plus the idle time of the CPUs it may run on, per
+    second of wall time (psutil: Linux, macOS and Windows alike). A fixed
+    count is never changed: the thread count changes the order of float
+    additions, so only a fixed count repeats a run's numbers to the last bit.
     """
 
     WINDOW_S = 1.0
 
-    def __init__(self, budget: int, stat: Path = Path("/proc/stat")) -> None:
-        self.budget, self.stat = budget, stat
-        try:
-            self.cpus = os.sched_getaffinity(0)
-        except AttributeError:
-            self.cpus = set(range(os.cpu_count() or 1))
-        self.last = self._sample()
+    def __init__(self, fixed: int | None = None) -> None:
+        import torch
 
-    def _sample(self) -> tuple[float, float, float] | None:
-        """(wall time, this process's CPU seconds, idle seconds of its CPUs), or None where unreadable."""
+        self.fixed = fixed
+        self.budget = fixed or default_threads()
+        torch.set_num_threads(self.budget)
         try:
-            lines = self.stat.read_text().splitlines()
-            ticks_per_s = os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, AttributeError):
-            return None
-        idle_ticks = 0
-        for line in lines:
-            name, *fields = line.split()
-            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in self.cpus:
-                idle_ticks += int(fields[3]) + int(fields[4])  # idle, iowait
-        return time.monotonic(), time.process_time(), idle_ticks / ticks_per_s
+            self.cpus = sorted(os.sched_getaffinity(0))
+        except AttributeError:  # macOS, Windows
+            self.cpus = list(range(psutil.cpu_count() or 1))
+        self.last = None if fixed else self._sample()
 
-    def step(self) -> str | None:
-        """Re-measure if a window has passed; the line to show if the thread count changed, else None."""
+    @property
+    def count(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    def describe(self) -> str:
+        """The starting count and why, for the first lines a run prints."""
+        if self.fixed:
+            return f"threads {self.count}, fixed (--threads): the same seed repeats the same numbers"
+        return (
+            f"threads {self.count}, following the load of other programs (--threads N fixes the count, "
+            "which repeats a run to the last bit)"
+        )
+
+    def _sample(self) -> tuple[float, float, float]:
+        """(wall time, this process's CPU seconds, idle seconds of its CPUs)."""
+        times = psutil.cpu_times(percpu=True)
+        idle = sum(t.idle + getattr(t, "iowait", 0.0) for i, t in enumerate(times) if i in self.cpus)
+        return time.monotonic(), time.process_time(), idle
+
+    def follow_load(self) -> str | None:
+        """Between steps: re-measure once a window has passed; the line to show if the count changed, else None."""
         import torch
 
         if self.last is None or time.monotonic() - self.last[0] < self.WINDOW_S:
             return None
         now = self._sample()
-        if now is None:
-            return None
         wall, ours, idle = (b - a for a, b in zip(self.last, now))
         self.last = now
         free = (ours + idle) / wall
@@ -328,7 +332,45 @@ class _LoadAdaptiveThreads:
         return f"threads {count}: {free:.1f} of {len(self.cpus)} CPUs free of other programs' work"
 
 
-_adaptive: _LoadAdaptiveThreads | None = None
+def matmul_gflops(bf16: bool, size: int = 2048, seconds: float = 0.5) -> float:
+    """This machine's measured throughput in GFLOP/s: ``size`` x ``size`` matmuls for about ``seconds``.
+
+    A figure in minutes holds for one machine only; printed beside this one,
+    it tells a reader how that machine compares with theirs.
+    """
+    import torch
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # oneDNN picks and prepares its kernel on the first call
+    runs, start = 0, time.perf_counter()
+    while runs == 0 or time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - start) / 1e9
+
+
+def machine_record(threads: int | None = None) -> dict[str, Any]:
+    """The machine a figure was measured on: CPU model and kind, cores, threads, torch, matmul throughput.
+
+    ``threads``: the count the figure ran with (default: the current one);
+    the matmuls run with it too.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return {
+            "cpu_model": cpu_model(),
+            "cpu_kind": cpu_kind(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "matmul_gflops": {"float32": round(matmul_gflops(False), 1), "bfloat16": round(matmul_gflops(True), 1)},
+        }
+    finally:
+        torch.set_num_threads(before)
 
 
 def machine_info(device: str = "auto") -> dict[str, Any]:
@@ -343,7 +385,7 @@ def machine_info(device: str = "auto") -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(dev),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_kind": cpu_kind(),
         "cpu_features": cpu_features(),
         "cores": os.cpu_count(),

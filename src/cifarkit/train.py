@@ -1,9 +1,12 @@
 """The one training loop: every recipe, from the notebook CNNs to fast nets and fine-tuning.
 
-Read top to bottom it is the whole recipe: prepare data, build model and
-optimiser, then for each epoch augment, step, validate, checkpoint. All
+:func:`train` is the whole recipe, read top to bottom in one function: set
+up (checks, run directory, model, data, optimiser, resume), then for each
+epoch augment, step through the shuffled batches, validate and checkpoint,
+then finish. The helpers it calls each do one thing, one level below it. All
 randomness of an epoch is derived from (seed, epoch), so a run resumed from
-its last checkpoint retraces the uninterrupted run exactly.
+its last checkpoint, at the same fixed thread count, retraces the
+uninterrupted run to the last bit.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +29,12 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from cifarkit import __version__, distributed
-from cifarkit.data.augment import augment, flipped, progressive_size, resize
+from cifarkit.data.augment import augment, flipped, resize
 from cifarkit.data.batches import batches, pixels, unit_range
 from cifarkit.data.dataset import CIFAR10
 from cifarkit.distill import check_teacher, teacher_logits, training_loss
 from cifarkit.errors import CifarkitError
+from cifarkit.estimate import RunClock, image_side
 from cifarkit.features import cached_features
 from cifarkit.files import LOCK_FILE, check_writable, write_csv, write_json
 from cifarkit.inference import images_per_pass
@@ -50,7 +54,7 @@ from cifarkit.runs import (
     save_weights,
     split_indices,
 )
-from cifarkit.runtime import adapt_threads, autocast, cpu_kind, precision_name, resolve_bf16
+from cifarkit.runtime import Threads, autocast, cpu_kind, cpu_model, precision_name, resolve_bf16
 from cifarkit.tracking import Callback
 
 
@@ -119,123 +123,11 @@ def _to_device(x: torch.Tensor, device: torch.device, side: int | None = None) -
     return x if side is None else resize(x, side)
 
 
+DATA_INIT_CHUNK = 1024  # images scaled to floats at a time for data_init: 12 MB, not 0.6 GB for the set
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
-
-
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: OptimizerChain,
-    split: Split,
-    recipe: Recipe,
-    epoch: int,
-    lr_at: Callable[[float], float],
-    first_step: int,
-    device: torch.device,
-    ema: AveragedModel | None,
-    progress: bool,
-) -> tuple[float, float]:
-    """One pass over the (augmented) training set; returns mean loss and accuracy.
-
-    With several processes ``model`` is wrapped by :func:`cifarkit.distributed.wrap`:
-    every process augments and shuffles the whole set alike, steps on its part
-    of each batch of ``recipe.batch_size`` (the global batch) and returns the
-    figures of the whole set.
-    """
-    model.train()
-    rank, world = distributed.rank(), distributed.world_size()
-    torch.manual_seed(_epoch_seed(recipe.seed, epoch) + (rank << 32))  # dropout etc.: each process its own draws
-    x = augment(
-        split.x_train,
-        epoch=epoch,
-        seed=recipe.seed,
-        flip=recipe.flip,
-        alternating_flip=recipe.alternating_flip,
-        pad=recipe.translate,
-        cutout_size=recipe.cutout,
-    )
-    side = image_side(recipe, epoch, x.shape[-1]) if x.dim() == 4 else None
-    teacher = _teacher_view(split.teacher, recipe, epoch)
-    steps = -(-len(x) // recipe.batch_size)
-    # Batches of indices, so labels and teacher outputs follow the images through the shuffle.
-    order = torch.arange(len(x))
-    bar = progress_bar(
-        batches(x, order, recipe.batch_size, shuffle_seed=_epoch_seed(recipe.seed, epoch), rank=rank, world=world),
-        total=steps,
-        desc=f"epoch {epoch + 1}/{recipe.epochs}",
-        disable=not progress,
-        leave=False,
-    )
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, next_postfix = 0, 0.0
-    for i, (xb, ib) in enumerate(bar):
-        set_learning_rates(optimizer, lr_at, first_step + i)
-        xb, yb = _to_device(xb, device, side), split.y_train[ib].to(device, non_blocking=True)
-        tb = None if teacher is None else teacher[ib].to(device, non_blocking=True)
-        # The sum over this process's part / the global batch's size x the processes DDP averages over: the
-        # gradient of the global batch's mean loss, however unevenly the batch was split.
-        scale = world / min(recipe.batch_size, len(x) - i * recipe.batch_size)
-        batch_loss, batch_correct = _step(model, optimizer, recipe, device, (xb, yb, tb), scale)
-        if ema is not None:
-            ema.update_parameters(model)
-        if (threads := adapt_threads()) and progress:  # another program started or stopped using the CPU
-            bar.write(threads, file=sys.stderr)
-        loss_sum += batch_loss
-        correct += batch_correct
-        seen += len(yb)
-        if progress and time.monotonic() >= next_postfix:  # this epoch's figures so far, as often as a line shows
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
-            next_postfix = time.monotonic() + bar.mininterval / 2
-    loss_total, correct_total, seen_total = distributed.all_sum(loss_sum, correct, seen)
-    return loss_total / seen_total, correct_total / seen_total
-
-
-def _step(
-    model: nn.Module,
-    optimizer: OptimizerChain,
-    recipe: Recipe,
-    device: torch.device,
-    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on ``batch`` (images, labels, teacher logits or None); its loss sum and correct count.
-
-    With ``recipe.micro_batch`` the batch runs in parts whose gradients add
-    up before the step (each backward frees its part's activations); with
-    several processes the gradients are averaged once, after the last part.
-    """
-    images, labels, teacher = batch
-    size = recipe.micro_batch or len(images)
-    optimizer.zero_grad(set_to_none=True)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for start in range(0, len(images), size):
-        part = slice(start, start + size)
-        last = start + size >= len(images)
-        with nullcontext() if last else distributed.no_sync(model):
-            with autocast(device, recipe.bf16):
-                logits = model(images[part])
-            loss = training_loss(
-                logits.float(),
-                labels[part],
-                None if teacher is None else teacher[part],
-                weight=recipe.distill_weight,
-                temperature=recipe.distill_temperature,
-                label_smoothing=recipe.label_smoothing,
-            )
-            (loss * scale).backward()
-        loss_sum += loss.detach()
-        correct += (logits.argmax(1) == labels[part]).sum()
-    optimizer.step()
-    return loss_sum, correct
-
-
-def image_side(recipe: Recipe, epoch: int, full: int) -> int:
-    """The side of the images trained on in ``epoch``: smaller early on with progressive resizing."""
-    return progressive_size(
-        epoch, epochs=recipe.epochs, full=full, start=recipe.resize_start, until=recipe.resize_until
-    )
 
 
 def _teacher_view(teacher: torch.Tensor | None, recipe: Recipe, epoch: int) -> torch.Tensor | None:
@@ -259,11 +151,6 @@ def teacher_split_logits(recipe: Recipe, data: CIFAR10, subset: int | None, devi
     key = f"{Path(data.source).name}-train"
     logits = teacher_logits(recipe.teacher, data.x_train[used], key, data.classes, device=device)
     return torch.from_numpy(logits[np.searchsorted(used, train_idx)]).float()
-
-
-def _model_for_eval(model: nn.Module, ema: AveragedModel | None) -> nn.Module:
-    """The weights to validate and keep: the EMA average when the recipe uses one."""
-    return model if ema is None else ema.module
 
 
 def _full_state(model: nn.Module, net: nn.Module, kept: nn.Module) -> dict[str, torch.Tensor]:
@@ -303,10 +190,304 @@ def check_split(labels: np.ndarray, recipe: Recipe, subset: int | None) -> None:
             )
 
 
+def train(
+    recipe: Recipe,
+    data: CIFAR10,
+    out: str | Path,
+    *,
+    subset: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "auto",
+    callbacks: Sequence[Callback] = (),
+    threads: int | None = None,
+) -> Path:
+    """Train ``recipe`` on ``data`` into the run directory ``out`` and return its path.
+
+    Everything is checked before anything is written, and the run directory
+    is locked (a second writer is refused). ``recipe.bf16 = "auto"`` is
+    bfloat16 autocast where the hardware has it natively, float32 elsewhere.
+    After every epoch: validation, then a checkpoint (``resume=True``
+    continues from the last one, with the data moved elsewhere too); the
+    weights of the best validation accuracy (or, with ``select="last"``, of
+    the last epoch) are ``best.safetensors``; training stops early after
+    ``recipe.patience`` epochs without improvement, and with an error when the
+    loss stops being finite. ``callbacks`` (:class:`cifarkit.tracking.Callback`)
+    see each epoch's history row and the final metrics; one that returns True
+    stops training there, leaving a finished run.
+
+    ``threads``: a fixed thread count, which repeats a run's numbers to the
+    last bit; None follows the load of other programs (see
+    :class:`cifarkit.runtime.Threads`), or, resuming, uses the run's own fixed
+    count. Each epoch's counts are recorded in the history.
+
+    Started by torchrun on several processes it trains data-parallel (see
+    :mod:`cifarkit.distributed`): ``recipe.batch_size`` is the global batch,
+    split between the processes, and rank 0 alone prints, writes the run
+    directory and calls ``callbacks``. A run resumes on any number of processes.
+    """
+    # --- set-up: checks, the run directory, model, data, optimiser, and the state to resume from
+    out = Path(out)
+    recipe, dev, config = _checked(recipe, data, out, subset, resume, device)
+    main = distributed.is_main()
+    progress = progress and main
+    with ExitStack() as stack:
+        distributed.on_main(lambda: stack.enter_context(locked(out)))
+        state = distributed.on_main(lambda: _start_or_resume(out, config, resume))
+        recipe = for_processes(recipe, distributed.world_size())  # batch_size: the global batch of this launch
+        _check_global_batch(state, recipe, out)
+        cpu = Threads(threads if threads is not None or state is None else state.get("threads"))
+        if progress:
+            where = cpu_kind() if dev.type == "cpu" else str(dev)
+            print(f"device {dev} ({where}), precision {precision_name(recipe.bf16)}, {cpu.describe()}", file=sys.stderr)
+            print(f"{distributed.describe(recipe.batch_size)}, lr scaling {recipe.lr_scaling}", file=sys.stderr)
+        if main and (state is None or read_config(out) != config):  # unchanged: left as it is
+            write_json(out / "config.json", config)
+        model, net, split = _model_and_data(recipe, data, config, subset, dev)
+        optimizer = build_optimizer(net, recipe)
+        trained = _for_training(net, recipe, dev)
+        steps = -(-len(split.x_train) // recipe.batch_size)
+        lr_at = lr_multiplier(recipe.schedule, recipe.epochs * steps, round(recipe.warmup_epochs * steps))
+        ema = weight_ema(net, recipe.ema) if recipe.ema else None
+        history, best_acc, best_epoch, start = _resumed(state, model, optimizer, ema, out)
+        finished = state is not None and _finished(recipe, start, best_epoch)
+        if finished and distributed.on_main(lambda: (out / "metrics.json").is_file()):
+            if progress:
+                print(f"{out} finished training already (epoch {start}); nothing to do", file=sys.stderr)
+            return out
+        images = split.x_train.dim() == 4  # else frozen-backbone features
+        full = split.x_train.shape[-1]
+        clock = RunClock(recipe, len(split.x_train), len(split.x_val), len(data.x_test), full) if images else None
+
+        # --- the epochs: augment, step through the shuffled batches, validate, checkpoint
+        rank, world = distributed.rank(), distributed.world_size()
+        for epoch in range(start, recipe.epochs):
+            if _finished(recipe, epoch, best_epoch):
+                break
+            t0 = time.perf_counter()
+            trained.train()
+            torch.manual_seed(_epoch_seed(recipe.seed, epoch) + (rank << 32))  # dropout etc.: each process its own
+            x = augment(
+                split.x_train,
+                epoch=epoch,
+                seed=recipe.seed,
+                flip=recipe.flip,
+                alternating_flip=recipe.alternating_flip,
+                pad=recipe.translate,
+                cutout_size=recipe.cutout,
+            )
+            side = image_side(recipe, epoch, full) if images else None
+            teacher = _teacher_view(split.teacher, recipe, epoch)
+            # Batches of indices, so labels and teacher outputs follow the images through the shuffle.
+            shuffle_seed = _epoch_seed(recipe.seed, epoch)
+            shuffled = batches(
+                x, torch.arange(len(x)), recipe.batch_size, shuffle_seed=shuffle_seed, rank=rank, world=world
+            )
+            bar = progress_bar(
+                shuffled, total=steps, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress, leave=False
+            )
+            loss_sum = torch.zeros((), device=dev)
+            correct = torch.zeros((), device=dev, dtype=torch.long)
+            seen, next_postfix, threads_used = 0, 0.0, [cpu.count]
+            for i, (xb, ib) in enumerate(bar):
+                set_learning_rates(optimizer, lr_at, epoch * steps + i)
+                xb, yb = _to_device(xb, dev, side), split.y_train[ib].to(dev, non_blocking=True)
+                tb = None if teacher is None else teacher[ib].to(dev, non_blocking=True)
+                # The sum over this process's part / the global batch's size x the processes DDP averages over:
+                # the gradient of the global batch's mean loss, however unevenly the batch was split.
+                scale = world / min(recipe.batch_size, len(x) - i * recipe.batch_size)
+                # With micro_batch the batch runs in parts whose gradients add up before the step (each
+                # backward frees its part's activations); with several processes gradients are averaged
+                # once, after the last part.
+                part_size = recipe.micro_batch or len(xb)
+                optimizer.zero_grad(set_to_none=True)
+                step_loss = torch.zeros((), device=dev)
+                for p in range(0, len(xb), part_size):
+                    part = slice(p, p + part_size)
+                    with nullcontext() if p + part_size >= len(xb) else distributed.no_sync(trained):
+                        with autocast(dev, recipe.bf16):
+                            logits = trained(xb[part])
+                        loss = training_loss(
+                            logits.float(),
+                            yb[part],
+                            None if tb is None else tb[part],
+                            weight=recipe.distill_weight,
+                            temperature=recipe.distill_temperature,
+                            label_smoothing=recipe.label_smoothing,
+                        )
+                        (loss * scale).backward()
+                    step_loss += loss.detach()
+                    correct += (logits.argmax(1) == yb[part]).sum()
+                optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(trained)
+                loss_sum += step_loss
+                seen += len(yb)
+                if changed := cpu.follow_load():  # another program started or stopped using the CPU
+                    threads_used.append([epoch * steps + i + 1, cpu.count])
+                    if progress:
+                        bar.write(changed, file=sys.stderr)
+                    if clock:
+                        clock.restart()
+                if progress and clock and (line := clock.step(epoch, len(yb) * world, (i + 1) * len(yb) * world, side)):
+                    bar.write(line, file=sys.stderr)
+                if progress and time.monotonic() >= next_postfix:  # this epoch's figures so far, as often as shown
+                    bar.set_postfix(
+                        loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False
+                    )
+                    next_postfix = time.monotonic() + bar.mininterval / 2
+            loss_total, correct_total, seen_total = distributed.all_sum(loss_sum, correct, seen)
+            seconds = time.perf_counter() - t0
+
+            # Validate the weights the run keeps: the EMA average when the recipe uses one.
+            kept = net if ema is None else ema.module
+            distributed.broadcast_buffers(kept)  # rank 0's BatchNorm statistics: the ones checkpointed
+            val_loss, val_acc = (None, None)  # no validation split: the last epoch is the best we can know of
+            if len(split.x_val):
+                val_loss, val_acc = evaluate_loss_acc(kept, split.x_val, split.y_val, dev, bf16=recipe.bf16)
+            row = dict(
+                epoch=epoch + 1,
+                train_loss=loss_total / seen_total,
+                train_acc=correct_total / seen_total,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                lr=optimizer.param_groups[0]["lr"],
+                image_size=side,
+                seconds=seconds,
+                threads=threads_used[0],
+                thread_changes=threads_used[1:],  # [step, count] from that step on
+            )
+            if progress:
+                tqdm.write(
+                    f"epoch {epoch + 1:3d}/{recipe.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
+                    f"val_loss {_fmt(val_loss)}  val_acc {_fmt(val_acc)}  {seconds:.1f}s"
+                )
+            _check_finite(out, epoch, recipe, {"training loss": row["train_loss"], "validation loss": val_loss})
+            history.append(row)
+            improved = recipe.select == "last" or val_acc is None or best_acc is None or val_acc > best_acc
+            if improved:
+                best_acc, best_epoch = val_acc, epoch
+            if main:  # one run directory, written by rank 0
+                checkpoint = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "history": history,
+                    "best_acc": best_acc,
+                    "best_epoch": best_epoch,
+                    "epoch": epoch + 1,
+                    "global_batch": recipe.batch_size,
+                    "threads": cpu.fixed,
+                }
+                _save_checkpoint(out, _full_state(model, net, kept), checkpoint, improved)
+            # Every callback sees the epoch, on rank 0 only; what they decide holds for every process.
+            stop = main and any([callback.on_epoch_end(row) for callback in callbacks])
+            if distributed.share(stop):
+                break  # a callback asked to stop (e.g. a pruned trial): finish the run like early stopping
+
+        # --- finish: the run's summary files
+        if main:
+            _finish(model, net, recipe, history, best_acc, best_epoch, out, dev, cpu, callbacks)
+    return out
+
+
+# --- set-up ---------------------------------------------------------------------------------------------------------
+
+
+def _checked(
+    recipe: Recipe, data: CIFAR10, out: Path, subset: int | None, resume: bool, device: str
+) -> tuple[Recipe, torch.device, dict[str, Any]]:
+    """Every check that can refuse the run, before anything is written; the recipe, device and run config."""
+    validate(recipe)
+    check_split(data.y_train, recipe, subset)
+    if recipe.resize_start >= data.x_train.shape[1]:
+        raise CifarkitError(
+            f"resize_start {recipe.resize_start} must be below the image side {data.x_train.shape[1]} "
+            "(progressive resizing starts small); lower it, or set resize_start=0 to turn it off"
+        )
+    classes = recipe.model_kwargs.get("num_classes", len(data.classes))
+    if classes != len(data.classes):
+        raise CifarkitError(
+            f"model_kwargs num_classes {classes} differs from the {len(data.classes)} classes of the data; "
+            "remove num_classes (the model then has one output per class)"
+        )
+    if recipe.teacher:
+        check_teacher(recipe.teacher, data.classes)
+    distributed.on_main(lambda: _check_out(out, resume))
+    dev = distributed.setup(device)
+    distributed.check_sync_bn(recipe.sync_bn, dev)
+    recipe = recipe.replace(bf16=resolve_bf16(recipe.bf16, dev))
+    config = {
+        **recipe.to_dict(),
+        "subset": subset,
+        "data_source": data.source,
+        "data_fingerprints": {"train": data.train_fingerprint, "test": data.test_fingerprint},
+        "classes": list(data.classes),
+    }
+    return recipe, dev, config
+
+
+def _model_and_data(
+    recipe: Recipe, data: CIFAR10, config: dict[str, Any], subset: int | None, dev: torch.device
+) -> tuple[nn.Module, nn.Module, Split]:
+    """The model, the part of it that trains (the model, or its head), and what that part trains on.
+
+    Frozen-feature transfer runs the backbone once (features cached on disk)
+    and trains the head on feature vectors; every other recipe trains the
+    whole model on images, initialised from them where it wants (fastnet's
+    patch whitening).
+    """
+    torch.manual_seed(recipe.seed)
+    if recipe.frozen_features:
+        model = build_model(config).to(dev, memory_format=torch.channels_last)
+        return model, model.head, frozen_feature_split(model, data, recipe, subset)
+    split = prepare_split(data, recipe.val_fraction, recipe.seed, subset)
+    if recipe.teacher:
+        split.teacher = teacher_split_logits(recipe, data, subset, str(dev))
+    model = build_model(config)
+    if hasattr(model, "data_init"):  # data-dependent initialisation, in [0, 1] pixels a chunk at a time
+        model.data_init(unit_range(chunk) for chunk in split.x_train.split(DATA_INIT_CHUNK))
+    model = model.to(dev, memory_format=torch.channels_last)
+    return model, model, split
+
+
+def _for_training(net: nn.Module, recipe: Recipe, dev: torch.device) -> nn.Module:
+    """``net`` as the processes train it: in DDP with several, compiled where the recipe asks and it pays."""
+    trained = distributed.wrap(net, dev, recipe.sync_bn)
+    if recipe.compile and dev.type == "cuda":
+        net.compile()  # in place: parameter names, and so checkpoints, stay as they are
+    elif recipe.compile:
+        # Measured on a 2-core CPU (benchmarks/train_step.py --compile false true): 0.94x in float32, 0.88x in bf16.
+        warnings.warn(
+            f"compile=true is for CUDA; on {dev.type} it trains uncompiled (torch.compile was slower there)",
+            stacklevel=3,
+        )
+    return trained
+
+
+def _resumed(
+    state: dict[str, Any] | None, model: nn.Module, optimizer: OptimizerChain, ema: AveragedModel | None, out: Path
+) -> tuple[list[dict[str, Any]], float | None, int, int]:
+    """The history, best accuracy, best epoch and next epoch: from the checkpoint ``state``, or a fresh start.
+
+    The learning rates stay the recipe's: ``--resume --set lr=...`` continues a
+    run that diverged with a lower one.
+    """
+    if state is None:
+        return [], None, -1, 0
+    recipe_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    _load_state(model, optimizer, ema, state, out)
+    for group, lr in zip(optimizer.param_groups, recipe_lrs):
+        group["initial_lr"] = lr
+    return state["history"], state["best_acc"], state["best_epoch"], state["epoch"]
+
+
 # --- starting, resuming, and the run directory -----------------------------------------------------------------------
 
 # config.json keys that say where the data lay and what it was: compared by fingerprint on resume, not by path.
 DATA_KEYS = ("data_source", "data_fingerprints")
+# Recipe fields a resume may change: a lower lr continues a run that diverged.
+RESUME_MAY_CHANGE = ("lr",)
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -342,7 +523,8 @@ def _start_or_resume(out: Path, config: dict[str, Any], resume: bool) -> dict[st
         raise CifarkitError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     saved = read_config(out)
     saved = {**recipe_from_config(saved).to_dict(), **saved}  # recipe fields newer than the run: their defaults
-    changed = sorted(k for k in set(saved) | set(config) if k not in DATA_KEYS and saved.get(k) != config.get(k))
+    ignored = DATA_KEYS + RESUME_MAY_CHANGE
+    changed = sorted(k for k in set(saved) | set(config) if k not in ignored and saved.get(k) != config.get(k))
     if changed:
         raise CifarkitError(
             f"--resume: the run in {out} was started with different settings ({', '.join(changed)}); "
@@ -407,258 +589,9 @@ def _check_finite(out: Path, epoch: int, recipe: Recipe, losses: dict[str, float
         kept = "the checkpoint of the epoch before is kept" if epoch else "no epoch finished"
         raise CifarkitError(
             f"training diverged in epoch {epoch + 1} ({', '.join(f'{k} {v}' for k, v in bad.items())}); "
-            f"{kept} in {out}; train again into a new --out with a lower lr (now {recipe.lr:g}) or a longer warm-up"
+            f"{kept} in {out}; continue with a lower learning rate: `cifarkit train --resume --out {out} "
+            f"--set lr={recipe.lr / 4:g}` (now {recipe.lr:g})"
         )
-
-
-def train(
-    recipe: Recipe,
-    data: CIFAR10,
-    out: str | Path,
-    *,
-    subset: int | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    device: str = "auto",
-    callbacks: Sequence[Callback] = (),
-) -> Path:
-    """Train ``recipe`` on ``data`` into the run directory ``out`` and return its path.
-
-    Everything is checked before anything is written: the recipe
-    (:func:`cifarkit.recipes.validate`), the subset, the device and the run
-    directory, which is then locked (a second writer is refused). ``recipe.bf16
-    = "auto"`` resolves to bfloat16 autocast where the hardware has it natively
-    and float32 elsewhere; the resolved choice is printed and recorded in
-    ``config.json`` with the data's source and fingerprints. Writes checkpoints
-    after every epoch (``resume=True`` continues from the last one, also with
-    the data moved elsewhere), keeps the weights of the best validation
-    accuracy (or, with ``select="last"``, of the last epoch) as
-    ``best.safetensors``, stops early after ``recipe.patience`` epochs without
-    improvement, stops with an error when the loss stops being finite, and
-    saves history, curves and a metrics summary. ``callbacks``
-    (:class:`cifarkit.tracking.Callback`) see each epoch's history row and the
-    final metrics; one that returns True after an epoch stops training there,
-    leaving a finished, resumable run directory. (Call
-    :func:`cifarkit.runtime.keep_freed_memory` first for speed on glibc; the
-    CLI does.)
-
-    Started by torchrun on several processes it trains data-parallel (see
-    :mod:`cifarkit.distributed`): ``recipe.batch_size`` is the global batch,
-    split between the processes, gradients are averaged, and rank 0 alone
-    prints, writes the run directory and calls ``callbacks``. A run resumes
-    on any number of processes.
-    """
-    out = Path(out)
-    recipe, dev, config = _checked(recipe, data, out, subset, resume, device)
-    with ExitStack() as stack:
-        distributed.on_main(lambda: stack.enter_context(locked(out)))
-        state = distributed.on_main(lambda: _start_or_resume(out, config, resume))
-        recipe = for_processes(recipe, distributed.world_size())  # batch_size: the global batch of this launch
-        _check_global_batch(state, recipe, out)
-        progress = progress and distributed.is_main()
-        if progress:
-            where = cpu_kind() if dev.type == "cpu" else str(dev)
-            print(f"device {dev} ({where}), precision {precision_name(recipe.bf16)}", file=sys.stderr)
-            print(f"{distributed.describe(recipe.batch_size)}, lr scaling {recipe.lr_scaling}", file=sys.stderr)
-        if distributed.is_main() and (state is None or read_config(out) != config):  # unchanged: left as it is
-            write_json(out / "config.json", config)
-        session = _build(recipe, data, config, subset, dev)
-        return _epochs(session, recipe, state, out, dev, progress, callbacks)
-
-
-def _checked(
-    recipe: Recipe, data: CIFAR10, out: Path, subset: int | None, resume: bool, device: str
-) -> tuple[Recipe, torch.device, dict[str, Any]]:
-    """Every check that can refuse the run, before anything is written; the recipe, device and run config."""
-    validate(recipe)
-    check_split(data.y_train, recipe, subset)
-    if recipe.resize_start >= data.x_train.shape[1]:
-        raise CifarkitError(
-            f"resize_start {recipe.resize_start} must be below the image side {data.x_train.shape[1]} "
-            "(progressive resizing starts small); lower it, or set resize_start=0 to turn it off"
-        )
-    classes = recipe.model_kwargs.get("num_classes", len(data.classes))
-    if classes != len(data.classes):
-        raise CifarkitError(
-            f"model_kwargs num_classes {classes} differs from the {len(data.classes)} classes of the data; "
-            "remove num_classes (the model then has one output per class)"
-        )
-    if recipe.teacher:
-        check_teacher(recipe.teacher, data.classes)
-    distributed.on_main(lambda: _check_out(out, resume))
-    dev = distributed.setup(device)
-    distributed.check_sync_bn(recipe.sync_bn, dev)
-    recipe = recipe.replace(bf16=resolve_bf16(recipe.bf16, dev))
-    config = {
-        **recipe.to_dict(),
-        "subset": subset,
-        "data_source": data.source,
-        "data_fingerprints": {"train": data.train_fingerprint, "test": data.test_fingerprint},
-        "classes": list(data.classes),
-    }
-    return recipe, dev, config
-
-
-@dataclass
-class Session:
-    """What the epochs of a run work on: the model, the part of it that trains, its data and optimiser."""
-
-    model: nn.Module
-    net: nn.Module  # the trained part: the model, or its head when features are frozen
-    trained: nn.Module  # net as the processes train it (DDP with several)
-    split: Split
-    optimizer: OptimizerChain
-    ema: AveragedModel | None
-    steps_per_epoch: int
-    lr_at: Callable[[float], float]
-
-
-def _build(recipe: Recipe, data: CIFAR10, config: dict[str, Any], subset: int | None, dev: torch.device) -> Session:
-    """The model (data-initialised where it wants), its training data, optimiser, schedule and weight average."""
-    torch.manual_seed(recipe.seed)
-    if recipe.frozen_features:
-        # Frozen-feature transfer: the backbone runs once (features cached on disk) and
-        # only the head trains, on feature vectors instead of images.
-        model = build_model(config).to(dev, memory_format=torch.channels_last)
-        split, net = frozen_feature_split(model, data, recipe, subset), model.head
-    else:
-        split = prepare_split(data, recipe.val_fraction, recipe.seed, subset)
-        if recipe.teacher:
-            split.teacher = teacher_split_logits(recipe, data, subset, str(dev))
-        model = build_model(config)
-        if hasattr(model, "data_init"):  # data-dependent initialisation, e.g. patch whitening
-            model.data_init(split.x_train)
-        model = net = model.to(dev, memory_format=torch.channels_last)
-    optimizer = build_optimizer(net, recipe)
-    trained = distributed.wrap(net, dev, recipe.sync_bn)  # in DDP with several processes
-    if recipe.compile and dev.type == "cuda":
-        net.compile()  # in place: parameter names, and so checkpoints, stay as they are
-    elif recipe.compile:
-        # Measured on a 2-core CPU (benchmarks/train_step.py --compile false true): 0.94x in float32, 0.88x in bf16.
-        warnings.warn(
-            f"compile=true is for CUDA; on {dev.type} it trains uncompiled (torch.compile was slower there)",
-            stacklevel=3,
-        )
-    steps = -(-len(split.x_train) // recipe.batch_size)
-    lr_at = lr_multiplier(recipe.schedule, recipe.epochs * steps, round(recipe.warmup_epochs * steps))
-    ema = weight_ema(net, recipe.ema) if recipe.ema else None
-    return Session(model, net, trained, split, optimizer, ema, steps, lr_at)
-
-
-def _epochs(
-    s: Session,
-    recipe: Recipe,
-    state: dict[str, Any] | None,
-    out: Path,
-    dev: torch.device,
-    progress: bool,
-    callbacks: Sequence[Callback],
-) -> Path:
-    """Train epoch after epoch from ``state`` (or the start), checkpointing each, then write the run's summary."""
-    history: list[dict[str, Any]] = []
-    best_acc, best_epoch, start = None, -1, 0
-    if state is not None:
-        _load_state(s.model, s.optimizer, s.ema, state, out)
-        history, best_acc, best_epoch, start = state["history"], state["best_acc"], state["best_epoch"], state["epoch"]
-        if _finished(recipe, start, best_epoch) and distributed.on_main(lambda: (out / "metrics.json").is_file()):
-            if progress:
-                print(f"{out} finished training already (epoch {start}); nothing to do", file=sys.stderr)
-            return out
-
-    for epoch in range(start, recipe.epochs):
-        if _finished(recipe, epoch, best_epoch):
-            break
-        row, kept = _one_epoch(s, recipe, epoch, dev, progress)
-        _check_finite(out, epoch, recipe, {"training loss": row["train_loss"], "validation loss": row["val_loss"]})
-        history.append(row)
-        # select=last (or no validation split): the newest epoch is the one kept.
-        improved = recipe.select == "last" or row["val_acc"] is None or best_acc is None or row["val_acc"] > best_acc
-        if improved:
-            best_acc, best_epoch = row["val_acc"], epoch
-        if distributed.is_main():  # one run directory, written by rank 0
-            checkpoint = {
-                "model": s.model.state_dict(),
-                "optimizer": s.optimizer.state_dict(),
-                "ema": s.ema.state_dict() if s.ema is not None else None,
-                "history": history,
-                "best_acc": best_acc,
-                "best_epoch": best_epoch,
-                "epoch": epoch + 1,
-                "global_batch": recipe.batch_size,
-            }
-            _save_checkpoint(out, _full_state(s.model, s.net, kept), checkpoint, improved)
-        # Every callback sees the epoch, on rank 0 only; what they decide holds for every process.
-        stop = distributed.is_main() and any([callback.on_epoch_end(row) for callback in callbacks])
-        if distributed.share(stop):
-            break  # a callback asked to stop (e.g. a pruned trial): finish the run like early stopping
-
-    if distributed.is_main():
-        _finish(s, recipe, history, best_acc, best_epoch, out, dev, callbacks)
-    return out
-
-
-def _one_epoch(
-    s: Session, recipe: Recipe, epoch: int, dev: torch.device, progress: bool
-) -> tuple[dict[str, Any], nn.Module]:
-    """Train one epoch and validate the weights it keeps; the history row, and those weights."""
-    t0 = time.perf_counter()
-    train_loss, train_acc = train_one_epoch(
-        s.trained, s.optimizer, s.split, recipe, epoch, s.lr_at, epoch * s.steps_per_epoch, dev, s.ema, progress
-    )
-    seconds = time.perf_counter() - t0
-    kept = _model_for_eval(s.net, s.ema)
-    distributed.broadcast_buffers(kept)  # rank 0's BatchNorm statistics: the ones checkpointed
-    # No validation split: null in the history, and the last epoch is the best one we can know of.
-    split = s.split
-    val_loss, val_acc = (
-        evaluate_loss_acc(kept, split.x_val, split.y_val, dev, bf16=recipe.bf16) if len(split.x_val) else (None, None)
-    )
-    row = dict(
-        epoch=epoch + 1,
-        train_loss=train_loss,
-        train_acc=train_acc,
-        val_loss=val_loss,
-        val_acc=val_acc,
-        lr=s.optimizer.param_groups[0]["lr"],
-        image_size=image_side(recipe, epoch, split.x_train.shape[-1]) if split.x_train.dim() == 4 else None,
-        seconds=seconds,
-    )
-    if progress:
-        tqdm.write(
-            f"epoch {epoch + 1:3d}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}  "
-            f"val_loss {_fmt(val_loss)}  val_acc {_fmt(val_acc)}  {seconds:.1f}s"
-        )
-    return row, kept
-
-
-def _finish(
-    s: Session,
-    recipe: Recipe,
-    history: list[dict[str, Any]],
-    best_acc: float | None,
-    best_epoch: int,
-    out: Path,
-    dev: torch.device,
-    callbacks: Sequence[Callback],
-) -> None:
-    """The run's summary files (history table, curves, metrics.json), and the callbacks' end of training."""
-    write_csv(out / "history.csv", history)
-    plot_history(history, out / "curves.png", title=recipe.name)
-    metrics = {
-        "params": count_parameters(s.model),
-        "trainable_params": count_parameters(s.net, trainable_only=True),
-        "epochs_run": len(history),
-        "best_epoch": best_epoch + 1,
-        "best_val_acc": best_acc,
-        "train_seconds": sum(r["seconds"] for r in history),
-        "cifarkit_version": __version__,
-        "torch_version": torch.__version__,
-        "device": str(dev),
-        "processes": distributed.world_size(),
-    }
-    write_json(out / "metrics.json", metrics)
-    for callback in callbacks:
-        callback.on_train_end(metrics)
 
 
 def _check_global_batch(state: dict[str, Any] | None, recipe: Recipe, out: Path) -> None:
@@ -684,3 +617,46 @@ def _finished(recipe: Recipe, epoch: int, best_epoch: int) -> bool:
 
 def _fmt(value: float | None) -> str:
     return "  n/a " if value is None else f"{value:.4f}"
+
+
+# --- finish ---------------------------------------------------------------------------------------------------------
+
+
+def _finish(
+    model: nn.Module,
+    net: nn.Module,
+    recipe: Recipe,
+    history: list[dict[str, Any]],
+    best_acc: float | None,
+    best_epoch: int,
+    out: Path,
+    dev: torch.device,
+    cpu: Threads,
+    callbacks: Sequence[Callback],
+) -> None:
+    """The run's summary files (history table, curves, metrics.json with the machine), and the callbacks' end."""
+    write_csv(out / "history.csv", history)
+    plot_history(history, out / "curves.png", title=recipe.name)
+    counts = sorted({r["threads"] for r in history} | {n for r in history for _, n in r["thread_changes"]})
+    metrics = {
+        "params": count_parameters(model),
+        "trainable_params": count_parameters(net, trainable_only=True),
+        "epochs_run": len(history),
+        "best_epoch": best_epoch + 1,
+        "best_val_acc": best_acc,
+        "train_seconds": sum(r["seconds"] for r in history),
+        "cifarkit_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(dev),
+        "processes": distributed.world_size(),
+        "machine": {
+            "cpu_model": cpu_model(),
+            "cpu_kind": cpu_kind(),
+            "torch": torch.__version__,
+            "precision": precision_name(recipe.bf16),
+            "threads": {"fixed": cpu.fixed, "used": counts},
+        },
+    }
+    write_json(out / "metrics.json", metrics)
+    for callback in callbacks:
+        callback.on_train_end(metrics)

@@ -4,6 +4,7 @@ from cifarkit.models import backbones, fastnet, seed  # noqa: F401  (register th
 from cifarkit.models.registry import (
     count_parameters,
     create_model,
+    forward_flops,
     get_model_info,
     list_models,
     parameter_roles,
@@ -14,6 +15,7 @@ from cifarkit.models.registry import (
 __all__ = [
     "count_parameters",
     "create_model",
+    "forward_flops",
     "get_model_info",
     "list_models",
     "parameter_roles",

@@ -17,7 +17,7 @@ re-implemented here:
 
 Every model takes float images in [0, 1], shape (N, 3, 32, 32), and normalises
 them inside (CIFAR-10 mean and std are buffers). Call ``model.data_init(images)``
-once with training images (uint8 pixels, or floats in [0, 1]) before training, to set the whitening filters.
+once with training images in [0, 1] (one tensor, or chunks of them) before training, to set the whitening filters.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from cifarkit.data.batches import unit_range
 from cifarkit.models.registry import register_model
 
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
@@ -136,19 +135,20 @@ class FastNet(nn.Module):
         return self.head(x) * self.head_scale
 
     @torch.no_grad()
-    def data_init(self, train_images: Tensor, eps: float = 5e-4) -> None:
-        """Set the whitening layer from training images; call once before training.
+    def data_init(self, train_images: Tensor | Iterable[Tensor], eps: float = 5e-4) -> None:
+        """Set the whitening layer from training images in [0, 1]; call once before training.
 
-        ``train_images`` (N, 3, H, W) are uint8 pixels or floats in [0, 1].
-        The first half of its channels gets the whitening filters of the
+        ``train_images``: a tensor (N, 3, H, W), or an iterable of such chunks,
+        so that a caller holding uint8 pixels can scale a chunk at a time and
+        never hold the whole set's floats (0.6 GB for 49,000 images). The
+        first half of the layer's channels gets the whitening filters of the
         normalised images' patches (see :func:`whitening_filters`), the second
         half their negatives, so that GELU(+z), GELU(-z) together keep both
         signs of z. A few thousand images are plenty (airbench uses 5,000).
-        Images are scaled and normalised a chunk at a time, so the whole set's
-        float copies (0.6 GB each for 49,000 images) are never held.
         """
-        chunks = (self.normalize(unit_range(part)) for part in train_images.split(_CHUNK))
-        filters, bias = whitening_filters(chunks, train_images.shape[1], self.cfg.whiten_kernel, eps)
+        parts = [train_images] if isinstance(train_images, Tensor) else train_images
+        chunks = (self.normalize(part) for part in parts)
+        filters, bias = whitening_filters(chunks, self.whiten.in_channels, self.cfg.whiten_kernel, eps)
         self.whiten.weight.copy_(torch.cat((filters, -filters)))
         self.whiten.bias.copy_(torch.cat((bias, -bias)))
 
@@ -171,10 +171,6 @@ class FastNet(nn.Module):
         roles["whiten_bias"].append(self.whiten.bias)
         roles["head"].append(self.head.weight)
         return roles
-
-
-# Images whose patches are unfolded at a time by data_init (about 50 MB of float64 patches for 32x32 images).
-_CHUNK = 1024
 
 
 def _patch_moments(chunks: Iterable[Tensor], dim: int, kernel: int) -> tuple[Tensor, Tensor]:

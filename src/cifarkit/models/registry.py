@@ -89,6 +89,21 @@ def working_side(model: nn.Module, side: int = 32) -> int:
     return getattr(getattr(model, "backbone", None), "input_size", None) or side
 
 
+def forward_flops(model: nn.Module, side: int = 32) -> int:
+    """FLOPs of one forward pass of ``model`` on one ``side``-pixel image (a multiply-add counts 2), as torch counts.
+
+    Counted by :class:`torch.utils.flop_counter.FlopCounterMode`: convolutions
+    and matrix products, the work that decides a model's cost.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(torch.zeros(1, 3, side, side))
+    return counter.get_total_flops()
+
+
 def parameter_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The model's parameters by role (``parameter_roles()``: filters / norm / head, backbone / head...), or one role.
 

@@ -10,7 +10,7 @@ them as non-trainable parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -102,3 +102,8 @@ def summarize(model: nn.Module, input_size: int = 32) -> ModelSummary:
         for name, module in layers.items()
     ]
     return ModelSummary(rows, count_parameters(model), count_parameters(model, trainable_only=True))
+
+
+def summary_rows(model: nn.Module, input_size: int = 32) -> list[dict[str, str | int]]:
+    """:func:`summarize`'s layers as dicts (name, kind, output_shape, params), for a notebook to show as a table."""
+    return [asdict(row) for row in summarize(model, input_size).layers]

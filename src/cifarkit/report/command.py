@@ -14,6 +14,8 @@ Importing this module is cheap (no torch, matplotlib or scikit-learn), so
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,8 +72,11 @@ def report_options(args: argparse.Namespace) -> ReportOptions:
     return ReportOptions(robustness_images=args.robustness_images, gradcam_images=args.gradcam_images, seed=args.seed)
 
 
-def check_runs(run_dirs: list[Path]) -> None:
-    """Each RUN is a run directory whose config reads cleanly: a one-line error before any data is loaded."""
+def check_runs(run_dirs: Sequence[Path], *, device: str | None = None) -> None:
+    """Each RUN is a run directory whose config reads cleanly, and ``device`` (where a model will run) is here.
+
+    A one-line error before any data is loaded.
+    """
     from cifarkit.errors import CifarkitError
     from cifarkit.runs import read_config
 
@@ -79,12 +84,37 @@ def check_runs(run_dirs: list[Path]) -> None:
         if run.exists() and not run.is_dir():
             raise CifarkitError(f"{run} is a file, not a run directory; pass the --out of `cifarkit train`")
         read_config(run)
+    if device is not None:
+        from cifarkit.runtime import pick_device
+
+        pick_device(device)
+
+
+def write_report(
+    run_dirs: Sequence[Path],
+    output: str | Path,
+    *,
+    data: CIFAR10 | None,
+    use_model: bool = True,
+    device: str = "auto",
+    options: ReportOptions = ReportOptions(),
+) -> Path:
+    """Build the report with every run locked (it writes RUN/insight/, and RUN/eval/ of a run not evaluated yet).
+
+    The command line and :meth:`cifarkit.Run.report` both write it here. Returns the HTML path.
+    """
+    from cifarkit.runs import locked
+
+    from .html import build_report
+
+    with ExitStack() as stack:
+        for run in run_dirs:
+            stack.enter_context(locked(run))
+        return build_report(run_dirs, output, data=data, use_model=use_model, device=device, options=options)
 
 
 def run_report(args: argparse.Namespace, *, data: CIFAR10 | None, device: str = "auto") -> Path:
     """Build the report the arguments describe (``--no-model`` loads no model). Returns the HTML path."""
-    from .html import build_report
-
-    return build_report(
+    return write_report(
         args.runs, args.output, data=data, use_model=not args.no_model, device=device, options=report_options(args)
     )

@@ -146,9 +146,11 @@ def curves_section(runs: Sequence[Run]) -> str:
 # --- per run: what evaluate computed -------------------------------------------------------------------------------
 
 
-def classification_section(ctx: RunContext) -> str:
-    """sklearn's classification report (precision, recall, F1, support per class), as evaluate wrote it."""
-    report = ctx.run.evaluation.metrics["classification_report"]
+def classification_table(report: dict[str, Any], classes: Sequence[str]) -> str:
+    """sklearn's classification report (a dict, as evaluate wrote it) as a table: a row per class, then averages.
+
+    Shared with the notebook display of an evaluation (:class:`cifarkit.api.EvalResult`).
+    """
     rows = [
         (
             key,
@@ -157,10 +159,16 @@ def classification_section(ctx: RunContext) -> str:
             f"{report[key]['f1-score']:.4f}",
             int(report[key]["support"]),
         )
-        for key in (*ctx.classes, "macro avg", "weighted avg")
+        for key in (*classes, "macro avg", "weighted avg")
     ]
+    return markup.table(("class", "precision", "recall", "F1", "support"), rows)
+
+
+def classification_section(ctx: RunContext) -> str:
+    """sklearn's classification report (precision, recall, F1, support per class), as evaluate wrote it."""
+    report = ctx.run.evaluation.metrics["classification_report"]
     body = markup.paragraph(f"Test accuracy: {_percent(report['accuracy'])} on {len(ctx.labels)} images.")
-    body += markup.table(("class", "precision", "recall", "F1", "support"), rows)
+    body += classification_table(report, ctx.classes)
     return markup.section(ctx.id("classification"), "Classification report", body, level=3)
 
 

@@ -47,6 +47,7 @@ def serve(
     """
     settings = settings or ServeSettings()
     settings = replace(settings, api_key=settings.api_key or os.environ.get(API_KEY_ENV) or None)
+    _addresses(host, port)  # an address that is not one is said first, before the API key is asked for
     check_bind(host, settings.api_key)
     check_backend(backend, device, model_file)
     read_config(run_dir)  # not a run, or a damaged config: said before the port is taken
@@ -94,16 +95,8 @@ def listen(host: str, port: int) -> list[socket.socket]:
     address this machine does not have into a one-line :class:`CifarkitError`
     instead of uvicorn's log line and exit status.
     """
-    name = host.strip("[]") or None  # "" and None: every interface, as uvicorn and asyncio take them
     where = f"{_url_host(host)}:{port}"
-    try:
-        addresses = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
-        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
-        raise CifarkitError(
-            f"cannot listen on {where} ({reason}); give --host an address or name of this machine, "
-            "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
-        ) from None
+    addresses = _addresses(host, port)
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(addresses):
@@ -127,6 +120,19 @@ def listen(host: str, port: int) -> list[socket.socket]:
     if not sockets:
         raise CifarkitError(f"cannot listen on {where} (no usable address); {_bind_fix(OSError())}")
     return sockets
+
+
+def _addresses(host: str, port: int) -> list[tuple]:
+    """What ``host`` resolves to for listening on ``port``; a host that is no address or name is one line."""
+    name = host.strip("[]") or None  # "" and None: every interface, as uvicorn and asyncio take them
+    try:
+        return socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise CifarkitError(
+            f"cannot listen on {_url_host(host)}:{port} ({reason}); give --host an address or name of this machine, "
+            "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        ) from None
 
 
 def _bind_fix(exc: OSError) -> str:
