@@ -1,6 +1,7 @@
 """Seconds per epoch of a notebook CNN through cifarkit's training loop, beside the notebook's Keras pipeline.
 
-Both sides train in the same run on the same images: the recipe's stratified
+Both sides train in the same run on the same images (cifarkit through ``cifarkit.train.train``, the
+one training loop): the recipe's stratified
 90% of the CIFAR-10 training images (45,000), batch 32, Adamax at the
 recipe's learning rate, and validate on the held-out 10% after each epoch, as
 ``cifarkit train`` and the notebook's ``model.fit(..., validation_split=0.1)``
@@ -17,7 +18,7 @@ autocast where the CPU has it natively), or as ``--bf16`` says; Keras in
 float32, as the notebook did. The machine (CPU model and kind, cores,
 threads, versions) is printed first and kept in the JSON.
 
-    python benchmarks/epoch_time.py --model seed_cnn3 --epochs 2 --threads 2 --data ../shared/data/cifar10 \\
+    python benchmarks/epoch_time.py --model seed_cnn3 --epochs 3 --threads 2 --data ../shared/data/cifar10 \\
         --json benchmarks/results/epoch_time_seed_cnn3_2threads.json
 """
 
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,11 +42,11 @@ from cifarkit.data import load_cifar10
 from cifarkit.data.batches import unit_range
 from cifarkit.models import count_parameters
 from cifarkit.models.dropout import Dropout
-from cifarkit.optim import build_optimizer, lr_multiplier
 from cifarkit.recipes import Recipe, get_recipe
 from cifarkit.runs import build_model
 from cifarkit.runtime import machine_info, precision_name, resolve_bf16, use_threads
-from cifarkit.train import Split, evaluate_loss_acc, prepare_split, train_one_epoch
+from cifarkit.tracking import Callback
+from cifarkit.train import Split, prepare_split, train
 from provenance import record
 
 NOTEBOOK_MODELS = ("seed_cnn1", "seed_cnn2", "seed_cnn3")
@@ -136,7 +138,9 @@ def summary(seconds: list[float], images: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="seed_cnn3", choices=NOTEBOOK_MODELS, help="notebook CNN (and recipe)")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs to time on each side (medians compared)")
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs on each side, at least 2: medians from the second on compared"
+    )
     parser.add_argument(
         "--threads",
         type=lambda text: None if text == "auto" else int(text),
@@ -156,25 +160,31 @@ def main() -> None:
     device = torch.device("cpu")
     recipe = get_recipe(args.model)
     recipe = recipe.replace(epochs=args.epochs, bf16=resolve_bf16(BF16_SETTINGS.get(args.bf16, recipe.bf16), device))
-    split = prepare_split(load_cifar10(args.data), recipe.val_fraction, recipe.seed, subset=None)
-    model = build_model(recipe.to_dict()).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, recipe)
-    lr_at = lr_multiplier("constant", args.epochs * -(-len(split.x_train) // recipe.batch_size))
-    keras_epoch, keras_info = keras_pipeline(model, split, recipe, args.threads)
+    data = load_cifar10(args.data)
+    split = prepare_split(data, recipe.val_fraction, recipe.seed, subset=None)  # the images train() takes
+    keras_epoch, keras_info = keras_pipeline(build_model(recipe.to_dict()), split, recipe, args.threads)
     if keras_epoch is None:
         print(f"Keras comparison skipped: {keras_info['skipped']}", flush=True)
 
-    seconds, keras_seconds = [], []
-    for epoch in range(args.epochs):  # alternating, so that both sides share the machine's load
-        t0 = time.perf_counter()
-        train_one_epoch(model, optimizer, split, recipe, epoch, lr_at, 0, device, None, progress=False)
-        evaluate_loss_acc(model, split.x_val, split.y_val, device, bf16=recipe.bf16)
-        seconds.append(time.perf_counter() - t0)
-        line = f"epoch {epoch + 1}: cifarkit {seconds[-1]:.1f} s"
-        if keras_epoch is not None:
-            keras_seconds.append(keras_epoch(epoch))
-            line += f", Keras {keras_seconds[-1]:.1f} s"
-        print(line, flush=True)
+    # cifarkit trains through `train()` itself; after each of its epochs (training pass, validation,
+    # checkpoint) a callback runs Keras' epoch, so both sides share the machine's load.
+    seconds, keras_seconds, ended = [], [], [time.perf_counter()]
+
+    class Alternate(Callback):
+        def on_epoch_end(self, row: dict) -> bool:
+            seconds.append(time.perf_counter() - ended[-1])
+            line = f"epoch {row['epoch']}: cifarkit {seconds[-1]:.1f} s"
+            if keras_epoch is not None:
+                keras_seconds.append(keras_epoch(row["epoch"] - 1))
+                line += f", Keras {keras_seconds[-1]:.1f} s"
+            print(line, flush=True)
+            ended.append(time.perf_counter())
+            return False
+
+    with tempfile.TemporaryDirectory() as folder:
+        train(recipe, data, Path(folder) / "run", progress=False, callbacks=[Alternate()], threads=args.threads)
+    # The first epoch of each side sets up (cifarkit: the split and model; Keras: tracing): medians from the second.
+    seconds, keras_seconds = seconds[1:], keras_seconds[1:]
 
     images, steps = len(split.x_train), -(-len(split.x_train) // recipe.batch_size)
     c = {**summary(seconds, images), "precision": precision_name(recipe.bf16), "torch": torch.__version__}
@@ -187,7 +197,7 @@ def main() -> None:
         "batch_size": recipe.batch_size,
         "steps": steps,
         "threads": args.threads or "auto",
-        "epoch": "training pass + validation",
+        "epoch": "training pass + validation (+ cifarkit's checkpoint), medians from the second epoch on",
         "cifarkit": c,
         "keras": k,
         "speedup_vs_keras": k["median_seconds"] / c["median_seconds"] if keras_seconds else None,

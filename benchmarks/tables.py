@@ -104,17 +104,21 @@ def owner(rel: str) -> str | None:
 
 
 def meta(rel: str) -> dict[str, Any] | None:
-    """command, commit, date and machine (and any notes) of one results file; None where nothing records them."""
-    entry = index()["files"].get(rel)
-    if entry is None:
-        data = read_json(rel)
-        if isinstance(data, dict) and all(key in data for key in META_KEYS):
-            entry = {key: data[key] for key in META_KEYS} | {"machine_source": "recorded in the file"}
-        elif owner(rel):
-            return meta(owner(rel))
-        else:
-            return None
-    entry = dict(entry)
+    """command, commit, date and machine (and any notes) of one results file; None where nothing records them.
+
+    What the file records itself (or the JSON it belongs to), then its entry in index.json, which may add notes
+    (``recipes_table: false``, ``note``, ...) to a file that records the rest.
+    """
+    data = read_json(rel)
+    if isinstance(data, dict) and all(key in data for key in META_KEYS):
+        entry = {key: data[key] for key in META_KEYS} | {"machine_source": "recorded in the file"}
+    elif owner(rel):
+        entry = {key: value for key, value in meta(owner(rel)).items() if key != "note"}
+    else:
+        entry = {}
+    entry |= index()["files"].get(rel, {})
+    if not entry:
+        return None
     machine = entry.get("machine")
     if isinstance(machine, str):
         machine = dict(index()["machines"][machine])
@@ -396,6 +400,7 @@ def _measurements(only: tuple[str, ...]) -> tuple[Measured, ...]:
             m = from_log(rel, entry)
         if m is not None:
             m.meta = entry
+            m.timed = entry.get("timed", m.timed)
             for run, seed in zip(m.runs, entry.get("seeds", [])):
                 run["seed"] = seed
             found.append(m)

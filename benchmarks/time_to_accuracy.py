@@ -68,7 +68,7 @@ def main() -> None:
     for i in range(args.runs):
         recipe = base.replace(seed=args.first_seed + i)
         t0 = time.perf_counter()
-        run_dir = train(recipe, data, root / f"{recipe.name}-seed{recipe.seed}", progress=False)
+        run_dir = train(recipe, data, root / f"{recipe.name}-seed{recipe.seed}", progress=False, threads=args.threads)
         metrics = evaluate(run_dir, data)
         wall = time.perf_counter() - t0
         train_seconds = json.loads((run_dir / "metrics.json").read_text())["train_seconds"]

@@ -52,9 +52,9 @@ def test_best_weights_are_from_best_epoch(tiny_data, tmp_path, monkeypatch):
     # which a one-epoch run of the same recipe (constant lr, same seed) reproduces exactly.
     scripted = iter([(0.5, 0.9), (0.6, 0.4)])
     monkeypatch.setattr(train_module, "evaluate_loss_acc", lambda *a, **k: next(scripted))
-    two = train(quick(epochs=2), tiny_data, tmp_path / "two", progress=False)
+    two = train(quick(epochs=2), tiny_data, tmp_path / "two", progress=False, threads=THREADS)
     monkeypatch.undo()
-    one = train(quick(epochs=1), tiny_data, tmp_path / "one", progress=False)
+    one = train(quick(epochs=1), tiny_data, tmp_path / "one", progress=False, threads=THREADS)
     best, epoch1, last = (
         load_file(p) for p in (two / "best.safetensors", one / "last.safetensors", two / "last.safetensors")
     )

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from cifarkit.errors import CifarkitError, DataError
 
@@ -103,9 +103,9 @@ def check_sample(count: int, seed: int) -> None:
 
 def sample_grid(data: CIFAR10, count: int = 32, *, seed: int = 0) -> Picture:
     """``count`` training images drawn at random (reproducibly from ``seed``), each titled with its class."""
-    from cifarkit.plots import Picture, titled_grid
-
     import numpy as np
+
+    from cifarkit.plots import Picture, titled_grid
 
     check_sample(count, seed)
     if count > len(data.x_train):
@@ -189,12 +189,13 @@ def plan_training(
     subset: int | None = None,
     resume: bool = False,
 ) -> TrainingPlan:
-    """The recipe (a name, a :class:`~cifarkit.recipes.Recipe`, or None for the default), its ``changes`` applied
-    and validated, and the run directory; resuming, the recipe, subset and data place come from the run in ``out``.
+    """The recipe and run directory of a training call, checked before any data is loaded.
 
-    Every check that needs no data happens here, so a bad field, an unknown
-    recipe or a resume of nothing is refused at once. ``out`` defaults to
-    ``runs/RECIPE-TIMESTAMP``.
+    ``recipe`` is a name, a :class:`~cifarkit.recipes.Recipe` or None (the
+    default recipe); ``changes`` are applied and the result validated, so a
+    bad field, an unknown recipe or a resume of nothing is refused at once.
+    Resuming, the recipe, subset and data place come from the run in ``out``.
+    ``out`` defaults to ``runs/RECIPE-TIMESTAMP``.
     """
     from cifarkit.recipes import DEFAULT_RECIPE, get_recipe, recipe_from_config, validate
 
@@ -511,10 +512,7 @@ class Predictions(list):
     def _repr_html_(self) -> str:
         from cifarkit.report import markup
 
-        rows = [
-            (p.source, p.error or ", ".join(f"{name} {prob:.2%}" for name, prob in p.top))
-            for p in self
-        ]
+        rows = [(p.source, p.error or ", ".join(f"{name} {prob:.2%}" for name, prob in p.top)) for p in self]
         return markup.table(("image", "predicted classes"), rows)
 
 
@@ -660,7 +658,7 @@ class Run:
         threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> EvalResult:
-        """Evaluate the best weights on the test set: ``cifarkit evaluate``, into RUN/eval/ (RUN/eval-NAME/ on other data).
+        """Evaluate the best weights on the test set, as ``cifarkit evaluate``: into RUN/eval/ (other data: beside it).
 
         ``data`` defaults to what the run trained on; ``tta`` to the recipe's
         test-time augmentation (accuracy without it is always measured too).
@@ -767,4 +765,3 @@ class Run:
         ]
         body = markup.table(("run", str(self.path)), facts)
         return body + (markup.image(history.plot().png, "training curves") if len(history) else "")
-

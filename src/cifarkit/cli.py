@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, NoReturn
-
-import numpy as np
 
 from cifarkit import __version__
 from cifarkit.errors import CifarkitError

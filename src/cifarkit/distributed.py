@@ -145,7 +145,7 @@ def setup(device: str = "auto") -> torch.device:
 
 @functools.cache  # once per process: training, then evaluation, set up
 def stop_with_launcher() -> None:
-    """Have this process, a worker that torchrun started, stop (SIGTERM) as soon as its launcher ends, however.
+    """Have this process, a worker that torchrun started, stop (SIGTERM) as soon as its launcher ends, however it ends.
 
     torchrun starts each worker in a session of its own, so a launcher that is
     killed outright (SIGKILL, which it cannot pass on) leaves its workers
@@ -164,8 +164,8 @@ def stop_with_launcher() -> None:
     """
     if "LOCAL_RANK" not in os.environ or sys.platform == "win32":
         return
-    # Read once and forgotten, so that no process this one starts takes it for its own launcher.
-    launcher = int(os.environ.pop(LAUNCHER_ENV, "") or os.getppid())
+    launcher = _env_int(LAUNCHER_ENV, os.getppid())
+    os.environ.pop(LAUNCHER_ENV, None)  # read once: no process this one starts takes it for its own launcher
     if not (sys.platform == "linux" and _parent_death_signal(signal.SIGTERM)):
         threading.Thread(target=_watch_parent, args=(launcher,), name="cifarkit-launcher-watch", daemon=True).start()
     if os.getppid() != launcher:  # it ended before it could be watched: this process has a new parent already
@@ -175,16 +175,16 @@ def stop_with_launcher() -> None:
 def _parent_death_signal(sig: signal.Signals) -> bool:
     """Ask Linux to send ``sig`` to this process when its parent ends; whether it agreed."""
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl = ctypes.CDLL(None).prctl
     except (OSError, AttributeError):  # no C library to call, as in a static or sandboxed Python
         return False
     return prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
 
 
-def _watch_parent(launcher: int, interval_s: float = 1.0) -> None:
+def _watch_parent(launcher: int) -> None:
     """Send this process SIGTERM once its parent is no longer ``launcher`` (orphans get a new parent on POSIX)."""
     while os.getppid() == launcher:
-        time.sleep(interval_s)
+        time.sleep(1.0)
     os.kill(os.getpid(), signal.SIGTERM)
 
 

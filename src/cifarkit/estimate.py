@@ -79,7 +79,6 @@ class RunClock:
         return f"expected: {minutes(left * per_image)} more for this run (training, validation, test evaluation)"
 
 
-
 CIFAR10_TRAIN_IMAGES = 50_000  # the unit's epoch: airbench94 trains on all of them
 
 

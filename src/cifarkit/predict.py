@@ -1,7 +1,8 @@
-"""Classify any image file: decode with Pillow, bring it to 32x32 RGB, return the top-k classes."""
+"""Classify any image file (decode with Pillow, bring it to 32x32 RGB) or uint8 image array: the top-k classes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from numbers import Integral
 from pathlib import Path
 
@@ -14,8 +15,13 @@ from cifarkit.inference import check_model, check_outputs, predict_proba
 from cifarkit.runs import load_model, native_run_bf16, read_config
 
 
-def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 3, device: str = "auto") -> list[Prediction]:
+def predict(
+    run_dir: str | Path, images: Sequence[str | Path] | np.ndarray, *, top_k: int = 3, device: str = "auto"
+) -> list[Prediction]:
     """Top-k predictions for each image file; unreadable files get an error, the rest are still predicted.
+
+    ``images`` may instead be uint8 RGB pixels, (N, 32, 32, 3) or one
+    (32, 32, 3) image (e.g. ``data.x_test[:8]``), named ``images[i]``.
 
     Predictions use the run's TTA mode and its precision where native here (see
     :func:`cifarkit.runs.native_run_bf16`). A ``top_k`` outside
@@ -27,11 +33,15 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 3, de
     if isinstance(top_k, bool) or not isinstance(top_k, Integral) or not 1 <= top_k <= len(classes):
         raise CifarkitError(f"--top-k must be a whole number from 1 to {len(classes)} (the run's classes), got {top_k}")
     arrays, errors = {}, {}
-    for i, src in enumerate(images):
-        try:
-            arrays[i] = image_to_array(src)
-        except CifarkitError as e:
-            errors[i] = str(e)
+    if isinstance(images, np.ndarray):
+        arrays = dict(enumerate(_pixels(images)))
+        images = [f"images[{i}]" for i in arrays]
+    else:
+        for i, src in enumerate(images):
+            try:
+                arrays[i] = image_to_array(src)
+            except CifarkitError as e:
+                errors[i] = str(e)
     probs = {}
     if arrays:
         stacked = predict_proba(
@@ -47,3 +57,14 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 3, de
         Prediction(str(src), error=errors[i]) if i in errors else Prediction(str(src), ranked(probs[i], classes, top_k))
         for i, src in enumerate(images)
     ]
+
+
+def _pixels(images: np.ndarray) -> np.ndarray:
+    """uint8 RGB images as (N, 32, 32, 3), one (32, 32, 3) image given a batch axis; anything else refused."""
+    batch = images[None] if images.ndim == 3 else images
+    if images.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != (32, 32, 3):
+        raise CifarkitError(
+            f"images must be uint8 RGB pixels of shape (N, 32, 32, 3) or (32, 32, 3), e.g. data.x_test[:8]; "
+            f"got {images.dtype} {images.shape} (image files of any size can be given by path)"
+        )
+    return batch

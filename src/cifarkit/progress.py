@@ -24,6 +24,6 @@ NOTEBOOK = auto_tqdm is not console_tqdm
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
-    """A tqdm bar: a widget in Jupyter; on standard error refreshed twice a second on a terminal, every 10 s elsewhere."""
+    """A tqdm bar: a widget in Jupyter; on standard error, refreshed twice a second on a terminal, else every 10 s."""
     live = NOTEBOOK or sys.stderr.isatty()  # a widget redraws in place, like a terminal bar
     return auto_tqdm(iterable, mininterval=0.5 if live else LOG_INTERVAL_S, dynamic_ncols=True, **kwargs)
