@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,7 +119,7 @@ def sample_grid(data: CIFAR10, count: int = 32, *, seed: int = 0) -> Picture:
 
 def show_images(data: Data = None, count: int = 32, *, seed: int = 0) -> Picture:
     """A grid of ``count`` random training images with their classes, shown inline in Jupyter (``.save(path)``)."""
-    check_sample(count, seed)
+    check_sample(count, seed)  # before the data is loaded
     return sample_grid(_loaded(data), count, seed=seed)
 
 
@@ -386,7 +386,7 @@ class History(Sequence[dict[str, Any]]):
         return Picture.of(training_curves({self.name: self.rows}))
 
     def __repr__(self) -> str:
-        return f"History({len(self)} epochs: {', '.join(self.columns)})"
+        return f"History({len(self)} epoch{'' if len(self) == 1 else 's'}: {', '.join(self.columns)})"
 
     def _repr_html_(self) -> str:
         from cifarkit.report import markup
@@ -445,7 +445,8 @@ class EvalResult:
             return None
         again = f"evaluate the run again: `cifarkit evaluate {run_dir}` rewrites {folder}"
         record = read_json(folder / "metrics.json", dict, again)
-        report = (folder / "classification_report.txt").read_text(encoding="utf-8")
+        text = folder / "classification_report.txt"
+        report = text.read_text(encoding="utf-8") if text.is_file() else ""
         return cls({**record, "report": report, "eval_dir": folder}, run_dir)
 
     @property
@@ -522,7 +523,7 @@ class Exported:
 
     path: Path
     parity: Parity
-    int8: Int8Report | None = field(default=None)
+    int8: Int8Report | None = None
 
     def __str__(self) -> str:
         text = f"wrote {self.path}\n{self.parity}"

@@ -88,11 +88,6 @@ def titled_grid(images: np.ndarray, titles: Sequence[str], *, cols: int = 8) -> 
     return _grid(images, titles, ["black"] * len(images), cols)
 
 
-def image_grid(images: np.ndarray, titles: Sequence[str], path: str | Path, *, cols: int = 8) -> None:
-    """Write a PNG grid of uint8 (N, H, W, 3) images, each with a title."""
-    save_png(titled_grid(images, titles, cols=cols), path)
-
-
 def prediction_grid(images: np.ndarray, predictions: Sequence[Prediction], show_loss: bool = False) -> Figure:
     """Test images (``images[p.index]``) titled actual / predicted and its probability (and loss); green if right."""
     titles = [
