@@ -1,25 +1,9 @@
-"""The Python API: the whole workflow from ``import cifarkit``, its results shown where the user works.
+"""The Python API (docs/python-api.md): the whole workflow from ``import cifarkit``, results shown in Jupyter.
 
-    import cifarkit
-
-    data = cifarkit.load_data()                      # $CIFARKIT_DATA, or the download cache
-    run = cifarkit.train("seed_cnn3", data=data, out="runs/cnn3", epochs=5)
-    run.history                                      # curves and a table of the epochs
-    run.evaluation                                   # accuracy, classification report, confusion matrix, gallery
-    run.predict(data.x_test[:8], top_k=3)
-
-The command line is built from the same functions (:func:`load_data`,
-:func:`plan_training`, :func:`train_planned`, :func:`check_export`,
-:func:`export_run`, ...): both check the same things before any work, write
-the same files and refuse bad input with the same one-line
-:class:`~cifarkit.errors.CifarkitError` (its messages name the command-line
-flag, ``--out`` for ``out=``); nothing here calls ``sys.exit``. In Jupyter,
-runs, histories, evaluations, predictions, model summaries and pictures
-display themselves (``_repr_html_``/``_repr_png_``), and progress bars are
-notebook widgets (:mod:`cifarkit.progress`).
-
-Like the CLI, this module imports torch, matplotlib and scikit-learn only
-inside the functions that compute, so ``import cifarkit`` stays light.
+The command line is built from the same functions, so both make the same checks before any work, write the
+same files and refuse bad input with the same one-line :class:`~cifarkit.errors.CifarkitError` (naming the
+CLI flag); nothing here calls ``sys.exit``. torch, matplotlib and scikit-learn are imported only inside the
+functions that compute, so ``import cifarkit`` stays light.
 """
 
 from __future__ import annotations
@@ -61,12 +45,7 @@ def load_data(
 ) -> CIFAR10:
     """CIFAR-10 as uint8 arrays: from ``path``, else ``$CIFARKIT_DATA``, else the download cache (downloaded once).
 
-    ``path`` may be the official archive, its extracted batches folder, the
-    binary version, or a ``train/<class>/*.png`` + ``test/<class>/*.png`` tree
-    (see :func:`cifarkit.data.load_cifar10`); decoded images are cached, so the
-    second load is quick. ``cache_dir`` (default ``$CIFARKIT_CACHE`` or
-    ``~/.cache/cifarkit``) must not lie in a run directory. The same as the
-    CLI's ``--data`` and ``--cache-dir``, with the same errors.
+    Any layout :func:`cifarkit.data.load_cifar10` reads; the CLI's ``--data`` and ``--cache-dir``.
     """
     from cifarkit.data import load_cifar10
 
@@ -127,12 +106,7 @@ def show_images(data: Data = None, count: int = 32, *, seed: int = 0) -> Picture
 
 
 def summary(model: str, **model_kwargs: Any) -> Summary:
-    """A registered model's layers, output shapes and parameters, like Keras' ``model.summary()``.
-
-    ``model`` is a name ``cifarkit models`` lists (``seed_cnn3``, ``fastnet_s``,
-    ...); ``model_kwargs`` are passed to it. No weights are loaded. In Jupyter
-    it is a table; ``print()`` gives the text ``cifarkit models NAME`` prints.
-    """
+    """A registered model's layers, output shapes and parameters, like Keras' ``model.summary()`` (no weights)."""
     from cifarkit.models import create_model
     from cifarkit.models.summary import summarize
 
@@ -140,12 +114,7 @@ def summary(model: str, **model_kwargs: Any) -> Summary:
 
 
 class Summary:
-    """A model's :class:`~cifarkit.models.summary.ModelSummary`, which Jupyter shows as a table.
-
-    ``print()`` gives the text ``cifarkit models NAME`` prints; ``layers``
-    (name, kind, output shape, parameters of each), ``total``, ``trainable``
-    and ``non_trainable`` are the summary's.
-    """
+    """A model's :class:`~cifarkit.models.summary.ModelSummary`: a table in Jupyter, ``cifarkit models`` text."""
 
     def __init__(self, model_summary: ModelSummary) -> None:
         self.model_summary = model_summary
@@ -189,13 +158,9 @@ def plan_training(
     subset: int | None = None,
     resume: bool = False,
 ) -> TrainingPlan:
-    """The recipe and run directory of a training call, checked before any data is loaded.
+    """The recipe (with ``changes``, validated) and run directory of a training call, checked before any data is loaded.
 
-    ``recipe`` is a name, a :class:`~cifarkit.recipes.Recipe` or None (the
-    default recipe); ``changes`` are applied and the result validated, so a
-    bad field, an unknown recipe or a resume of nothing is refused at once.
     Resuming, the recipe, subset and data place come from the run in ``out``.
-    ``out`` defaults to ``runs/RECIPE-TIMESTAMP``.
     """
     from cifarkit.recipes import DEFAULT_RECIPE, get_recipe, recipe_from_config, validate
 
@@ -254,10 +219,7 @@ def train_planned(
 ) -> tuple[Run, EvalResult | None]:
     """Train a planned run on ``data`` (mirrored to ``track``: tensorboard or mlflow), then evaluate it on the test set.
 
-    What ``cifarkit train`` does after loading the data; returns the run and
-    the evaluation made now (None with ``evaluate=False``, or for a finished
-    run resumed, which keeps the evaluation it has). Under torchrun, rank 0
-    alone prints and tracks.
+    Returns the run and the evaluation made now (None without ``evaluate``, or for a finished run resumed).
     """
     from cifarkit.distributed import is_main
     from cifarkit.tracking import track as tracking
@@ -304,18 +266,9 @@ def train(
 ) -> Run:
     """Train a recipe into a run directory, evaluate it on the test set, and return the :class:`Run`.
 
-    ``cifarkit train`` in one call: ``recipe`` is a name (``cifarkit.recipes``
-    lists them; default ``fast93``) or a :class:`~cifarkit.recipes.Recipe`;
-    ``changes`` override its fields (``epochs=3, lr=0.01``, as ``--set``);
-    ``data`` is a loaded data set or where to load it (default as
-    :func:`load_data`; resuming, where the run trained); ``subset`` trains on a
-    class-balanced sample of that many training images; ``out`` is the run
-    directory (default ``runs/RECIPE-TIMESTAMP``); ``resume=True`` continues the
-    run in ``out`` from its last checkpoint. ``threads`` fixes PyTorch's thread
-    count (which repeats a run's numbers to the last bit); None follows other
-    programs' load. ``evaluate=False`` skips the test evaluation. Bad input is a
-    :class:`~cifarkit.errors.CifarkitError` before anything is written;
-    Ctrl-C (a notebook's interrupt) leaves a run that ``resume=True`` continues.
+    ``cifarkit train`` in one call: ``recipe`` is a name or a :class:`~cifarkit.recipes.Recipe`, ``changes``
+    override its fields (as ``--set``), ``data`` is a loaded data set or where to load it; the other arguments
+    are the CLI flags of the same name. Ctrl-C leaves a run that ``resume=True`` continues.
     """
     from cifarkit.distributed import setup
     from cifarkit.runtime import keep_freed_memory
@@ -355,11 +308,7 @@ def _compute(threads: int | None) -> None:
 
 
 class History(Sequence[dict[str, Any]]):
-    """A run's epochs (``history.json``): one dict per epoch, and a column by name, ``history["val_acc"]``.
-
-    Jupyter shows it as the training curves over a table of the epochs, as
-    Keras' ``History`` shows in its ``.history`` dict.
-    """
+    """A run's epochs (``history.json``): one dict per epoch, a column by name (``history["val_acc"]``), curves."""
 
     def __init__(self, rows: list[dict[str, Any]], name: str = "run") -> None:
         self.rows = rows
@@ -424,11 +373,7 @@ def evaluation_lines(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]
 class EvalResult:
     """A run's test-set evaluation, as :func:`cifarkit.evaluate.evaluate` wrote it into ``RUN/eval/``.
 
-    ``metrics`` is its record (``test_acc``, ``test_acc_tta``, ``tta``,
-    ``classification_report``, ``confusion_matrix``, ``test_data``, ...) with
-    the report's text (``report``) and its folder (``eval_dir``). Jupyter shows
-    the accuracies, the classification report as a table, the confusion
-    matrices and the gallery of random test predictions.
+    ``metrics`` is its metrics.json with the report's text (``report``) and its folder (``eval_dir``).
     """
 
     def __init__(self, metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> None:
@@ -504,11 +449,7 @@ class EvalResult:
 
 
 class Predictions(list):
-    """:func:`cifarkit.predict.predict`'s answers, one :class:`~cifarkit.analysis.Prediction` per image.
-
-    A list, shown in Jupyter as a table: the image, then its top classes with
-    their probabilities, or why it could not be read.
-    """
+    """:func:`cifarkit.predict.predict`'s answers, one :class:`~cifarkit.analysis.Prediction` per image, a table."""
 
     def _repr_html_(self) -> str:
         from cifarkit.report import markup
@@ -565,9 +506,7 @@ def export_run(
 ) -> Exported:
     """Export a checked run (see :func:`check_export`) with the run locked; ``say`` hears each file as it is written.
 
-    The export is checked against PyTorch on ``check_images`` random test
-    images of ``data`` (all of them when it has fewer); ``int8`` also writes an
-    int8-quantised ONNX model and measures it on the test set.
+    Checked against PyTorch on ``check_images`` test images of ``data``; ``int8`` adds an int8 ONNX model.
     """
     from cifarkit.export import export_model, quantize_int8, sample
     from cifarkit.runs import locked
@@ -584,10 +523,7 @@ def export_run(
 class Run:
     """A run directory, opened from Python: its records, and the commands that use its trained model.
 
-    ``Run(path)`` opens a run ``cifarkit train`` (or :func:`train`) wrote; a
-    path that is not one is a :class:`~cifarkit.errors.CifarkitError`. Its
-    records are read from the folder each time, so they follow a run that is
-    still training. Jupyter shows a run as its summary and training curves.
+    Records are read from the folder each time, so they follow a run that is still training.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, data: CIFAR10 | None = None) -> None:
@@ -661,8 +597,7 @@ class Run:
     ) -> EvalResult:
         """Evaluate the best weights on the test set, as ``cifarkit evaluate``: into RUN/eval/ (other data: beside it).
 
-        ``data`` defaults to what the run trained on; ``tta`` to the recipe's
-        test-time augmentation (accuracy without it is always measured too).
+        ``data`` defaults to what the run trained on; ``tta`` to the recipe's.
         """
         from cifarkit.evaluate import evaluate
 
@@ -678,11 +613,9 @@ class Run:
         device: str = "auto",
         threads: int | None = None,
     ) -> Predictions:
-        """The ``top_k`` classes of each image: image files (any format Pillow reads, any size), or uint8 arrays.
+        """The ``top_k`` classes of each image: image files (any Pillow format and size), or uint8 RGB arrays.
 
-        Arrays are RGB, shape (N, 32, 32, 3) or one (32, 32, 3), e.g.
-        ``data.x_test[:8]``. A file that cannot be read gets an ``error``, the
-        others are still predicted (``cifarkit predict``).
+        A file that cannot be read gets an ``error``; the others are still predicted (``cifarkit predict``).
         """
         from cifarkit.predict import predict
 
@@ -704,13 +637,10 @@ class Run:
         cache_dir: str | os.PathLike[str] | None = None,
         **options: Any,
     ) -> Path:
-        """Write the self-contained HTML report of this run (beside the runs in ``compare``); returns its path.
+        """Write the HTML report of this run (beside the runs in ``compare``), as ``cifarkit report``; returns its path.
 
-        ``cifarkit report``: ``use_data=False`` renders only what evaluate wrote
-        (``--no-data``), ``use_model=False`` skips Grad-CAM, robustness and
-        temperature scaling (``--no-model``); ``options`` are
-        :class:`~cifarkit.report.options.ReportOptions` fields
-        (``robustness_images=200``, ``gradcam_images``, ``seed``, ...).
+        ``use_data``/``use_model`` False are ``--no-data``/``--no-model``; ``options`` are
+        :class:`~cifarkit.report.options.ReportOptions` fields.
         """
         from cifarkit.report.command import check_runs, write_report
         from cifarkit.report.options import ReportOptions
@@ -736,12 +666,9 @@ class Run:
         threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> Exported:
-        """Write the model as one file, uint8 images in and probabilities out: ``cifarkit export``.
+        """Write the model as one file (``onnx`` or ``torch-export``), uint8 images in, probabilities out.
 
-        ``format`` is ``onnx`` (RUN/model.onnx, for ONNX Runtime and ``cifarkit
-        serve --backend onnx``) or ``torch-export`` (RUN/model.pt2); the file
-        is written only if it matches PyTorch on ``check_images`` test images
-        of ``data``. ``int8=True`` adds an int8 ONNX model, measured beside it.
+        ``cifarkit export``: written only if it matches PyTorch on ``check_images`` test images of ``data``.
         """
         check_export(self.path, format, output, int8)
         _compute(threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -86,11 +87,8 @@ def _default_command_estimate(threads: int | None) -> dict[str, Any]:
 def _seconds_per_image(recipe: Recipe, threads: int | None = None, images: int = 1500) -> float:
     """Seconds a training image at full side takes here: two epochs of ``recipe`` on random images, the second timed.
 
-    Through the training loop itself (augmentation, micro-batches, precision
-    as the recipe resolves it), into a temporary folder; the first epoch
-    prepares kernels and is not counted. Batches of 500: a step's speed per
-    image barely depends on the batch (``benchmarks/train_step.py``), and a
-    slow machine still finishes within about 10 seconds.
+    Through the training loop itself; batches of 500, since a step's speed per image barely depends on the batch
+    (``benchmarks/train_step.py``) and a slow machine still finishes within about 10 seconds.
     """
     import tempfile
 
@@ -353,28 +351,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import dataclasses
+
     from cifarkit.serve.server import serve
     from cifarkit.serve.settings import ServeSettings
 
-    settings = ServeSettings(
-        max_upload_mb=args.max_upload_mb,
-        max_files=args.max_files,
-        max_pixels=args.max_pixels,
-        max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms,
-        max_queue=args.max_queue,
-        api_key=args.api_key,
-    )
-    serve(
-        args.run,
-        host=args.host,
-        port=args.port,
-        backend=args.backend,
-        device=args.device,
-        tta=args.tta,
-        model_file=args.model_file,
-        settings=settings,
-    )
+    settings = ServeSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeSettings)})
+    where = {name: getattr(args, name) for name in ("host", "port", "backend", "device", "tta", "model_file")}
+    serve(args.run, settings=settings, **where)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -433,7 +417,6 @@ def _shared_options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]
 
 
 def _add_info_commands(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
-    """The data, info, models and recipes: what is here subcommands."""
     p = sub.add_parser("data", parents=[data_opts], help="describe or show the data set")
     p.add_argument("action", choices=["info", "show"], help="info: sizes, classes and source; show: a grid of images")
     p.add_argument("-o", "--output", default="cifar10_samples.png", help="PNG to write (show)")
@@ -463,7 +446,6 @@ def _add_info_commands(sub: Any, data_opts: argparse.ArgumentParser, device_opts
 
 
 def _add_train(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
-    """The train subcommand."""
     from cifarkit.tracking import TRACKERS
 
     p = sub.add_parser("train", parents=[data_opts, device_opts], help="train a recipe, then evaluate it")
@@ -499,7 +481,6 @@ def _add_train(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argpar
 
 
 def _add_tune(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
-    """The tune subcommand."""
     from cifarkit.tracking import TRACKERS
 
     p = sub.add_parser(
@@ -544,7 +525,6 @@ def _add_tune(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argpars
 
 
 def _add_run_commands(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
-    """The evaluate, predict and report: reading a trained run subcommands."""
     p = sub.add_parser("evaluate", parents=[data_opts, device_opts], help="evaluate a run on the test set")
     p.add_argument("run", help="run directory")
     p.add_argument("--tta", choices=TTA_CHOICES, help="test-time augmentation (default: the recipe's)")
@@ -577,7 +557,6 @@ def _add_run_commands(sub: Any, data_opts: argparse.ArgumentParser, device_opts:
 
 
 def _add_export(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
-    """The export subcommand."""
     p = sub.add_parser("export", parents=[data_opts], help="write a run as an ONNX or torch.export model file")
 
     def export_format(text: str) -> str:
@@ -614,15 +593,12 @@ def _add_export(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argpa
         help="also write an int8-quantised ONNX model, with its test accuracy and speed beside the float model's",
     )
     p.add_argument(
-        "--threads",
-        type=_threads,
-        help="CPU threads for PyTorch (default: one per core this process may use)",
+        "--threads", type=_threads, help="CPU threads for PyTorch (default: one per core this process may use)"
     )
     p.set_defaults(func=cmd_export)
 
 
 def _add_serve(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argparse.ArgumentParser) -> None:
-    """The serve subcommand."""
     from cifarkit.serve.settings import ServeSettings
 
     limits = ServeSettings()
@@ -650,53 +626,31 @@ def _add_serve(sub: Any, data_opts: argparse.ArgumentParser, device_opts: argpar
         "$CIFARKIT_API_KEY, which keeps the key out of the process list)",
     )
     g = p.add_argument_group("limits and batching")
-    g.add_argument(
-        "--max-upload-mb",
-        type=_positive_float,
-        default=limits.max_upload_mb,
-        help="largest request body; 413 beyond (default %(default)s)",
-    )
-    g.add_argument(
-        "--max-files",
-        type=_positive_int,
-        default=limits.max_files,
-        help="most images per request (default %(default)s)",
-    )
-    g.add_argument(
-        "--max-pixels",
-        type=_positive_int,
-        default=limits.max_pixels,
-        help="largest image, width x height, refused before decoding (default %(default)s)",
-    )
-    g.add_argument(
-        "--max-batch",
-        type=_positive_int,
-        default=limits.max_batch,
-        help="most images in one forward pass (default %(default)s)",
-    )
-    g.add_argument(
-        "--batch-wait-ms",
-        type=_nonnegative_float,
-        default=limits.batch_wait_ms,
-        help="how long an idle model waits for requests being decoded, to batch them (default %(default)s)",
-    )
-    g.add_argument(
-        "--max-queue",
-        type=_positive_int,
-        default=limits.max_queue,
-        help="most images waiting for the model; 503 with Retry-After beyond (default %(default)s)",
-    )
+    for name, kind, text in (
+        ("max_upload_mb", _positive_float, "largest request body; 413 beyond"),
+        ("max_files", _positive_int, "most images per request"),
+        ("max_pixels", _positive_int, "largest image, width x height, refused before decoding"),
+        ("max_batch", _positive_int, "most images in one forward pass"),
+        ("batch_wait_ms", _nonnegative_float, "how long an idle model waits for requests being decoded, to batch them"),
+        ("max_queue", _positive_int, "most images waiting for the model; 503 with Retry-After beyond"),
+    ):
+        flag, default = "--" + name.replace("_", "-"), getattr(limits, name)
+        g.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     p.set_defaults(func=cmd_serve)
 
 
-def _positive_int(text: str) -> int:
+def _whole(text: str, low: int, high: float, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got {text!r}")
+        value = low - 1
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expects {what}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole(text, 1, math.inf, "a whole number >= 1")
 
 
 MAX_THREADS = 1024  # PyTorch crashes (segmentation fault) at its first operation with 100,000 threads
@@ -712,8 +666,6 @@ def _threads(text: str) -> int:
 
 def _float(text: str, low: float, low_ok: bool, what: str) -> float:
     """A finite number above ``low`` (or equal to it where ``low_ok``); NaN and infinity are refused."""
-    import math
-
     try:
         value = float(text)
     except ValueError:
@@ -732,13 +684,7 @@ def _nonnegative_float(text: str) -> float:
 
 
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expects a TCP port from 1 to 65535, got {text!r}")
-    return value
+    return _whole(text, 1, 65535, "a TCP port from 1 to 65535")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -766,10 +712,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _lost_the_others(error: RuntimeError) -> None:
-    """In a torchrun launch, a collective that fails because another process died: one line, exit 2.
-
-    The launcher (torchrun, or ``python -m cifarkit.launch``) names the rank that failed.
-    """
+    """In a torchrun launch, a collective that fails because another process died: one line, exit 2."""
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return

@@ -1,29 +1,11 @@
 """Data-parallel training on many processes, GPUs and machines, with torch.distributed and torchrun.
 
-``torchrun --nproc_per_node=N -m cifarkit train ...`` starts N copies of the
-command and tells each its place in environment variables (``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). :func:`setup`
-joins them into one process group (NCCL between GPUs, gloo between CPUs);
-the rest is what training, evaluation and feature extraction need to share
-work and results:
-
-* who this process is: :func:`rank`, :func:`world_size`, :func:`is_main`
-  (rank 0, the one process that writes run directories, logs and progress);
-* sharing work: :func:`shard` (this process's part of N items) and
-  :func:`gather_rows` (every process's part, in order, on every process);
-* sharing results: :func:`all_sum`, :func:`all_true`, :func:`share` (rank
-  0's value), :func:`on_main` (work done once on rank 0, its result or error
-  given to all) and :func:`broadcast_buffers`;
-* :func:`wrap`: PyTorch's DistributedDataParallel, which averages gradients
-  over the processes in every backward pass.
-
-A process alone (no torchrun, or one process) gets the obvious no-op from
-every function, so the training loop has one code path. If a process dies,
-the others' next collective fails as its connection closes, or times out
-after ``CIFARKIT_DIST_TIMEOUT`` seconds (default 600) where a machine
-vanishes silently; torchrun then stops the launch and names the rank that
-failed, instead of the survivors hanging. If the launcher itself dies, even
-by SIGKILL, its workers stop too (:func:`stop_with_launcher`).
+``torchrun --nproc_per_node=N -m cifarkit train ...`` starts N copies of the command; :func:`setup` joins them
+into one process group (NCCL between GPUs, gloo between CPUs), and the rest shares work (:func:`shard`,
+:func:`gather_rows`) and results (:func:`all_sum`, :func:`share`, :func:`on_main`, ...) between them; rank 0
+alone writes files and prints (docs/distributed.md). A process alone gets the obvious no-op from every function,
+so the training loop has one code path. A dead process makes the others' next collective fail, or time out after
+``$CIFARKIT_DIST_TIMEOUT`` seconds, rather than hang.
 """
 
 from __future__ import annotations
@@ -123,11 +105,7 @@ def _local_device(name: str) -> torch.device:
 def setup(device: str = "auto") -> torch.device:
     """This process's device, after joining the process group when torchrun started several processes.
 
-    With ``WORLD_SIZE`` > 1, ``auto`` or ``cuda`` is the GPU numbered
-    ``LOCAL_RANK`` (one GPU per process) and the processes talk over NCCL; on
-    CPUs over gloo. Collectives time out after :func:`timeout`. Called again
-    (training, then evaluation) it only returns the device. Alone, it is
-    :func:`cifarkit.runtime.pick_device`.
+    With several, ``auto`` or ``cuda`` is the GPU numbered ``LOCAL_RANK``; called again it only returns the device.
     """
     stop_with_launcher()
     if world_size() == 1:
@@ -147,20 +125,9 @@ def setup(device: str = "auto") -> torch.device:
 def stop_with_launcher() -> None:
     """Have this process, a worker that torchrun started, stop (SIGTERM) as soon as its launcher ends, however it ends.
 
-    torchrun starts each worker in a session of its own, so a launcher that is
-    killed outright (SIGKILL, which it cannot pass on) leaves its workers
-    training, orphaned, with the run's lock held. On Linux the kernel sends
-    the signal the moment the launcher ends (``PR_SET_PDEATHSIG``: strictly,
-    when the launcher's thread that started the worker ends, which for
-    torchrun is its main thread); elsewhere on POSIX a watchdog thread checks
-    the parent process once a second. Windows, where a process keeps its
-    parent's id after the parent ends, is not covered. SIGTERM, which
-    cifarkit does not catch, ends the process at once, as torchrun's own stop
-    does: checkpoints are replaced atomically, so the last finished epoch's
-    stays, and the OS releases the run's lock (an flock) with the process.
-
-    A no-op outside a launch (no ``LOCAL_RANK``). The launcher is the process
-    ``$CIFARKIT_LAUNCHER_PID`` names, or else this process's parent now.
+    A launcher killed outright (SIGKILL, which it cannot pass on) would leave its workers training, orphaned, with
+    the run's lock held. Linux signals at once (``PR_SET_PDEATHSIG``); elsewhere on POSIX a thread watches the
+    parent (Windows is not covered). The launcher is ``$CIFARKIT_LAUNCHER_PID``, else the parent now.
     """
     if "LOCAL_RANK" not in os.environ or sys.platform == "win32":
         return
@@ -191,10 +158,8 @@ def _watch_parent(launcher: int) -> None:
 def _shutdown() -> None:
     """Destroy the process group while Python is still whole, at exit.
 
-    Garbage is collected first: DDP wrappers left in reference cycles still
-    hold the group, and a group destroyed in the interpreter's final teardown
-    had gloo's threads abort the process (SIGABRT, "terminate called without
-    an active exception") in about one exit in five here.
+    Garbage is collected first: DDP wrappers in reference cycles hold the group, and a group destroyed in the
+    interpreter's final teardown had gloo's threads abort the process (SIGABRT).
     """
     gc.collect()
     dist.destroy_process_group()
@@ -220,12 +185,8 @@ def check_sync_bn(sync_bn: bool, device: torch.device) -> None:
 def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
     """``module`` as the processes train it together: in DistributedDataParallel, or as it is when alone.
 
-    DDP gives every process rank 0's weights and buffers when it wraps the
-    module, and averages the gradients over the processes during every
-    backward pass, so that each process's optimiser (Muon included) steps
-    along the same averaged gradient. With ``sync_bn`` BatchNorm layers
-    become SyncBatchNorm (statistics over the global batch); its parameters
-    are the same tensors, so optimisers built on ``module`` stay valid.
+    DDP averages the gradients in every backward pass, so each process's optimiser steps along the same gradient.
+    ``sync_bn``: SyncBatchNorm (global batch statistics) on the same parameters, so optimisers stay valid.
     """
     if not is_distributed():
         return module
@@ -296,9 +257,7 @@ def share(value: T) -> T:
 def on_main(fn: Callable[[], T]) -> T:
     """``fn()`` run once, on rank 0, and its result, or its :class:`CifarkitError`, given to every process.
 
-    For what reads the run directory, which is where rank 0 writes it (other
-    machines may not see it): every process starts from the same state, or
-    stops with the same message.
+    For what reads the run directory, which only rank 0's machine may see.
     """
     if not is_distributed():
         return fn()
@@ -315,12 +274,7 @@ def on_main(fn: Callable[[], T]) -> T:
 
 
 def broadcast_buffers(module: nn.Module) -> None:
-    """Give every process rank 0's buffers of ``module`` (BatchNorm running statistics).
-
-    Without ``sync_bn`` each process updates them from its own part of the
-    batch; rank 0's are the ones checkpointed, so every process evaluates its
-    share of the data with those.
-    """
+    """Give every process rank 0's buffers of ``module`` (BatchNorm running statistics): the checkpointed ones."""
     if is_distributed():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)

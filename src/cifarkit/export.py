@@ -1,29 +1,11 @@
 """Export a run as one self-contained model file: uint8 images in, class probabilities out.
 
-The exported model takes what a program naturally has, uint8 RGB images of
-shape (N, 32, 32, 3), and does everything else inside: scaling to [0, 1],
-the run's test-time augmentation, the network and the softmax. Its metadata
-holds the class names and the run's identity, so the file alone is enough to
-serve it.
-
-* ``onnx``: the ``torch.export``-based exporter at opset :data:`OPSET`, a
-  dynamic batch dimension, validated with ``onnx.checker``; runs in
-  onnxruntime (``cifarkit serve RUN --backend onnx``) or any ONNX runtime.
-* ``torch-export``: a ``torch.export`` program (``RUN/model.pt2``) for
-  ``torch.export.load`` in Python, or AOTInductor and ExecuTorch, which compile
-  it ahead of time; the metadata travels as the extra file ``cifarkit.json``.
-  PyTorch promises no compatibility of such files across its versions, so the
-  metadata names the PyTorch that wrote it (``torch_version``). TorchScript,
-  which this replaced, is deprecated in PyTorch 2.14.
-
-Exports are float32 whatever the run trained in: ONNX Runtime's CPU kernels
-are float32, and a float32 graph matches the PyTorch model to within float
-rounding, which the parity check verifies on real test images before the
-file is written. :func:`quantize_int8` optionally derives an int8 ONNX model
-with onnxruntime's static quantisation.
-
-ONNX and onnxruntime are the ``cifarkit[serve]`` extra; they are imported
-only inside the functions that need them.
+Scaling, the run's test-time augmentation, the network and the softmax are inside; the metadata holds the class
+names and the run's identity, so the file alone can be served. ``onnx`` (opset :data:`OPSET`, dynamic batch) runs
+in any ONNX runtime; ``torch-export`` (``RUN/model.pt2``) is a ``torch.export`` program whose metadata names the
+PyTorch that wrote it, since PyTorch promises no compatibility across versions. Exports are float32 whatever the
+run trained in, so a parity check against PyTorch on real test images can hold them to float rounding before the
+file is written. ONNX and onnxruntime (``cifarkit[serve]``) are imported only where needed.
 """
 
 from __future__ import annotations
@@ -61,17 +43,12 @@ DEFAULT_FILES = {"onnx": "model.onnx", "torch-export": "model.pt2"}
 
 
 class ProbabilityModel(nn.Module):
-    """A run's network with its input handling, TTA and softmax inside.
-
-    Input: uint8 RGB images (N, 32, 32, 3). Output: float32 probabilities (N, C),
-    the same as :func:`cifarkit.inference.predict_proba` with ``tta``.
-    """
+    """A run's network with its TTA and softmax inside: uint8 RGB (N, 32, 32, 3) in, probabilities (N, C) out."""
 
     def __init__(self, model: nn.Module, tta: str = "none") -> None:
         super().__init__()
         check_tta(tta)
-        self.model = model
-        self.tta = tta
+        self.model, self.tta = model, tta
         self.eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -103,11 +80,7 @@ def run_metadata(run_dir: str | Path, tta: str) -> dict[str, str]:
 
 
 def check_exportable(run_dir: str | Path) -> None:
-    """Everything about a run that an export needs, checked before the test data is loaded.
-
-    Its config, metrics and weights read cleanly, and its model answers with
-    finite outputs, one per class of its config.
-    """
+    """Everything about a run that an export needs (its files, finite outputs per class), checked before the data."""
     config = read_config(run_dir)
     run_metadata(run_dir, config.get("tta", "none"))
     check_model(load_model(run_dir), run_dir, config["classes"])
@@ -118,9 +91,7 @@ def export_model(
 ) -> tuple[Path, Parity]:
     """Export a run's best weights as ``fmt`` (onnx or torch-export), checked against PyTorch on ``images``.
 
-    ``images`` (uint8, (N, 32, 32, 3); real test images, 1,000 or more for a
-    meaningful check) are classified by both; the file is written (default
-    RUN/model.onnx or RUN/model.pt2) only if the probabilities agree to
+    The file is written (default RUN/model.onnx or RUN/model.pt2) only if the probabilities agree to
     :data:`PARITY_TOLERANCE`. ``tta`` defaults to the run's recipe.
     """
     check_format(fmt)
@@ -324,10 +295,8 @@ def quantize_int8(
 ) -> Int8Report:
     """Statically quantise an exported ONNX model to int8 (QDQ, per-channel weights) and measure it.
 
-    ``calibration_images`` training images (never test images) set the
-    activation ranges. Accuracy and batched throughput of both models are
-    measured on the whole test set. The int8 file is written beside the float
-    one (``model.int8.onnx``) unless ``out`` is given.
+    ``calibration_images`` training images (never test images) set the activation ranges; both models are
+    measured on the whole test set. Written beside the float file (``model.int8.onnx``) unless ``out`` is given.
     """
     calibration = sample(data.x_train, calibration_images)
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

@@ -66,7 +66,7 @@ class Recipe:
     distill_weight: float = 0.0
     distill_temperature: float = 4.0
     bf16: bool | str = "auto"  # bfloat16 autocast: auto (where native: GPUs, CPUs with AVX512-BF16/AMX) | true | false
-    compile: bool = False  # torch.compile the model, on CUDA only (measured slower on CPUs: 0.88-0.94x)
+    compile: bool = False  # torch.compile the model, on CUDA only (slower on CPUs: issue13/train_step_compile.txt)
     # > 0: each step runs its batch in parts of at most this many images and adds their gradients up before the
     # one optimizer step: the activations of a part, not of the batch, are held at once (BatchNorm then
     # normalises each part by its own statistics). 0: the whole batch at once.
@@ -80,13 +80,10 @@ class Recipe:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Recipe:
-        """A copy with ``changes`` applied, each converted and type-checked against its field.
+        """A copy with ``changes`` applied, each converted and type-checked against its field (see :func:`validate`).
 
-        Strings (from ``--set``) are parsed to the field's type; dict fields
-        (``model_kwargs``, ``lr_scale``) merge into the recipe's dict instead of
-        replacing it (a key given as null is removed: ``--set
-        'model_kwargs={"head": "linear", "hidden": null}'``). Ranges and names
-        are checked by :func:`validate`.
+        Strings (from ``--set``) are parsed to the field's type; dict fields merge into the recipe's dict
+        (a key given as null is removed).
         """
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
@@ -124,18 +121,19 @@ def _coerce(recipe: Recipe, key: str, value: Any) -> Any:
     return value
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def _parse(key: str, kind: str, text: str) -> Any:
     try:
         if kind == "bool":
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
+            return _BOOLS[text.lower()]
         if kind == "int":
             return int(text)
         if kind == "float":
             return float(text)
         return json.loads(text)
-    except ValueError:
+    except (ValueError, KeyError):
         raise CifarkitError(f"recipe field {key!r} expects {_describe(kind)}, got {text!r}") from None
 
 
@@ -149,13 +147,9 @@ def _bf16_setting(value: Any) -> bool | str:
     """``auto``, true or false, from a bool or any spelling of them."""
     if isinstance(value, bool):
         return value
-    text = str(value).lower()
-    if text == "auto":
-        return "auto"
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
+    spellings = {"auto": "auto", **_BOOLS}
+    if str(value).lower() in spellings:
+        return spellings[str(value).lower()]
     raise CifarkitError(f"recipe field 'bf16' expects auto, true or false, got {value!r}")
 
 
@@ -206,10 +200,7 @@ def _range_text(low: float, high: float, low_in: bool, high_in: bool) -> str:
 def validate(recipe: Recipe) -> Recipe:
     """Check every field before anything is written or trained; returns the recipe.
 
-    Names (model, optimizer, schedule, tta), numeric ranges and the model's
-    keyword arguments (by building the model once, without pretrained weights)
-    are checked; the first problem is a :class:`CifarkitError` naming the
-    field and the allowed values.
+    The first problem (a name, a range, model keyword arguments) is a :class:`CifarkitError` naming the field.
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", recipe.name):
         raise CifarkitError(
@@ -260,10 +251,7 @@ def validate(recipe: Recipe) -> Recipe:
 def _check_model(recipe: Recipe) -> None:
     """The model exists, accepts the recipe's ``model_kwargs``, computes finite outputs and has its ``lr_scale`` roles.
 
-    The model is built once without pretrained weights and runs one forward
-    pass on two random images, which catches keyword arguments that only break
-    it there (a kernel larger than the image, a negative BatchNorm epsilon).
-    Imports torch: called only before training.
+    One forward pass on two random images catches keyword arguments that only break it there.
     """
     import torch
 
@@ -308,12 +296,8 @@ LR_SCALING_POWER = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
 def for_processes(recipe: Recipe, processes: int) -> Recipe:
     """The recipe as ``processes`` data-parallel processes train it: ``batch_size`` is then the global batch.
 
-    By default (``batch_per_process`` 0) that is the recipe's own batch_size,
-    split over the processes, and nothing else changes: the same training on
-    any number of processes. With ``batch_per_process`` B the global batch is
-    ``processes`` x B, and ``lr`` and ``muon_lr`` are multiplied by
-    (global batch / batch_size) to the power ``lr_scaling`` gives: 1 for
-    linear (Goyal et al., 2017), 1/2 for sqrt, 0 for none.
+    Unchanged by default; with ``batch_per_process`` B the global batch is ``processes`` x B and the learning
+    rates scale by (global batch / batch_size) to the power of ``lr_scaling`` (linear: Goyal et al., 2017).
     """
     if not recipe.batch_per_process:
         return recipe
@@ -339,32 +323,14 @@ def recipe_from_config(config: dict[str, Any]) -> Recipe:
 
 
 def _fast(name: str, model: str, epochs: int, description: str, batch_size: int = 2000) -> Recipe:
-    """airbench94_muon's recipe (Jordan 2024), written for a mean-reduced loss.
+    """airbench94_muon's recipe (Jordan 2024), written for a mean-reduced loss (docs/design.md).
 
-    airbench sums the loss over the batch; averaging instead divides gradients
-    by the batch size, so SGD learning rates are multiplied by it and weight
-    decays divided by it (lr x decay per step is unchanged). Muon normalises
-    its update and needs no such change. Conv filters train with Muon,
-    BatchNorm biases at the base lr, the head 12.6x faster; label smoothing
-    0.2; alternating flip and 2-pixel translation; linear decay to zero;
-    the whitening bias decays to zero within 3 epochs and then stays fixed, as in airbench
-    (measured on fast90, 2 seeds each: 92.23% TTA test accuracy with this,
-    92.36% without, a difference within seed noise);
-    flip+translate test-time augmentation. Each step's 2,000 images run as
-    micro-batches of 250 whose gradients add up to the step (BatchNorm then
-    normalises each 250 images by their own statistics): on a 2-core AMD EPYC
-    with AVX2 only, one fast93 epoch on 4,900 images peaked at 1.39 GB against
-    4.87 GB with the whole batch (``benchmarks/peak_memory.py``,
-    ``benchmarks/results/issue18/peak_memory*.json``). On a GPU,
-    ``--set micro_batch=0`` runs the whole batch at once, and reproduces the
-    figures measured before micro-batches. A 2% validation split is held out
-    to watch training (airbench trains on all 50,000 images); the last epoch's
-    weights are kept, as in airbench: the learning rate decays to zero, so the
-    last epochs differ by less than the noise of 1,000 validation images, and
-    picking the best of them by that noise cost 0.4-0.6 points of test accuracy
-    in a fast93 run (epoch 9 of 10 kept: 93.71% with TTA, the last epoch 94.08%). Precision is
-    ``auto`` like every recipe's: bfloat16 autocast where the hardware has it
-    (1.6x the float32 step throughput on an AVX512-BF16 CPU), float32 elsewhere.
+    airbench sums the loss over the batch; averaging divides gradients by the batch size, so SGD learning rates
+    are multiplied by it and weight decays divided by it (Muon normalises its update and needs no change).
+    Micro-batches of 250 hold a fraction of the whole batch's activations
+    (benchmarks/results/issue18/peak_memory*.json; ``--set micro_batch=0`` on a GPU). The last epoch's weights
+    are kept, as in airbench: the learning rate ends at zero, and 2% of the images validate too noisily to pick
+    among the last epochs.
     """
     return Recipe(
         name,
@@ -396,12 +362,8 @@ def _fast(name: str, model: str, epochs: int, description: str, batch_size: int 
 
 _NOTEBOOK = dict(optimizer="adamax", batch_size=32, val_fraction=0.1, seed=42)
 
-# Fine-tuning: the pretrained backbone learns 5x slower than the new head, BatchNorm
-# keeps its batch statistics, and 160 px keeps the objects near ImageNet scale at half
-# the compute of 224 px (2.3x the speed here). Each batch of 64 runs as two micro-batches
-# of 32 (BatchNorm statistics over 32 images): on a 2-core AMD EPYC with AVX2 only, one
-# epoch on 4,900 images peaked at 4.3 GB with the whole batch (benchmarks/peak_memory.py);
-# its accuracy figures were measured with the whole batch (--set micro_batch=0).
+# Fine-tuning: the pretrained backbone learns 5x slower than the new head, and 160 px keeps the objects near
+# ImageNet scale at half the compute of 224 px. Micro-batches of 32 bound its memory (benchmarks/peak_memory.py).
 LITE0_FINETUNE = Recipe(
     "lite0_finetune",
     "EfficientNet-Lite0 fine-tuned end to end at 160 px (about 80 minutes on 2 CPU cores)",
@@ -464,7 +426,7 @@ RECIPES: dict[str, Recipe] = {
             model_kwargs={"input_size": 160, "head": "notebook", "trainable_blocks": 0},
         ),
         LITE0_FINETUNE,
-        # Not measured: no GPU was lent while it was written; `--set compile=true` for more speed.
+        # Not measured yet; `--set compile=true` for more speed.
         LITE0_FINETUNE.replace(
             name="lite0_finetune_gpu",
             description="EfficientNet-Lite0 fine-tuned at 224 px, for a CUDA GPU",
@@ -475,8 +437,8 @@ RECIPES: dict[str, Recipe] = {
             micro_batch=0,  # a GPU holds the whole batch; on a CPU this recipe needs about 13 GB
             model_kwargs={**LITE0_FINETUNE.model_kwargs, "input_size": 224},
         ),
-        # Progressive resizing, 16 px growing to full size by 60% of the run (epoch 6 of 10): measured on fast90
-        # in float32 (2 seeds), 0.73x the wall time at the same accuracy (92.09% against 92.06% with TTA).
+        # Progressive resizing, 16 px growing to full size by 60% of the run: less time at the same accuracy
+        # (benchmarks/results/issue13/time_to_accuracy_fast90_fp32*.json).
         _fast("fast90", "fastnet_xs", 10, "fast from-scratch training: 90%+ in about 4 minutes on 2 CPU cores").replace(
             resize_start=16, resize_until=0.6
         ),
@@ -487,8 +449,8 @@ RECIPES: dict[str, Recipe] = {
                 ("fast94", "fastnet_s", 14, "fast from-scratch training: 94%+"),
             ]
         ],
-        # Knowledge distillation: the fast recipes with most of the loss on a teacher's softened outputs. Measured
-        # (seed 0): a 95.84% teacher gave distill_fast94 94.15% with TTA against fast94's own 94.50%, no gain.
+        # Knowledge distillation: the fast recipes with most of the loss on a teacher's softened outputs (no gain
+        # measured so far: docs/performance.md).
         *[
             _fast(name, "fastnet_s", epochs, description).replace(distill_weight=0.9, distill_temperature=4.0)
             for name, epochs, description in [

@@ -1,12 +1,8 @@
 """The one training loop: every recipe, from the notebook CNNs to fast nets and fine-tuning.
 
-:func:`train` is the whole recipe, read top to bottom in one function: set
-up (checks, run directory, model, data, optimiser, resume), then for each
-epoch augment, step through the shuffled batches, validate and checkpoint,
-then finish. The helpers it calls each do one thing, one level below it. All
-randomness of an epoch is derived from (seed, epoch), so a run resumed from
-its last checkpoint, at the same fixed thread count, retraces the
-uninterrupted run to the last bit.
+:func:`train` reads top to bottom: set-up, the epochs, finish; its helpers each do one thing below it. All
+randomness of an epoch derives from (seed, epoch), so a resumed run at the same fixed thread count retraces
+the uninterrupted one to the last bit.
 """
 
 from __future__ import annotations
@@ -62,10 +58,7 @@ from cifarkit.tracking import Callback
 class Split:
     """Training and validation inputs: uint8 images (N, 3, H, W, channels-last), or frozen-backbone features.
 
-    Images stay bytes until a batch is taken (see :func:`_to_device`).
-
-    ``teacher``: when distilling, the teacher's logits (N, 2, C) for each
-    training image as it is and mirrored (see :mod:`cifarkit.distill`).
+    ``teacher``: when distilling, the teacher's logits (N, 2, C) for each training image as it is and mirrored.
     """
 
     x_train: torch.Tensor
@@ -92,10 +85,7 @@ def evaluate_loss_acc(
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode, in the training precision.
 
-    ``batch_size`` counts 32x32 images per forward pass (see :func:`cifarkit.inference.images_per_pass`).
-
-    With several processes each evaluates its share of (x, y) and the sums are
-    added up, so every process gets the figures of the whole set.
+    With several processes each evaluates its share and every process gets the figures of the whole set.
     """
     model.eval()
     loss_sum, correct = 0.0, 0
@@ -111,11 +101,7 @@ def evaluate_loss_acc(
 
 
 def _to_device(x: torch.Tensor, device: torch.device, side: int | None = None) -> torch.Tensor:
-    """A batch as the model takes it: on ``device``, images in [0, 1], channels-last, ``side`` pixels wide if given.
-
-    Pixels travel as bytes and are scaled there; resizing a batch at a time
-    gives the same images as resizing the set (each image is resized alone).
-    """
+    """A batch as the model takes it: on ``device``, images in [0, 1], channels-last, ``side`` pixels wide if given."""
     x = unit_range(x.to(device, non_blocking=True))
     if x.dim() != 4:  # frozen-backbone features
         return x
@@ -140,15 +126,15 @@ def _teacher_view(teacher: torch.Tensor | None, recipe: Recipe, epoch: int) -> t
     return teacher[torch.arange(len(teacher)), mirrored.long()]
 
 
-def teacher_split_logits(recipe: Recipe, data: CIFAR10, subset: int | None, device: str = "auto") -> torch.Tensor:
-    """The teacher's logits (N, 2, C) for this run's training images, from the teacher cache (run on ``device``).
-
-    Computed for the union of both splits in data order, so students with
-    other seeds or validation fractions reuse the same cache file.
-    """
+def _cached_split(recipe: Recipe, data: CIFAR10, subset: int | None) -> tuple[np.ndarray, ...]:
+    """Train and validation indices, their union in data order and its cache key: one cache serves every split."""
     train_idx, val_idx = split_indices(data.y_train, recipe.val_fraction, recipe.seed, subset)
-    used = np.union1d(train_idx, val_idx)
-    key = f"{Path(data.source).name}-train"
+    return train_idx, val_idx, np.union1d(train_idx, val_idx), f"{Path(data.source).name}-train"
+
+
+def teacher_split_logits(recipe: Recipe, data: CIFAR10, subset: int | None, device: str = "auto") -> torch.Tensor:
+    """The teacher's logits (N, 2, C) for this run's training images, from the teacher cache (run on ``device``)."""
+    train_idx, _, used, key = _cached_split(recipe, data, subset)
     logits = teacher_logits(recipe.teacher, data.x_train[used], key, data.classes, device=device)
     return torch.from_numpy(logits[np.searchsorted(used, train_idx)]).float()
 
@@ -161,14 +147,8 @@ def _full_state(model: nn.Module, net: nn.Module, kept: nn.Module) -> dict[str, 
 
 
 def frozen_feature_split(model: nn.Module, data: CIFAR10, recipe: Recipe, subset: int | None) -> Split:
-    """Train/validation split of backbone features instead of images, read from (or written to) the cache.
-
-    Features are computed for the union of both splits in data order, so runs
-    with other seeds or validation fractions reuse the same cache file.
-    """
-    train_idx, val_idx = split_indices(data.y_train, recipe.val_fraction, recipe.seed, subset)
-    used = np.union1d(train_idx, val_idx)
-    key = f"{Path(data.source).name}-train"
+    """Train/validation split of backbone features instead of images, read from (or written to) the cache."""
+    train_idx, val_idx, used, key = _cached_split(recipe, data, subset)
     features = torch.from_numpy(cached_features(model.backbone, data.x_train[used], key, bf16=recipe.bf16)).float()
     position = np.searchsorted(used, train_idx), np.searchsorted(used, val_idx)
     labels = torch.from_numpy(data.y_train).long()
@@ -430,13 +410,7 @@ def _checked(
 def _model_and_data(
     recipe: Recipe, data: CIFAR10, config: dict[str, Any], subset: int | None, dev: torch.device
 ) -> tuple[nn.Module, nn.Module, Split]:
-    """The model, the part of it that trains (the model, or its head), and what that part trains on.
-
-    Frozen-feature transfer runs the backbone once (features cached on disk)
-    and trains the head on feature vectors; every other recipe trains the
-    whole model on images, initialised from them where it wants (fastnet's
-    patch whitening).
-    """
+    """The model, the part that trains (the model, or its head on cached features), and what that part trains on."""
     torch.manual_seed(recipe.seed)
     if recipe.frozen_features:
         model = build_model(config).to(dev, memory_format=torch.channels_last)
@@ -457,8 +431,7 @@ def _for_training(net: nn.Module, recipe: Recipe, dev: torch.device) -> nn.Modul
     if recipe.compile and dev.type == "cuda":
         net.compile()  # in place: parameter names, and so checkpoints, stay as they are
     elif recipe.compile:
-        # Measured on a 2-core CPU (benchmarks/train_step.py --compile false true): 0.94x in float32, 0.88x in bf16.
-        warnings.warn(
+        warnings.warn(  # benchmarks/results/issue13/train_step_compile.txt
             f"compile=true is for CUDA; on {dev.type} it trains uncompiled (torch.compile was slower there)",
             stacklevel=3,
         )
@@ -470,8 +443,7 @@ def _resumed(
 ) -> tuple[list[dict[str, Any]], float | None, int, int]:
     """The history, best accuracy, best epoch and next epoch: from the checkpoint ``state``, or a fresh start.
 
-    The learning rates stay the recipe's: ``--resume --set lr=...`` continues a
-    run that diverged with a lower one.
+    The learning rates stay the recipe's: ``--resume --set lr=...`` continues a diverged run with a lower one.
     """
     if state is None:
         return [], None, -1, 0
@@ -510,11 +482,8 @@ def _check_out(out: Path, resume: bool) -> None:
 def _start_or_resume(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """The saved training state when resuming; None to start afresh; an error rather than overwrite work.
 
-    Called with the run directory locked. A run directory without a checkpoint
-    (``resume.pt``) holds no finished epoch, so it is started again whether or
-    not ``resume`` is given: a run killed before its first checkpoint is never
-    a dead end. The data may have moved since: its fingerprint, not its path,
-    must match.
+    Without a checkpoint no epoch finished, so the run starts again, ``resume`` or not. The data may have moved
+    since: its fingerprint, not its path, must match.
     """
     state_path = out / "resume.pt"
     if not state_path.is_file():
@@ -563,11 +532,7 @@ def _load_state(model: nn.Module, optimizer: OptimizerChain, ema: AveragedModel 
 
 
 def _save_checkpoint(out: Path, weights: dict, checkpoint: dict, improved: bool) -> None:
-    """Write an epoch's weights, checkpoint and history; a full disk says so, and that the run still resumes.
-
-    Every file is written atomically, so a failed write leaves the previous
-    epoch's files whole.
-    """
+    """Write an epoch's weights, checkpoint and history atomically; a full disk says so, and that the run resumes."""
     try:
         if improved:
             save_weights(weights, out / "best.safetensors")
