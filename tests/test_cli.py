@@ -219,3 +219,31 @@ def test_every_option_of_every_command_says_what_it_does():
         return missing
 
     assert undescribed(build_parser(), "cifarkit") == []
+
+
+def test_evaluate_without_data_uses_the_data_the_run_trained_on(tmp_path, capsys, isolated_env, tiny_data):
+    """No --data: the run's recorded folder, said on stderr, not the default download."""
+    from data_factories import write_image_folders
+
+    folder = write_image_folders(tiny_data, tmp_path / "pngs")
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        capsys, "train", "--recipe", "seed_cnn3", "--epochs", "1", "--data", str(folder), "--out", str(run), "--no-eval"
+    )
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "evaluate", str(run), "--threads", "1")
+    assert code == 0, err
+    assert f"data: {folder}, where the run trained" in err and str(folder) in out
+    assert json.loads((run / "eval" / "metrics.json").read_text())["test_data"]["images"] == len(tiny_data.y_test)
+
+
+def test_resuming_a_finished_run_does_nothing(tmp_path, capsys, cli_data):
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        capsys, "train", "--recipe", "seed_cnn3", "--epochs", "1", "--subset", "100", "--out", str(run)
+    )
+    assert code == 0, err
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    code, out, err = run_cli(capsys, "train", "--resume", "--out", str(run))
+    assert code == 0 and "finished training already" in err and "holds its test evaluation already" in out
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before  # not a file rewritten

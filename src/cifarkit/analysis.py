@@ -1,17 +1,9 @@
 """What a model's predictions say: metrics, confused classes, calibration and the predictions worth a look.
 
-Pure functions over probabilities (N, K) and labels (N,), shared by
-:mod:`cifarkit.evaluate` (which computes them once and writes them into
-``RUN/eval/``), :mod:`cifarkit.predict` and the report (which renders them).
-Metrics are thin, explicitly-shaped wrappers around scikit-learn: every class
-gets a row and a column even when it never occurs, so matrices from different
-runs line up.
-
-Calibration (does a 90 % confident prediction turn out right 90 % of the
-time?) is measured by the expected calibration error with equal-width
-confidence bins (Naeini et al. 2015; Guo et al. 2017): bin b holds the
-predictions whose confidence (max probability) lies in ((b-1)/M, b/M];
-``ECE = sum_b |B_b| / N * |acc(B_b) - conf(B_b)|``.
+Pure functions over probabilities (N, K) and labels (N,), shared by :mod:`cifarkit.evaluate`,
+:mod:`cifarkit.predict` and the report. Metrics wrap scikit-learn with every class given a row and a column even
+when it never occurs, so matrices from different runs line up. Calibration is the expected calibration error over
+equal-width confidence bins (Naeini et al. 2015; Guo et al. 2017): ``sum_b |B_b| / N * |acc(B_b) - conf(B_b)|``.
 """
 
 from __future__ import annotations
@@ -28,11 +20,8 @@ from sklearn import metrics as skm
 class Prediction:
     """The model's answer for one image: its most probable classes and, for a labelled image, how right it is.
 
-    ``source`` names the image (a file, or ``test[17]`` for the test image at
-    ``index`` 17); ``top`` holds (class, probability) pairs, most probable
-    first; ``error`` says why an image could not be read (``top`` is then
-    empty). ``actual`` and ``loss`` (the cross-entropy ``-log p(actual)``) are
-    known for labelled images only.
+    ``source`` names the image (a file, or ``test[17]``); ``top`` holds (class, probability) pairs, most probable
+    first; ``error`` says why an image could not be read. ``actual`` and ``loss`` are known for labelled images.
     """
 
     source: str
@@ -96,34 +85,25 @@ def normalize_rows(cm: np.ndarray) -> np.ndarray:
 
 def classification_report(labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """Per-class precision, recall, F1 and support plus accuracy and macro/weighted averages (sklearn's dict)."""
-    return skm.classification_report(
-        labels,
-        preds,
-        labels=np.arange(len(class_names)),
-        target_names=list(class_names),
-        output_dict=True,
-        zero_division=0,
-    )
+    return _report(labels, preds, class_names, output_dict=True)
 
 
 def classification_report_text(labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str]) -> str:
     """The same report as sklearn's fixed-width text table."""
+    return _report(labels, preds, class_names, digits=4)
+
+
+def _report(labels: np.ndarray, preds: np.ndarray, class_names: Sequence[str], **how: Any) -> Any:
+    names = list(class_names)
     return skm.classification_report(
-        labels,
-        preds,
-        labels=np.arange(len(class_names)),
-        target_names=list(class_names),
-        digits=4,
-        zero_division=0,
+        labels, preds, labels=np.arange(len(names)), target_names=names, zero_division=0, **how
     )
 
 
 def confused_pairs(cm: np.ndarray, k: int) -> list[ConfusedPair]:
-    """The ``k`` largest off-diagonal cells of a confusion matrix (rows = actual), largest first.
+    """The ``k`` largest non-zero off-diagonal cells of a confusion matrix (rows = actual), largest first.
 
-    Pairs are ordered (cat -> dog is not dog -> cat) because the two directions
-    are usually different mistakes; zero cells are never listed, ties go by
-    (actual, predicted).
+    Pairs are ordered (cat -> dog is not dog -> cat, a different mistake); ties go by (actual, predicted).
     """
     off = np.asarray(cm).copy()
     np.fill_diagonal(off, 0)
@@ -141,10 +121,7 @@ def _top_indices(values: np.ndarray, k: int) -> np.ndarray:
 
 
 def ranked(probs: np.ndarray, classes: Sequence[str], k: int) -> tuple[tuple[str, float], ...]:
-    """The ``k`` most probable (class, probability) pairs of one probability row, most probable first.
-
-    The one ranking of classes: `cifarkit predict`, the web service and the galleries (:func:`describe`) use it.
-    """
+    """The ``k`` most probable (class, probability) pairs of one probability row: the one ranking of classes."""
     return tuple((classes[i], float(probs[i])) for i in _top_indices(probs, k))
 
 

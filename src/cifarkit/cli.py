@@ -84,7 +84,7 @@ def _default_command_estimate(threads: int | None) -> dict[str, Any]:
     }
 
 
-def _seconds_per_image(recipe: Recipe, threads: int | None = None, images: int = 1500) -> float:
+def _seconds_per_image(recipe: Recipe, threads: int | None = None, images: int = 1000) -> float:
     """Seconds a training image at full side takes here: two epochs of ``recipe`` on random images, the second timed.
 
     Through the training loop itself; batches of 500, since a step's speed per image barely depends on the batch

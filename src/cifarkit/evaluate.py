@@ -1,14 +1,8 @@
 """Test-set evaluation of a run, done once: predictions, metrics and figures in RUN/eval/.
 
-:func:`evaluate` predicts the test set with the run's best weights, in the
-precision the run was trained in where this machine runs it natively (bf16
-where native, float32 otherwise: :func:`cifarkit.runs.native_run_bf16`),
-without and with test-time augmentation,
-and writes the predictions (``probs`` and ``probs_tta``, labelled with the TTA
-mode), the metrics computed from them and their figures (layout in
-:mod:`cifarkit.runs`). The report renders what it wrote instead of computing
-its own. The forward pass itself is :mod:`cifarkit.inference`'s, shared with
-prediction, export, the report and serving.
+The test set is predicted with the run's best weights (in its precision where native here), without and with
+test-time augmentation; the predictions, metrics and figures are written (layout in :mod:`cifarkit.runs`) for
+the report to render instead of computing its own.
 """
 
 from __future__ import annotations
@@ -46,11 +40,7 @@ from cifarkit.runtime import autocast, pick_device
 
 @torch.no_grad()
 def _plain_probs(model: nn.Module, config: dict[str, Any], data: CIFAR10, device: str, bf16: bool) -> np.ndarray:
-    """Test-set probabilities without TTA; frozen-feature runs read the backbone's features from the cache.
-
-    Both paths run in ``bf16``, the run's precision where it is native here: the
-    cache is keyed by it, so a bf16 run reads the bf16 features it was trained on.
-    """
+    """Test-set probabilities without TTA; frozen-feature runs read the backbone's features (in ``bf16``) cached."""
     if not config.get("frozen_features"):
         return _shared_probs(model, data.x_test, device=device, bf16=bf16)
     dev = pick_device(device)
@@ -104,17 +94,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a run's best weights on ``data``'s test set, into RUN/eval/ or, on other data, RUN/eval-NAME/.
 
-    ``tta`` defaults to the recipe's TTA mode; accuracy without TTA is always
-    measured too. The classification report, confusion matrix and gallery
-    describe the TTA predictions when there are any (the model as it is best
-    used). The run's own test set (the one its config.json fingerprints) goes
-    to RUN/eval/; any other goes beside it (:func:`cifarkit.runs.eval_dir`), so
-    the run's own test results are never replaced by results on other data.
-    Nothing else of the run is written. Returns the record written to the
-    folder's metrics.json, plus the classification report as text
-    (``report``) and the folder (``eval_dir``).
-    Launched on several processes (torchrun), each predicts its share of the
-    test set and every one returns the same record; rank 0 writes the files.
+    ``tta`` defaults to the recipe's (accuracy without it is measured too); the report, confusion matrix and gallery
+    describe the TTA predictions, the model as best used. Returns the metrics.json record with the report's text
+    (``report``) and the folder (``eval_dir``). Under torchrun each process predicts its share; rank 0 writes.
     """
     run_dir = Path(run_dir)
     device = str(distributed.setup(device))  # several processes (torchrun) share the work; rank 0 writes

@@ -1,10 +1,8 @@
 """Frozen-backbone features of CIFAR-10 images, with a disk cache.
 
-Training a head on frozen features costs seconds once the features exist, but
-extracting them at ImageNet resolution is minutes of CPU time. So
-:func:`cached_features` keeps them as ``.npy`` files keyed by everything that
-changes them: the backbone's name, a digest of its weights, the input size,
-the caller's data key and a digest of the pixels themselves.
+Extracting features at ImageNet resolution takes minutes of CPU time, training a head on them seconds, so
+:func:`cached_features` keeps them as ``.npy`` files keyed by everything that changes them (backbone, weights
+digest, input size, precision, the pixels' digest).
 """
 
 from __future__ import annotations
@@ -40,13 +38,8 @@ def extract_features(
 ) -> np.ndarray:
     """Pooled features (N, feature_dim) as float16 of uint8 RGB images (N, H, W, 3).
 
-    Runs an inference copy of the backbone (:meth:`Backbone.inference_copy`,
-    BatchNorm folded where possible) under ``torch.inference_mode`` with
-    channels-last tensors, much faster for convolutions on CPU, on the device
-    the backbone is on. The backbone itself is left as it was. ``bf16`` runs
-    it under bfloat16 autocast: about twice as fast on CPUs with AVX512-BF16,
-    features within a few percent of float32's; pass the run's resolved
-    ``bf16`` so that training, evaluation and serving read the same features.
+    Runs an inference copy of the backbone (BatchNorm folded), channels-last, on the backbone's device. Pass the
+    run's resolved ``bf16`` so that training, evaluation and serving read the same features.
     """
     if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
         raise CifarkitError(f"expected uint8 RGB images (N, H, W, 3), got {images_uint8.dtype} {images_uint8.shape}")
@@ -76,11 +69,7 @@ def feature_cache_dir() -> Path:
 
 
 def cache_path(cache_dir: str | Path, stem: str, parts: Sequence[str], images: np.ndarray) -> Path:
-    """A cache file for what ``parts`` and the pixels of ``images`` determine.
-
-    The name is the readable ``stem`` followed by a digest of the parts and
-    the pixels, so different weights, settings or images never share a file.
-    """
+    """A cache file for what ``parts`` and the pixels of ``images`` determine: ``stem`` and a digest of both."""
     key = hashlib.sha256()
     for part in parts:
         key.update(part.encode() + b"\0")
@@ -92,15 +81,8 @@ def feature_cache_path(
     backbone: Backbone, images: np.ndarray, data_key: str, cache_dir: str | Path, bf16: bool = False
 ) -> Path:
     """Where :func:`cached_features` keeps the features of ``images`` under ``backbone``."""
-    precision = "bf16" if bf16 else "fp32"
-    parts = (
-        backbone.name,
-        backbone.weights_digest(),
-        str(backbone.input_size),
-        data_key,
-        f"{images.dtype}{images.shape}",
-        precision,
-    )
+    size, precision = str(backbone.input_size), "bf16" if bf16 else "fp32"
+    parts = (backbone.name, backbone.weights_digest(), size, data_key, f"{images.dtype}{images.shape}", precision)
     stem = f"{backbone.name}-{backbone.input_size}px{'-bf16' if bf16 else ''}-{data_key}"
     return cache_path(cache_dir, stem, parts, images)
 
@@ -110,12 +92,8 @@ def cached_rows(
 ) -> np.ndarray:
     """``compute(images)`` (one row per image, float16 or float32), read from ``path`` if cached there.
 
-    A miss computes and writes the file atomically, so an interrupted run
-    never leaves a truncated cache. Launched on several processes (torchrun),
-    they compute together, each its share of the images, unless every one
-    finds the cache; the first process of each machine writes it (machines
-    need not share a disk; where they do, the identical files replace each
-    other).
+    A miss computes and writes the file atomically. Under torchrun the processes compute a share each, unless
+    every one finds the cache; the first process of each machine writes it (machines need not share a disk).
     """
     rows = _read_cache(path, (len(images), *row_shape))
     if distributed.all_true(rows is not None):

@@ -1,10 +1,7 @@
 """Files: atomic writes, the one JSON reader, checks that a path can be written, and folder locks.
 
-Atomic writes: a reader (or a crash) sees the old file or the new one, never half of one.
-
-Every writer goes through :func:`atomic_write_bytes`: the data lands in a
-temporary file beside the target, is flushed to disk, and is renamed over the
-target with ``os.replace`` (atomic on POSIX and Windows).
+Every writer goes through :func:`atomic_write_bytes` (a temporary file beside the target, flushed, then
+``os.replace``), so a reader or a crash sees the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -58,11 +55,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def read_json(path: str | Path, kind: type = object, fix: str = "restore it from a copy") -> Any:
-    """The one reader of every JSON file cifarkit writes: a value of type ``kind``, or a one-line error.
-
-    A missing, unreadable, unparsable or wrong-shaped file raises
-    :class:`CifarkitError` naming the file and ``fix``, never a traceback.
-    """
+    """The one reader of every JSON file cifarkit writes: a value of type ``kind``, or a one-line error with ``fix``."""
     path = Path(path)
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
@@ -90,8 +83,7 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
 def check_writable(path: str | Path, flag: str) -> Path:
     """Refuse, before any work, a ``path`` that cannot be created or written: under a file, or in a read-only place.
 
-    Nothing is created: the nearest existing folder above ``path`` is probed
-    with a temporary file (which ``os.access`` cannot replace: it says yes to
+    Nothing is created: the nearest existing folder is probed with a temporary file (``os.access`` says yes to
     root on a read-only file system).
     """
     path = Path(path)
@@ -117,13 +109,8 @@ LOCK_FILE = ".cifarkit.lock"
 def exclusive(folder: str | Path, busy: str) -> Iterator[Path]:
     """Hold an OS lock on ``folder`` (created if missing) while writing it; another holder raises ``busy`` at once.
 
-    filelock takes ``flock`` on ``folder/.cifarkit.lock`` (``msvcrt.locking``
-    on Windows; where the file system has no ``flock``, a marker file it
-    clears once its owner is dead). The OS lock belongs to the open file, so
-    it is released whenever the process ends, even by ``kill -9``: a killed
-    command never leaves a stale lock. One lock object per folder, shared by
-    all threads, lets a process re-enter its own lock (a report that evaluates
-    a run first).
+    filelock's OS lock on ``folder/.cifarkit.lock`` is released whenever the process ends, even by ``kill -9``, so
+    a killed command never leaves a stale lock; one lock object per folder lets a process re-enter its own lock.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,8 @@
 """The inference pass over uint8 images that evaluation, prediction, export, report, serving and distillation share.
 
-:func:`predict_logits` turns uint8 images (N, H, W, 3) into logits in eval
-mode, batched, in the run's precision and optionally with test-time
-augmentation (:func:`tta_logits`, whose views :data:`TTA_MODES` names). It
-lives below the training loop, beside :mod:`cifarkit.runs`, so that every
-module that classifies images, training's distillation included, uses the
-same pass rather than a copy of it.
+:func:`predict_logits`: uint8 images (N, H, W, 3) to logits in eval mode, batched, in the run's precision, with
+optional test-time augmentation. It lives below the training loop so that every module that classifies images
+uses this one pass.
 """
 
 from __future__ import annotations
@@ -31,10 +28,7 @@ IMAGE_SIDE = 32  # CIFAR-10's: batch sizes below count images of this side
 def images_per_pass(model: nn.Module, batch_size: int) -> int:
     """How many images one forward pass of ``model`` takes, for ``batch_size`` images of 32x32 pixels.
 
-    A model that resizes its input computes on (side / 32)^2 times the pixels,
-    and holds that many times the activations, so it takes that many times
-    fewer images: lite0_finetune's backbone works at 160 px, where 500 images
-    in one eval-mode pass held about 3.3 GB on the CPU, 20 images about 0.16 GB.
+    A model that resizes its input holds (side / 32)^2 times the activations, so it takes that many times fewer.
     """
     return max(1, batch_size * IMAGE_SIDE**2 // working_side(model, IMAGE_SIDE) ** 2)
 
@@ -69,16 +63,10 @@ TTA_VIEWS = {mode: len(_tta_views(torch.zeros(1, 3, 4, 4), mode)[0]) for mode in
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
-    """Logits averaged over augmented views of ``x``, all views in one forward pass.
+    """Logits averaged over augmented views of ``x``, all views in one forward pass (cheaper for single images).
 
-    - none: the plain forward pass.
-    - flip: mean of the image and its mirror.
-    - flip_translate: half the flip average, plus half the flip average of the
-      image shifted one pixel up-left and one pixel down-right (airbench's
-      strongest TTA), 6 views.
-
-    Stacking the views into one batch matters for single images (serving):
-    one pass of 6 images costs far less than 6 passes of one.
+    ``flip``: the image and its mirror; ``flip_translate`` (airbench's): half that, half the flip average of the
+    image shifted one pixel up-left and down-right.
     """
     views, weights = _tta_views(x, mode)
     if len(views) == 1:
@@ -99,11 +87,8 @@ def predict_logits(
 ) -> np.ndarray:
     """Logits (N, C) float32 for uint8 images (N, H, W, 3), in eval mode, optionally with TTA.
 
-    The model is moved to ``device``. ``batch_size`` counts 32x32 images per
-    forward pass, TTA views included (see :func:`images_per_pass`). ``bf16``
-    runs the forward passes under bfloat16 autocast: pass the run's
-    ``native_run_bf16(config, device)`` (:mod:`cifarkit.runs`): the precision the
-    run trained in, where it is native on ``device``.
+    ``batch_size`` counts 32x32 images per pass, TTA views included; ``bf16``: pass the run's
+    :func:`cifarkit.runs.native_run_bf16`.
     """
     check_tta(tta)
     if len(images) == 0:
@@ -122,10 +107,7 @@ def predict_logits(
 def check_outputs(outputs: np.ndarray, run_dir: str | Path, classes: Sequence[str], on: str = "") -> None:
     """Refuse a run's model outputs (N, C) that cannot be its classes' probabilities, in one line naming the run.
 
-    * C differs from the number of classes in ``RUN/config.json``: the config
-      and the weights come from different runs (a probability would name no
-      class, or a class would never be predicted);
-    * a value is NaN or infinite: the weights are not finite, the run diverged.
+    C other than the classes of ``RUN/config.json`` means weights of another run; a value not finite, divergence.
     """
     run_dir = Path(run_dir)
     if outputs.ndim != 2 or outputs.shape[1] != len(classes):
@@ -144,12 +126,8 @@ def check_outputs(outputs: np.ndarray, run_dir: str | Path, classes: Sequence[st
 
 
 def check_model(model: nn.Module, run_dir: str | Path, classes: Sequence[str]) -> nn.Module:
-    """``model`` after one forward pass over a black and a grey image on the CPU, checked by :func:`check_outputs`.
-
-    Cheap, and done when a run's model is loaded, so that a model whose
-    outputs do not match its classes, or are not finite, is refused before
-    any work instead of failing (or answering NaN) later.
-    """
+    """``model`` after one forward pass over a black and a grey image, checked by :func:`check_outputs`: cheap, done
+    when a run's model is loaded, so a bad model is refused before any work."""
     probe = torch.stack([torch.zeros(3, 32, 32), torch.full((3, 32, 32), 0.5)])
     device = next(model.parameters(), torch.zeros(())).device
     with torch.no_grad():

@@ -20,11 +20,7 @@ from cifarkit.recipes import CHOICES, Recipe
 
 
 class OptimizerChain:
-    """Several optimisers stepped as one, e.g. Muon for conv filters and SGD for the rest.
-
-    Exposes the little the training loop needs: ``param_groups`` (all of
-    them, for the schedule), ``zero_grad``, ``step`` and state for checkpoints.
-    """
+    """Several optimisers stepped as one (e.g. Muon for conv filters, SGD for the rest), as the training loop needs."""
 
     def __init__(self, *optimizers: torch.optim.Optimizer):
         self.optimizers = optimizers
@@ -67,13 +63,8 @@ def _make(name: str, groups: list[dict], recipe: Recipe) -> torch.optim.Optimize
 def build_optimizer(model: nn.Module, recipe: Recipe) -> OptimizerChain:
     """The recipe's optimiser over the model's trainable parameters.
 
-    Models may sort their parameters into roles (``parameter_roles()``: e.g.
-    filters / norm / head, or backbone / head). Each role trains at
-    ``lr * lr_scale[role]``, with weight decay ``weight_decay / lr_scale[role]``
-    so that the decay per step (lr x decay) is the same in every role. With
-    ``muon_lr > 0`` the ``filters`` role trains with Muon instead. With
-    ``whiten_bias_epochs`` the ``whiten_bias`` role trains only that long
-    (see :func:`set_learning_rates`).
+    Each parameter role trains at ``lr * lr_scale[role]`` with weight decay ``weight_decay / lr_scale[role]``, so
+    the decay per step is the same in every role; with ``muon_lr > 0`` the ``filters`` train with Muon instead.
     """
     roles = parameter_roles(model)  # lr_scale names only roles the model has: checked by recipes.validate
     groups, muon_params = [], []
@@ -113,15 +104,10 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> OptimizerChain:
 
 
 def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int = 0) -> Callable[[float], float]:
-    """step -> factor on the base learning rate, for steps 0 .. total_steps - 1.
+    """step -> factor on the base learning rate, for steps 0 .. total_steps - 1 (fractional too), 0 from then on.
 
-    - constant: 1 (after warm-up).
-    - linear: linear warm-up from 0, then linear decay to 0 at the last step
-      (the triangular schedule of fast CIFAR-10 trainings).
-    - cosine: linear warm-up, then half a cosine down to 0.
-
-    Every schedule is 0 from ``total_steps`` on: the run is over. Steps may be
-    fractional (see :func:`set_learning_rates`).
+    After a linear warm-up: ``constant`` 1, ``linear`` decay to 0 (the triangular schedule of fast CIFAR-10
+    trainings) or ``cosine``, half a cosine down to 0.
     """
     if schedule not in CHOICES["schedule"]:
         raise CifarkitError(f"unknown schedule {schedule!r}; choose {_either(CHOICES['schedule'])}")
@@ -144,12 +130,8 @@ def lr_multiplier(schedule: str, total_steps: int, warmup_steps: int = 0) -> Cal
 def set_learning_rates(optimizer: OptimizerChain, lr_at: Callable[[float], float], step: int) -> None:
     """Set every parameter group's lr for ``step``: its ``initial_lr`` times ``lr_at(step)``.
 
-    A group with a ``train_fraction`` f (the whitening bias, with the recipe's
-    ``whiten_bias_epochs``) runs the whole schedule in the first fraction f of
-    the run, as ``lr_at(step / f)``, and then has lr 0, which freezes it (SGD's
-    momentum and weight decay both act through the lr). With the linear
-    schedule this is airbench's whitening bias: its lr decays linearly to 0
-    over the first 3 epochs, and it stays fixed from there.
+    A group with a ``train_fraction`` f (airbench's whitening bias) runs the whole schedule in the first fraction
+    f of the run and then has lr 0, which freezes it (SGD's momentum and weight decay both act through the lr).
     """
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * lr_at(step / group.get("train_fraction", 1.0))
@@ -158,13 +140,7 @@ def set_learning_rates(optimizer: OptimizerChain, lr_at: Callable[[float], float
 def weight_ema(model: nn.Module, decay: float) -> AveragedModel:
     """An exponential moving average of ``model``'s weights and buffers; call ``update_parameters(model)`` per step.
 
-    Evaluating the average of recent weights instead of the last ones smooths
-    out the noise of the final steps: a cheap gain for short runs. The
-    average starts at the weights of the first ``update_parameters`` call and
-    then follows ``avg = decay * avg + (1 - decay) * weights``. BatchNorm
-    running statistics are averaged the same way (``use_buffers``), so they
-    match the averaged weights better than the last step's would; the
-    averaged network is ``.module``, and ``state_dict()`` holds it and the
-    update count, for checkpoints.
+    It smooths out the noise of the final steps; BatchNorm statistics are averaged too, to match the weights.
+    The averaged network is ``.module``.
     """
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

@@ -1,9 +1,7 @@
 """Every figure cifarkit draws, with matplotlib's object-oriented API.
 
-Figures are built as ``matplotlib.figure.Figure`` objects and rendered by the
-Agg renderer when saved (:func:`save_png`); pyplot is never imported and no
-backend is chosen, so importing this module changes no process-wide state and
-no GUI, global figure registry or leaked figure is involved.
+Figures are ``matplotlib.figure.Figure`` objects rendered by Agg when saved; pyplot is never imported and no
+backend chosen, so no process-wide state, GUI or global figure registry is involved.
 """
 
 from __future__ import annotations
@@ -38,17 +36,13 @@ def save_png(fig: Figure, path: str | Path) -> bytes:
 
 
 class Picture:
-    """A PNG image that Jupyter shows where it is returned: a figure cifarkit drew, or a PNG file a run holds.
+    """A PNG image that Jupyter shows where it is returned (``_repr_png_``): a figure drawn here, or a run's file.
 
-    IPython displays any object with ``_repr_png_``, with no pyplot and no
-    ``%matplotlib`` backend involved (this module never chooses one).
-    ``figure`` is the matplotlib figure when it was drawn here (to change and
-    save it), None for a file read back; :meth:`save` writes the PNG.
+    ``figure`` is the matplotlib figure when it was drawn here, None for a file read back.
     """
 
     def __init__(self, png: bytes, figure: Figure | None = None) -> None:
-        self.png = png
-        self.figure = figure
+        self.png, self.figure = png, figure
 
     @classmethod
     def of(cls, fig: Figure) -> Picture:
@@ -137,15 +131,8 @@ def confusion_matrices(cm: np.ndarray, class_names: Sequence[str]) -> Figure:
         ax.set(title=title, xlabel="predicted", ylabel="actual")
         threshold = values.max() / 2 if values.max() > 0 else 1
         for (row, col), value in np.ndenumerate(values):
-            ax.text(
-                col,
-                row,
-                fmt.format(value),
-                ha="center",
-                va="center",
-                fontsize=6,
-                color="white" if value > threshold else "black",
-            )
+            color = "white" if value > threshold else "black"
+            ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize=6, color=color)
     return fig
 
 
@@ -154,35 +141,14 @@ def reliability_diagrams(panels: Mapping[str, ReliabilityBins]) -> Figure:
     fig = Figure(figsize=(4.5 * len(panels), 4.5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (title, bins) in zip(axes, panels.items()):
-        width = np.diff(bins.edges)
         filled = bins.counts > 0
-        ax.bar(
-            bins.edges[:-1][filled],
-            bins.accuracy[filled],
-            width=width[filled],
-            align="edge",
-            edgecolor="black",
-            color="#4c72b0",
-            label="accuracy",
-        )
-        ax.bar(
-            bins.edges[:-1][filled],
-            (bins.confidence - bins.accuracy)[filled],
-            width=width[filled],
-            bottom=bins.accuracy[filled],
-            align="edge",
-            color=_BAD,
-            alpha=0.3,
-            label="gap to confidence",
-        )
+        left, width, acc = bins.edges[:-1][filled], np.diff(bins.edges)[filled], bins.accuracy[filled]
+        ax.bar(left, acc, width=width, align="edge", edgecolor="black", color="#4c72b0", label="accuracy")
+        gap = bins.confidence[filled] - acc
+        ax.bar(left, gap, width=width, bottom=acc, align="edge", color=_BAD, alpha=0.3, label="gap to confidence")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-        ax.set(
-            xlim=(0, 1),
-            ylim=(0, 1),
-            xlabel="confidence",
-            ylabel="accuracy",
-            title=f"{title}\nECE = {100 * bins.ece:.2f} %",
-        )
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+        ax.set_title(f"{title}\nECE = {100 * bins.ece:.2f} %")
         ax.legend(loc="upper left", fontsize=8)
     return fig
 
@@ -196,11 +162,8 @@ def gradcam_grid(images: np.ndarray, maps: np.ndarray, predictions: Sequence[Pre
         ax.axis("off")
     for col, (image, heat, pred) in enumerate(zip(images, maps, predictions)):
         axes[0, col].imshow(image, interpolation="nearest")
-        axes[0, col].set_title(
-            f"{pred.actual}\n-> {pred.predicted} {pred.probability:.2f}",
-            fontsize=7,
-            color=_GOOD if pred.correct else _BAD,
-        )
+        color = _GOOD if pred.correct else _BAD
+        axes[0, col].set_title(f"{pred.actual}\n-> {pred.predicted} {pred.probability:.2f}", fontsize=7, color=color)
         axes[1, col].imshow(image, interpolation="nearest")
         axes[1, col].imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
     return fig

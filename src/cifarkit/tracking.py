@@ -1,16 +1,8 @@
 """Hooks into the training loop, and the run trackers built on them (TensorBoard, MLflow).
 
-:func:`cifarkit.train.train` takes a list of :class:`Callback` objects and
-calls them after every epoch and once at the end; that is the whole
-interface. A callback may ask training to stop after an epoch (how a
-hyperparameter search prunes a bad trial); the run directory is then
-finished like an early-stopped run and can be resumed.
-
-Trackers are callbacks that mirror a run to a tool made for watching runs;
-:func:`track` opens one for a run directory and closes it when the run and its
-evaluation are done, logging what they wrote. Each needs an optional extra:
-``pip install 'cifarkit[track]'``. Nothing here imports torch, TensorBoard or
-MLflow until a tracker is opened.
+Training calls each :class:`Callback` after every epoch and once at the end; one may ask it to stop (how a search
+prunes a trial), which finishes the run like early stopping. Trackers are callbacks that mirror a run to
+TensorBoard or MLflow (``cifarkit[track]``, imported only when a tracker opens); :func:`track` opens one.
 """
 
 from __future__ import annotations
@@ -66,9 +58,7 @@ def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class TensorBoardTracker(Callback):
     """Per-epoch scalars, then the test accuracies and figures, as event files in ``RUN/tensorboard/``.
 
-    Watch with ``tensorboard --logdir RUN`` (or the folder above many runs).
-    The writer opens at the first epoch, so a run refused before training
-    leaves nothing behind.
+    The writer opens at the first epoch, so a run refused before training leaves nothing behind.
     """
 
     def __init__(self, run_dir: Path, name: str) -> None:
@@ -106,10 +96,7 @@ class TensorBoardTracker(Callback):
 class MLflowTracker(Callback):
     """A run in the MLflow tracking store named by ``MLFLOW_TRACKING_URI`` (MLflow's default: ./mlflow.db).
 
-    At the first epoch it starts the MLflow run (named ``name``, in MLflow's
-    experiment, ``MLFLOW_EXPERIMENT_NAME``) and logs the resolved recipe as
-    parameters; then per-epoch metrics as they come, the test accuracies, and
-    at the end the whole run directory as artifacts.
+    Started at the first epoch with the recipe as parameters; then the metrics, and the run directory as artifacts.
     """
 
     def __init__(self, run_dir: Path, name: str) -> None:
@@ -149,14 +136,10 @@ TRACKERS = {"tensorboard": TensorBoardTracker, "mlflow": MLflowTracker}
 
 @contextmanager
 def track(kind: str | None, run_dir: str | Path, name: str) -> Iterator[list[Callback]]:
-    """The callbacks that mirror the run in ``run_dir`` to tracker ``kind`` (none for ``None``).
+    """The callbacks that mirror the run in ``run_dir`` to tracker ``kind`` (none for ``None``) as run ``name``.
 
-    ``name`` names the run where the tracker lists runs by name (MLflow;
-    TensorBoard lists them by folder).
-
-    Wrap training and evaluation in it: on leaving, the tracker logs what the
-    run wrote (test accuracies, figures, artifacts) and closes, marking the run
-    killed if an exception (or Ctrl-C) ended it.
+    Wrap training and evaluation in it: on leaving, the tracker logs what the run wrote and closes, marking the
+    run killed if an exception (or Ctrl-C) ended it.
     """
     if kind is None:
         yield []

@@ -1,9 +1,5 @@
-"""Training-time augmentation of whole tensors.
-
-Augmentation works on a full epoch's worth of images in a few vectorised
-operations, never image by image: on a 2-core CPU a Python loop over 50,000
-images would cost more than the training steps it feeds.
-"""
+"""Training-time augmentation of whole tensors, in a few vectorised operations, never image by image (a Python
+loop over 50,000 images would cost more than the training steps it feeds)."""
 
 from __future__ import annotations
 
@@ -12,17 +8,12 @@ import torch
 from cifarkit.errors import CifarkitError
 
 # Images augmented at a time: the temporaries (mirrored and padded copies) of one chunk are held at once, not of
-# the whole set. On 49,000 float32 images those were a mirrored copy, torch.where's result and the padded copy,
-# 0.6-0.76 GB each, on top of the result: most of what the default command's whole run peaked above 1.4 GB.
+# the whole set, which were most of a run's peak memory (benchmarks/results/issue18/peak_memory*.json).
 CHUNK = 4096
 
 
 def translate(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to ``pad`` pixels in x and y, filling with the reflected border.
-
-    Equivalent to reflect-padding and taking a random crop; done as one loop
-    over the (2*pad+1)^2 possible shifts rather than over images.
-    """
+    """Shift each image by up to ``pad`` pixels in x and y, filling with the reflected border (a random crop)."""
     return _shifted(images, pad, *_shifts(len(images), pad, generator))
 
 
@@ -50,11 +41,7 @@ def _shifted(images: torch.Tensor, pad: int, dx: torch.Tensor, dy: torch.Tensor)
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Zero a ``size`` x ``size`` square at a random place in each image (DeVries & Taylor, 2017).
-
-    The square lies fully inside the image (as in airbench), so every image
-    loses exactly ``size * size`` pixels, for odd and even sizes alike.
-    """
+    """Zero a ``size`` x ``size`` square at a random place fully inside each image (DeVries & Taylor, 2017)."""
     if size == 0:
         return images
     n, _, h, w = images.shape
@@ -78,12 +65,7 @@ def augment(
     pad: int = 0,
     cutout_size: int = 0,
 ) -> torch.Tensor:
-    """One epoch's augmented copy of ``images``: a pure function of (images, epoch, seed).
-
-    Mirrored and shifted :data:`CHUNK` images at a time into one new tensor;
-    every random draw is made for the whole set first, so the result does not
-    depend on the chunk size.
-    """
+    """One epoch's augmented copy of ``images``: a pure function of (images, epoch, seed), whatever :data:`CHUNK`."""
     if not (flip or pad or cutout_size):
         return images
     n = len(images)
@@ -103,10 +85,8 @@ def augment(
 def flipped(n: int, *, epoch: int, seed: int, alternating: bool) -> torch.Tensor:
     """Which of ``n`` images :func:`augment` mirrors in ``epoch`` (also used to pick a teacher's view of them).
 
-    Alternating flip (airbench): a random half in even epochs and exactly the
-    other half in odd ones, so every image is seen both ways every two epochs
-    instead of by chance. Its generator is seeded without the epoch, so it
-    draws the same half every epoch; otherwise the epoch is mixed in.
+    Alternating flip (airbench): a random half in even epochs and exactly the other half in odd ones, so every
+    image is seen both ways every two epochs instead of by chance.
     """
     g = torch.Generator().manual_seed(seed if alternating else seed * 100_003 + epoch)
     mask = torch.rand(n, generator=g) < 0.5
@@ -114,12 +94,7 @@ def flipped(n: int, *, epoch: int, seed: int, alternating: bool) -> torch.Tensor
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``images`` (N, C, H, W) scaled to ``size`` x ``size``, antialiased; unchanged when already that size.
-
-    Progressive resizing trains early epochs on smaller images: the work of a
-    convolution falls with the square of the side, and the net (global max
-    pooling) accepts any size.
-    """
+    """``images`` (N, C, H, W) scaled to ``size`` x ``size``, antialiased; unchanged when already that size."""
     if images.shape[-2:] == (size, size):
         return images
     out = torch.nn.functional.interpolate(
@@ -131,11 +106,8 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 def progressive_size(epoch: int, *, epochs: int, full: int, start: int, until: float) -> int:
     """The image side in ``epoch`` (0-based) of ``epochs``: ``start`` growing linearly to ``full``.
 
-    Full size is reached once ``until`` (a fraction of the run) of the epochs
-    are done, and the last epoch is always at full size, the size the model
-    is tested at. Sides are multiples of 4 (rounded down, at least ``start``),
-    so a 10-epoch run visits a few sizes rather than one per epoch. ``start``
-    0 means full size throughout.
+    Full size from the fraction ``until`` of the run on, and always in the last epoch (the size tested at); sides
+    are multiples of 4, so a run visits a few sizes. ``start`` 0 means full size throughout.
     """
     end = until * epochs
     if not start or epoch >= end or epoch == epochs - 1:

@@ -1,20 +1,9 @@
 """Cache decoded CIFAR-10 as uncompressed .npy files, so later loads skip decoding.
 
-Decoding 60,000 PNG files takes seconds; reading 180 MB of raw arrays back
-takes a small fraction of one (``np.load`` reads a .npy straight into the
-array). Each source gets a folder named after its resolved path and kind. The
-files in it are named after a *fingerprint* of the source's contents when it
-was decoded: size, mtime_ns, inode number and ctime_ns of an archive, or a hash
-of the listing (relative name, size, mtime_ns) of every file of an extracted
-folder, taken with os.scandir so that even 60,000 files are listed in a
-fraction of a second. A changed source so never matches old files, and writing
-its new ones deletes the old. An archive's MD5 is checked only when it is
-decoded, so its fingerprint also holds what no one can set back: the inode's
-change time (which every write, rename or ``touch`` moves to now) and number.
-An archive replaced by another of the same size with its modification time
-restored (``cp --preserve=timestamps``, ``touch -r``) so misses the cache, and
-its MD5 is checked again. Each file is written atomically (temp file, then os.replace), and
-files that are missing, corrupt or malformed are ignored and rebuilt.
+Each source gets a folder named after its path and kind, its files named after a *fingerprint* of the source's
+contents: a listing (name, size, mtime_ns) of every file, plus an archive's inode number and ctime_ns, which no
+one can set back, so an archive replaced with its mtime restored misses the cache and has its MD5 checked again.
+Files that are missing, corrupt or malformed are ignored and rebuilt.
 """
 
 from __future__ import annotations
@@ -60,12 +49,9 @@ def fingerprint(source: Source) -> str:
 
 
 def _listing(root: Path) -> list[str]:
-    """Sorted lines of NUL-separated name, size, mtime_ns: ``root``'s, or each file's under it.
+    """Sorted lines of NUL-separated name (relative), size, mtime_ns: ``root``'s, or each file's under it.
 
-    Names are relative to ``root``. A file ``root`` (an archive, MD5-checked
-    only when it is decoded) also gives its inode number and ctime_ns, which
-    change whenever the file is replaced or written, whatever its mtime says.
-    A missing ``root`` gives an empty listing: reading the source reports it.
+    A file ``root`` also gives its inode number and ctime_ns; a missing one an empty listing.
     """
     try:
         if not root.is_dir():
@@ -121,10 +107,7 @@ def _well_formed(arrays: dict[str, np.ndarray]) -> bool:
 
 
 def save_cached(folder: Path, data: CIFAR10, source_fingerprint: str) -> None:
-    """Write the arrays of ``data`` to ``folder``, each atomically, then delete stale .npy files.
-
-    An unwritable cache is a warning, not an error: loading still succeeds.
-    """
+    """Write the arrays of ``data`` to ``folder``, then delete stale .npy files; an unwritable cache only warns."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         current = [_array_file(folder, source_fingerprint, name) for name in (*_IMAGES, *_LABELS)]

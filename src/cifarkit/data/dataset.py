@@ -26,10 +26,7 @@ CLASSES: tuple[str, ...] = (
 class CIFAR10:
     """Decoded CIFAR-10: uint8 images (N, 32, 32, 3) in RGB, int64 labels (N,).
 
-    ``source`` names where the pixels came from (a path or archive), so runs can
-    record their data provenance. ``source`` says where; the fingerprints say
-    what: the same pixels moved elsewhere, or read from another format, have
-    the same fingerprints.
+    ``source`` says where the pixels came from; the fingerprints say what (the same pixels anywhere match).
     """
 
     x_train: np.ndarray

@@ -1,9 +1,7 @@
 """Download a file resumably and MD5-checked, for the official CIFAR-10 archive.
 
-Bytes go to ``<dest>.part``; an interrupted download leaves that part file, and
-the next call asks the server for the rest with an HTTP Range request (or
-starts again when the server ignores Range). Only a file whose MD5 matches is
-renamed to ``dest``, atomically, so ``dest`` is either absent or complete.
+Bytes go to ``<dest>.part``, which the next call continues with an HTTP Range request; only a file whose MD5
+matches is renamed to ``dest``, so ``dest`` is either absent or complete.
 """
 
 from __future__ import annotations
@@ -25,15 +23,9 @@ CHUNK_SIZE = 1 << 20
 
 
 def download_file(url: str, dest: str | os.PathLike[str], md5: str, *, timeout: float = DEFAULT_TIMEOUT) -> Path:
-    """Download ``url`` to ``dest``, resuming a partial ``dest.part``, and verify its MD5.
+    """Download ``url`` to ``dest`` (returned), resuming a partial ``dest.part``, and verify its MD5.
 
-    Returns:
-        ``dest`` as a Path, now complete and verified.
-
-    Raises:
-        DataError: the network or server failed (the part file is kept, so the
-            next call resumes), or the MD5 does not match (the part file is
-            deleted, so the next call starts afresh).
+    A network failure keeps the part file for the next call; an MD5 mismatch deletes it.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")

@@ -1,24 +1,10 @@
 """One safe decoder for every image cifarkit reads: prediction, serving and class-folder data trees.
 
-Pillow opens almost any image, but its plain ``convert("RGB")`` is wrong for
-some of them and it decodes whatever size a file declares. :func:`decode_image`
-fixes both, so that an image gives the pixels the same picture saved as an
-8-bit RGB PNG would give, or a :class:`CifarkitError` naming the file:
-
-* 16-bit greyscale (mode ``I;16``, and 32-bit integer mode ``I``) is read on
-  the 16-bit scale, 0 black to 65535 white, and rounded to 8 bits (Pillow would
-  clip every value above 255 to white). 16-bit RGB PNGs Pillow itself reduces
-  to 8 bits per channel.
-* 32-bit float images (mode ``F``, e.g. float TIFFs) are read on the 0 (black)
-  to 1 (white) scale, the usual one for float pictures; values outside it, or
-  not finite, are refused rather than clipped, since a float image on the
-  0..255 scale would otherwise come out silently all white.
-* Transparent pixels (alpha channels, palette or greyscale transparency) are
-  composited onto white; CMYK and other modes go through Pillow's conversion
-  (embedded ICC colour profiles are not applied); of an animated image, the
-  first frame is read; the EXIF orientation is applied.
-* A file that declares more than ``max_pixels`` pixels is refused before it is
-  decoded (a decompression bomb: a small file that would expand to gigabytes).
+Pillow's plain ``convert("RGB")`` is wrong for some images and it decodes whatever size a file declares;
+:func:`decode_image` gives the pixels the same picture saved as an 8-bit RGB PNG would, or a
+:class:`CifarkitError` naming the file. 16-bit greyscale is read on the 16-bit scale (Pillow would clip it to
+white), float images on 0..1 (values off it refused, not clipped), transparency on white, the EXIF orientation
+applied, and a file declaring more than ``max_pixels`` pixels refused before decoding (a decompression bomb).
 """
 
 from __future__ import annotations
@@ -48,12 +34,8 @@ ImageSource = str | Path | bytes
 def decode_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an image file (or its bytes) to a loaded 8-bit RGB Pillow image, upright, at its own size.
 
-    ``max_pixels`` bounds the declared width x height, checked before any pixel
-    is decoded (Pillow's own bomb limit, about 179 megapixels, still applies).
-
-    Raises:
-        CifarkitError: the file is missing, not an image, truncated, too large,
-            or holds values outside its mode's range; the message names it.
+    ``max_pixels`` bounds the declared width x height before any pixel is decoded; any problem is a
+    :class:`CifarkitError` naming the file.
     """
     name = "uploaded image" if isinstance(source, bytes) else str(source)
     try:
@@ -83,11 +65,8 @@ def decode_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Image.
 
 
 def image_to_array(source: ImageSource, size: int = SIZE, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode an image (see :func:`decode_image`) to uint8 (size, size, 3) RGB for prediction.
-
-    The central square is kept (CIFAR-10 objects fill the frame) and it is
-    downscaled with a Lanczos filter.
-    """
+    """Decode an image to uint8 (size, size, 3) RGB for prediction: its central square (CIFAR-10 objects fill the
+    frame), Lanczos-downscaled."""
     image = decode_image(source, max_pixels=max_pixels)
     return np.asarray(ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS), dtype=np.uint8)
 
@@ -118,11 +97,7 @@ def _to_rgb(image: Image.Image, name: str) -> Image.Image:
 
 
 def _grey_to_8bit(values: np.ndarray, white: float, name: str) -> Image.Image:
-    """Greyscale ``values`` on the scale 0 (black) to ``white``, rounded to an 8-bit "L" image.
-
-    Values off that scale are refused, not clipped: clipping is what turns a
-    picture on another scale silently white.
-    """
+    """Greyscale ``values`` on the scale 0 (black) to ``white``, rounded to an 8-bit "L" image; others refused."""
     low, high = float(values.min()), float(values.max())
     if not 0 <= low <= high <= white:  # also False for NaN
         raise CifarkitError(

@@ -25,28 +25,10 @@ def load_cifar10(
 ) -> CIFAR10:
     """Load CIFAR-10 from wherever it is, decoding it only the first time.
 
-    The data is looked for, in order, at ``path``; at ``$CIFARKIT_DATA``; as
-    ``cifar-10-python.tar.gz`` in the cache folder (``cache_dir``, else
-    ``$CIFARKIT_CACHE``, else ``~/.cache/cifarkit``); and, if ``download`` is
-    true, by downloading ``url`` into that cache folder. Any of the layouts of
-    :mod:`cifarkit.data.sources` is recognised; in a class-folder tree an image
-    that is not 32x32 is resized to 32x32 with a warning naming the file, so
-    that such a folder still loads. The decoded arrays are cached in the cache
-    folder, so a second load of the same, unchanged source reads them back
-    instead of decoding again.
-
-    Args:
-        path: an archive, an extracted batches folder, a folder containing one,
-            or a ``train/``+``test/`` class-folder tree.
-        cache_dir: the cache folder, overriding ``$CIFARKIT_CACHE``.
-        download: whether to download the archive when no data is found.
-        url: where to download ``cifar-10-python.tar.gz`` from.
-        md5: the expected MD5 of the archive downloaded or read; None means the
-            official checksum (either official archive, when reading one).
-
-    Raises:
-        DataError: the data is missing, malformed or corrupt, or the download
-            failed; the message says where to put the data.
+    Looked for at ``path`` (any layout of :mod:`cifarkit.data.sources`), ``$CIFARKIT_DATA``, then as
+    ``cifar-10-python.tar.gz`` in the cache folder (``cache_dir``, ``$CIFARKIT_CACHE``, ``~/.cache/cifarkit``),
+    downloaded there from ``url`` if ``download``. ``md5`` None means an official checksum. Problems are a
+    :class:`DataError` saying where to put the data.
     """
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     source = detect_source(_locate(path, cache_root, download, url, md5))
@@ -86,11 +68,7 @@ def _locate(path: str | os.PathLike[str] | None, cache_root: Path, download: boo
 
 
 def _check_cache_root(cache_root: Path) -> None:
-    """Refuse, before downloading, a cache folder that cannot be made or written: a file in its place or above it.
-
-    Nothing is created: the nearest existing folder is probed with a temporary
-    file (``os.access`` says yes to root on a read-only file system).
-    """
+    """Refuse, before downloading, a cache folder that cannot be made or written (nothing is created)."""
     for folder in (cache_root, *cache_root.parents):
         if not (folder.exists() or folder.is_symlink()):
             continue

@@ -1,10 +1,7 @@
 """Read the pickled CIFAR-10 python batches without letting a pickle run code.
 
-``pickle.load`` calls whatever global a pickle names, so a tampered batch file
-could run ``os.system``. The official batches only need three globals to
-rebuild their numpy ``data`` array; :class:`RestrictedUnpickler` resolves
-exactly those and refuses every other one before anything is called. Plain
-containers and scalars (dict, list, bytes, str, int) need no globals at all.
+``pickle.load`` calls whatever global a pickle names, so a tampered batch could run ``os.system``;
+:class:`RestrictedUnpickler` resolves only the few numpy globals the official batches need.
 """
 
 from __future__ import annotations
@@ -42,14 +39,9 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_pickle(stream: BinaryIO, name: str) -> Any:
-    """Unpickle one CIFAR-10 python batch from ``stream``; ``name`` is used in errors.
+    """Unpickle one CIFAR-10 python batch from ``stream`` (``name`` in errors: a :class:`DataError`).
 
-    ``encoding="latin1"`` decodes the Python 2 byte strings of the official
-    batches (as numpy recommends), so their keys load as ``str``; batches
-    pickled by Python 3 keep ``bytes`` keys. Callers accept both.
-
-    Raises:
-        DataError: the pickle names a refused global or is not a valid pickle.
+    ``latin1`` decodes the official batches' Python 2 strings, so their keys load as ``str`` (Python 3's: ``bytes``).
     """
     try:
         return RestrictedUnpickler(stream, encoding="latin1").load()

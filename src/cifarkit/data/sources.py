@@ -1,21 +1,10 @@
 """Find and decode CIFAR-10 in any of the forms it is shipped in.
 
-A path may name:
-
-* an archive: the official ``cifar-10-python.tar.gz`` or ``cifar-10-binary.tar.gz``
-  (MD5-checked before anything in it is read);
-* an extracted ``cifar-10-batches-py/`` or ``cifar-10-batches-bin/`` folder, or a
-  folder that contains one (checked for structure instead: shapes, label range,
-  one label per image);
-* a class-folder tree ``train/<class>/*.png|jpg`` and ``test/<class>/...``
-  (classes in alphabetical order, which is CIFAR-10's label order; images
-  sorted by class, then file name; any image mode converted to RGB; an image
-  that is not 32x32 resized to 32x32, with a warning naming the file);
-* a folder that contains one of the official archives.
-
-Every reader returns the same :class:`CIFAR10`: uint8 RGB images (N, 32, 32, 3)
-and int64 labels, batches in their official order, and every problem is a
-:class:`DataError` that names the file and the fix.
+A path may name an official archive (MD5-checked before anything in it is read), an extracted batches folder
+(python or binary; checked for structure instead), a folder containing either, or a class-folder tree
+``train/<class>/*.png|jpg`` + ``test/<class>/...`` (classes in alphabetical order, which is CIFAR-10's label
+order; images of another size resized with a warning). Every reader returns the same :class:`CIFAR10`, and every
+problem is a :class:`DataError` naming the file and the fix (docs/data.md).
 """
 
 from __future__ import annotations
@@ -103,11 +92,7 @@ def file_md5(path: Path, chunk_size: int = 1 << 20) -> str:
 
 
 def detect_source(path: Path) -> Source:
-    """Work out which CIFAR-10 form ``path`` holds.
-
-    Raises:
-        DataError: ``path`` does not exist or is in none of the known layouts.
-    """
+    """Work out which CIFAR-10 form ``path`` holds; a :class:`DataError` when it is none of them."""
     path = path.expanduser()
     if not path.exists():
         if path.is_symlink():
@@ -175,20 +160,12 @@ def _read_batches(open_batch: BatchOpener, parse: BatchParser, suffix: str, labe
 
     train = [read(name) for name in TRAIN_BATCHES]
     x_test, y_test = read(TEST_BATCH)
-    return CIFAR10(
-        x_train=np.concatenate([x for x, _ in train]),
-        y_train=np.concatenate([y for _, y in train]),
-        x_test=x_test,
-        y_test=y_test,
-        source=label,
-    )
+    x_train, y_train = (np.concatenate(part) for part in zip(*train))
+    return CIFAR10(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, source=label)
 
 
 def _parse_python_batch(stream: BinaryIO, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled batch: a dict with ``data`` (N, 3072) uint8 and ``labels`` (N ints).
-
-    Keys may be ``str`` (Python 2 pickles read as latin1) or ``bytes``.
-    """
+    """One pickled batch: a dict with ``data`` (N, 3072) uint8 and ``labels`` (N ints); keys ``str`` or ``bytes``."""
     batch = load_pickle(stream, name)
     if not isinstance(batch, dict):
         raise DataError(
@@ -253,11 +230,7 @@ def _check_labels(values: object, count: int, name: str) -> np.ndarray:
 
 
 def _read_archive(path: Path, md5: str | None) -> CIFAR10:
-    """Verify an archive's MD5, then read the python or binary batches inside it.
-
-    The tar is read as a stream, in one pass, keeping only the batch files, so
-    the gzip data is decompressed once and nothing is written to disk.
-    """
+    """Verify an archive's MD5, then read the batches inside it in one streamed pass, nothing written to disk."""
     _verify_md5(path, md5)
     wanted = {name + suffix for name in (*TRAIN_BATCHES, TEST_BATCH) for suffix in ("", BINARY_SUFFIX)}
     try:
@@ -292,12 +265,7 @@ def _read_archive(path: Path, md5: str | None) -> CIFAR10:
 
 
 def _verify_md5(path: Path, md5: str | None) -> None:
-    """Check an archive against ``md5``, or against either official checksum when None.
-
-    An archive that is not the official one but a readable tar of the CIFAR-10
-    batches (re-packed, or compressed again) is not called corrupt: the message
-    says how to use it, extracted.
-    """
+    """Check an archive against ``md5``, or either official checksum; a re-packed one is told to extract it."""
     expected = (md5.lower(),) if md5 else (PYTHON_MD5, BINARY_MD5)
     digest = file_md5(path)
     if digest in expected:
@@ -319,10 +287,7 @@ def _verify_md5(path: Path, md5: str | None) -> None:
 
 
 def _batches_folder_in(path: Path) -> str | None:
-    """The folder in the tar ``path`` that holds all six python or binary batches ("" for the top), else None.
-
-    None too when ``path`` is not a readable tar archive (truncated, corrupt or another format).
-    """
+    """The folder in the tar ``path`` that holds all six python or binary batches ("" for the top), else None."""
     folders: dict[str, set[str]] = {}
     try:
         with tarfile.open(path, "r|*") as tar:
@@ -344,14 +309,9 @@ def _batches_folder_in(path: Path) -> str | None:
 
 
 def _read_image_folders(root: Path) -> CIFAR10:
-    """Decode ``root/train/<class>/*`` and ``root/test/<class>/*``.
-
-    Both splits are listed (and their folders checked) before any image is
-    decoded, so a tree without test/ fails at once, not after the training images.
-    """
+    """Decode ``root/train/<class>/*`` and ``root/test/<class>/*``, both listed and checked before any is decoded."""
     (train_files, y_train), (test_files, y_test) = (_list_split(root / split) for split in ("train", "test"))
-    x_train = _decode_images(train_files, "train")
-    x_test = _decode_images(test_files, "test")
+    x_train, x_test = _decode_images(train_files, "train"), _decode_images(test_files, "test")
     return CIFAR10(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, source=str(root))
 
 
@@ -367,12 +327,7 @@ def _list_split(split_dir: Path) -> tuple[list[Path], np.ndarray]:
 
 
 def _class_folders(split_dir: Path) -> list[Path]:
-    """The split's class folders in label order, which is alphabetical order.
-
-    Raises:
-        DataError: the split folder, or one of its class folders, is missing, or
-            it holds a folder that is not a CIFAR-10 class.
-    """
+    """The split's class folders in label order (alphabetical); each missing or unknown one is a DataError."""
     if not split_dir.is_dir():
         raise DataError(
             f"{split_dir} is missing: a class-folder tree needs train/<class>/ and test/<class>/ "
@@ -395,11 +350,7 @@ def _class_folders(split_dir: Path) -> list[Path]:
 
 
 def _list_images(class_dir: Path) -> list[Path]:
-    """The class folder's image files, sorted by name; hidden files are skipped.
-
-    Raises:
-        DataError: the folder holds a non-image file or no image at all.
-    """
+    """The class folder's image files, sorted by name (hidden files skipped); a stray file or none is a DataError."""
     names = sorted(entry.name for entry in os.scandir(class_dir) if not entry.name.startswith("."))
     strays = [name for name in names if Path(name).suffix.lower() not in IMAGE_SUFFIXES]
     if strays:
@@ -414,10 +365,7 @@ def _list_images(class_dir: Path) -> list[Path]:
 def _decode_images(files: list[Path], split: str) -> np.ndarray:
     """Decode ``files`` into one (N, 32, 32, 3) array on a thread pool of os.cpu_count() threads.
 
-    Threads suffice: Pillow releases the GIL while it inflates and decodes, and
-    they need none of a process pool's pickling of results. Chunks keep the
-    per-task overhead small. Resize warnings are issued here, on the calling
-    thread, so callers can catch them.
+    Pillow releases the GIL while it decodes; resize warnings are issued here, on the calling thread.
     """
     images = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     chunks = [files[start : start + DECODE_CHUNK] for start in range(0, len(files), DECODE_CHUNK)]
@@ -448,16 +396,9 @@ def _decode_chunk(files: list[Path]) -> tuple[np.ndarray, list[tuple[Path, tuple
 
 
 def _decode_image(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode one image as 32x32 RGB; also return its original (width, height).
+    """Decode one image as 32x32 RGB (as :func:`decode_image` does); also return its original (width, height).
 
-    The image is decoded as predictions decode theirs (:func:`decode_image`:
-    any mode, 16-bit included, to 8-bit RGB; transparency on white; decompression
-    bombs refused). An image of another size is resized to 32x32 (bicubic; Pillow
-    antialiases when it shrinks) rather than rejected, so that a folder of, say,
-    64x64 images still loads; the caller warns about each one.
-
-    Raises:
-        DataError: the file is not a decodable image, or declares too many pixels.
+    An image of another size is resized (bicubic) rather than rejected, so a folder of 64x64 images still loads.
     """
     try:
         rgb = decode_image(path)

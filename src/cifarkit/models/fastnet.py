@@ -1,23 +1,12 @@
 """FastNet: a small residual-free VGG-style CNN for fast CIFAR-10 training, in the airbench style.
 
-The design follows the ideas of Keller Jordan's airbench (arXiv 2404.00498),
-re-implemented here:
+Keller Jordan's airbench (arXiv 2404.00498), re-implemented: a frozen 2x2 patch-whitening convolution (in a
+positive and a negative copy, so the GELU after it loses nothing); three blocks of conv3x3 -> maxpool2 -> BN ->
+GELU -> conv3x3 -> BN -> GELU, the convolutions initialised to partial identity; BatchNorm with a short memory and
+its scale fixed at 1; global max pooling and a bias-free head scaled by 1/width.
 
-* a frozen 2x2 "patch whitening" convolution whose filters are the eigenvectors
-  of the training patches' covariance, scaled to unit variance, kept in a
-  positive and a negative copy so the GELU after it loses no information;
-* three blocks of conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU,
-  with the convolutions initialised to (partial) identity, an implicit residual;
-* BatchNorm with a short memory (running statistics follow the last few batches,
-  which is what a run of a few hundred steps needs), a tiny eps, and the scale
-  fixed at 1 (only the shift is learned);
-* global max pooling and a bias-free linear head whose logits are scaled by a
-  factor of 1/width over unit-variance weights (airbench94_muon), which keeps the
-  initial logits small and the head lr width-independent.
-
-Every model takes float images in [0, 1], shape (N, 3, 32, 32), and normalises
-them inside (CIFAR-10 mean and std are buffers). Call ``model.data_init(images)``
-once with training images in [0, 1] (one tensor, or chunks of them) before training, to set the whitening filters.
+Models take [0, 1] images (N, 3, 32, 32) and normalise them inside; ``model.data_init(images)`` sets the
+whitening filters once before training.
 """
 
 from __future__ import annotations
@@ -39,10 +28,7 @@ CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 class FastNetConfig:
     """Shape and normalisation settings of a FastNet.
 
-    ``bn_momentum`` is in the airbench/Keras convention: the weight kept by the
-    *old* running statistic (running = 0.6 * running + 0.4 * batch). PyTorch's
-    ``momentum`` is the weight of the *new* batch, so the layers get
-    ``1 - bn_momentum``.
+    ``bn_momentum`` is airbench's: the weight of the *old* running statistic (PyTorch's is ``1 - bn_momentum``).
     """
 
     widths: tuple[int, int, int] = (64, 256, 256)
@@ -65,11 +51,8 @@ def _batch_norm(channels: int, cfg: FastNetConfig) -> nn.BatchNorm2d:
 
 
 def _identity_conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
-    """A bias-free 3x3 'same' conv whose first min(c_in, c_out) filters start as the identity.
-
-    The identity part passes the input through at initialisation, a residual
-    connection without the extra memory traffic of an actual skip.
-    """
+    """A bias-free 3x3 'same' conv whose first min(c_in, c_out) filters start as the identity: a residual at
+    initialisation without the memory traffic of an actual skip."""
     conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)
     with torch.no_grad():
         nn.init.dirac_(conv.weight[: min(c_in, c_out)])
@@ -106,9 +89,7 @@ class FastNet(nn.Module):
         self.whiten.weight.requires_grad_(False)
         w1, w2, w3 = cfg.widths
         self.blocks = nn.Sequential(
-            ConvBlock(cfg.whiten_width, w1, cfg),
-            ConvBlock(w1, w2, cfg),
-            ConvBlock(w2, w3, cfg),
+            ConvBlock(cfg.whiten_width, w1, cfg), ConvBlock(w1, w2, cfg), ConvBlock(w2, w3, cfg)
         )
         self.head = nn.Linear(w3, num_classes, bias=False)
         # Unit-variance head weights with outputs divided by the width (airbench94_muon): the
@@ -138,13 +119,8 @@ class FastNet(nn.Module):
     def data_init(self, train_images: Tensor | Iterable[Tensor], eps: float = 5e-4) -> None:
         """Set the whitening layer from training images in [0, 1]; call once before training.
 
-        ``train_images``: a tensor (N, 3, H, W), or an iterable of such chunks,
-        so that a caller holding uint8 pixels can scale a chunk at a time and
-        never hold the whole set's floats (0.6 GB for 49,000 images). The
-        first half of the layer's channels gets the whitening filters of the
-        normalised images' patches (see :func:`whitening_filters`), the second
-        half their negatives, so that GELU(+z), GELU(-z) together keep both
-        signs of z. A few thousand images are plenty (airbench uses 5,000).
+        ``train_images``: a tensor (N, 3, H, W), or chunks of them, so that the whole set's floats are never held.
+        The first half of the channels gets :func:`whitening_filters`, the second half their negatives.
         """
         parts = [train_images] if isinstance(train_images, Tensor) else train_images
         chunks = (self.normalize(part) for part in parts)
@@ -155,12 +131,8 @@ class FastNet(nn.Module):
     def parameter_roles(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by role, for optimizers that treat them differently (as airbench does).
 
-        ``filters``: 3x3 conv weights (Muon, or SGD at the base lr); ``norm``:
-        BatchNorm shifts, which want a much larger lr than SGD-trained filters
-        (airbench: 64x); ``whiten_bias``: the whitening layer's bias, which
-        airbench trains only for the first 3 epochs (the recipe field
-        ``whiten_bias_epochs``, see :func:`cifarkit.optim.set_learning_rates`);
-        ``head``: the classifier.
+        ``filters`` (3x3 conv weights), ``norm`` (BatchNorm shifts), ``whiten_bias`` (trained only for
+        ``whiten_bias_epochs``) and ``head``.
         """
         roles: dict[str, list[nn.Parameter]] = {"filters": [], "norm": [], "whiten_bias": [], "head": []}
         for module in self.modules():
@@ -176,9 +148,7 @@ class FastNet(nn.Module):
 def _patch_moments(chunks: Iterable[Tensor], dim: int, kernel: int) -> tuple[Tensor, Tensor]:
     """Mean (D,) and covariance (D, D) of all kernel x kernel patches of the images in ``chunks``, in float64.
 
-    D = ``dim`` = C*k*k. Patches are flattened in (channel, row, col) order,
-    the order of a conv weight's ``view(out, -1)``. Taking the images a chunk
-    at a time means 50,000 images are never unfolded at once (that would be ~2 GB).
+    D = ``dim`` = C*k*k, in a conv weight's ``view(out, -1)`` order; a chunk at a time, never the set unfolded.
     """
     total, outer, count = 0, 0, 0
     for batch in chunks:
@@ -194,12 +164,8 @@ def _patch_moments(chunks: Iterable[Tensor], dim: int, kernel: int) -> tuple[Ten
 def whitening_filters(chunks: Iterable[Tensor], channels: int, kernel: int, eps: float) -> tuple[Tensor, Tensor]:
     """PCA whitening of patches: filters (D, C, k, k) and biases (D,).
 
-    ``chunks``: the images, in parts of (n, ``channels``, H, W).
-    Filter i is the i-th eigenvector of the patch covariance divided by
-    sqrt(eigenvalue_i + eps), largest eigenvalue first, and its bias subtracts
-    the mean patch, so the outputs on these images have zero mean and
-    covariance diag(lambda / (lambda + eps)) ~ identity. ``eps`` caps the gain
-    of near-constant directions (in standardised units: 5e-4 ~ noise level).
+    Filter i is the i-th eigenvector of the patch covariance (largest first) over sqrt(eigenvalue_i + eps), its bias
+    subtracts the mean patch: outputs of zero mean and about unit covariance. ``eps`` caps near-constant directions.
     """
     mean, cov = _patch_moments(chunks, channels * kernel * kernel, kernel)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending

@@ -1,13 +1,8 @@
 """The report's sections: each renders one analysis of a run and returns its HTML.
 
-What `cifarkit evaluate` computed once (classification report, confusion
-matrix, gallery, in ``RUN/eval/``) is rendered from its files, never
-recomputed; the sections that add analyses (confused pairs, top losses,
-Grad-CAM, calibration, robustness) start from the same predictions and write
-their files into ``RUN/insight/``. Per-run sections take a :class:`RunContext`;
-the comparison sections take all runs. A section that lacks an input (test
-images, a model, validation data) says so in a note instead of failing, so a
-report can always be made from evaluated run directories alone.
+What `cifarkit evaluate` wrote into ``RUN/eval/`` is rendered, never recomputed; further analyses start from the
+same predictions and write into ``RUN/insight/``. A section that lacks an input (test images, a model, validation
+data) says so in a note instead of failing, so evaluated run directories alone always make a report.
 """
 
 from __future__ import annotations
@@ -147,18 +142,9 @@ def curves_section(runs: Sequence[Run]) -> str:
 
 
 def classification_table(report: dict[str, Any], classes: Sequence[str]) -> str:
-    """sklearn's classification report (a dict, as evaluate wrote it) as a table: a row per class, then averages.
-
-    Shared with the notebook display of an evaluation (:class:`cifarkit.api.EvalResult`).
-    """
+    """sklearn's classification report (a dict, as evaluate wrote it) as a table: a row per class, then averages."""
     rows = [
-        (
-            key,
-            f"{report[key]['precision']:.4f}",
-            f"{report[key]['recall']:.4f}",
-            f"{report[key]['f1-score']:.4f}",
-            int(report[key]["support"]),
-        )
+        (key, *(f"{report[key][s]:.4f}" for s in ("precision", "recall", "f1-score")), int(report[key]["support"]))
         for key in (*classes, "macro avg", "weighted avg")
     ]
     return markup.table(("class", "precision", "recall", "F1", "support"), rows)

@@ -1,22 +1,10 @@
 """The FastAPI application: a page for people, a JSON API for programs, both hardened against bad input.
 
-Routes (OpenAPI docs at ``/docs``):
-
-* ``GET /``: the page: drop or choose images, see each with a bar chart of
-  its class probabilities. Self-contained: no CDN, fonts or scripts from
-  elsewhere.
-* ``GET /health``: liveness.
-* ``GET /v1/model``: classes, input size, parameters, test accuracy, backend.
-* ``POST /v1/predict``: multipart form, one or more ``file`` fields and an
-  optional ``top_k``; the top-k classes of each image and the model's identity.
-
-Every error is a JSON ``{"detail": "..."}`` whose message names the problem,
-with a 4xx status for anything the client can fix: an oversized body (413,
-refused as it streams in, never read whole), too many files, an empty,
-truncated or non-image file, an image declaring too many pixels (refused
-before decoding), a missing ``file`` field; 401 without the API key; 503
-with Retry-After when the model's queue is full. Uploads live only in memory
-and temporary files: no request names a file on the server.
+Routes (docs/serving.md; OpenAPI at ``/docs``): ``GET /`` the self-contained page, ``GET /health``,
+``GET /v1/model`` and ``POST /v1/predict`` (one or more ``file`` fields, optional ``top_k``). Every error is JSON
+``{"detail": "..."}`` naming the problem, 4xx for what the client can fix (413 for an oversized body, refused as it
+streams in; 400 for a bad image, refused before decoding where it declares too many pixels), 401 without the API
+key, 503 with Retry-After when the queue is full. No request names a file on the server.
 """
 
 from __future__ import annotations
@@ -226,13 +214,8 @@ def _add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc'][1:]) or 'request'}: {error['msg']}" for error in exc.errors()
         )
-        return JSONResponse(
-            {
-                "detail": f"invalid request ({problems}); send a multipart form with one or more "
-                "'file' fields and optionally 'top_k' (see /docs)"
-            },
-            422,
-        )
+        hint = "send a multipart form with one or more 'file' fields and optionally 'top_k' (see /docs)"
+        return JSONResponse({"detail": f"invalid request ({problems}); {hint}"}, 422)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -250,14 +233,11 @@ def _too_large(settings: ServeSettings) -> str:
 class DeclaredSizeLimit:
     """Answers 413 at once, reading nothing, to a request whose Content-Length exceeds the limit (ASGI middleware).
 
-    A body without a declared length (chunked) is counted as it streams in, by
-    the route's ``max_body_size``, and refused as soon as it passes the limit.
+    A chunked body is counted as it streams in, by the route's ``max_body_size``.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, message: str) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.message = message
+        self.app, self.max_bytes, self.message = app, max_bytes, message
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         length = Headers(scope=scope).get("content-length", "") if scope["type"] == "http" else ""

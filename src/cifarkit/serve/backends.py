@@ -1,18 +1,8 @@
 """What the server runs: a run's model as a function from uint8 images to probabilities, and its identity.
 
-* ``torch``: the run's best weights in PyTorch, on the device ``pick_device``
-  chooses, in the precision the run trained in where that precision is
-  native here (bfloat16 autocast on a GPU or a CPU with AVX512-BF16/AMX);
-  float32 otherwise, since emulated bfloat16 is about 20x slower and no more
-  accurate.
-* ``onnx``: the run's exported ONNX file (``cifarkit export RUN --format
-  onnx``) in onnxruntime on the CPU, float32 (or int8 for a quantised file).
-  The file must come from the run's current weights: a stale export is
-  refused rather than silently served.
-
-Both apply the test-time augmentation the run's recipe evaluates with (or the
-one asked for), so the served model is the model whose test accuracy the run
-reports.
+``torch`` serves the run's best weights in its precision where that is native here (float32 otherwise);
+``onnx`` its exported ONNX file in onnxruntime, refused when stale. Both apply the recipe's test-time
+augmentation, so the served model is the one whose test accuracy the run reports.
 """
 
 from __future__ import annotations
@@ -63,11 +53,7 @@ def load_classifier(
     tta: str | None = None,
     model_file: str | Path | None = None,
 ) -> Classifier:
-    """The run in ``run_dir`` ready to serve with ``backend`` (torch or onnx).
-
-    ``tta`` defaults to the run's recipe (torch) or to the TTA the ONNX file
-    was exported with. ``model_file`` is the ONNX file (default RUN/model.onnx).
-    """
+    """The run in ``run_dir`` ready to serve with ``backend``; ``tta`` defaults to the recipe's (or the ONNX file's)."""
     check_backend(backend, device, model_file)
     config = read_config(run_dir)
     metrics = recorded_metrics(run_dir)
@@ -171,8 +157,5 @@ def _onnx_backend(
         )
     # As many threads as PyTorch would use (the CLI's --threads sets both).
     predict = onnx_predictor(path, threads=torch.get_num_threads())
-    return predict, {
-        "tta": metadata.get("tta", "none"),
-        "precision": metadata.get("precision", "float32"),
-        "device": "cpu (onnxruntime)",
-    }
+    details = {"tta": metadata.get("tta", "none"), "precision": metadata.get("precision", "float32")}
+    return predict, {**details, "device": "cpu (onnxruntime)"}

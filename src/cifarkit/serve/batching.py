@@ -1,20 +1,10 @@
 """Dynamic batching: images from requests that arrive together share one forward pass.
 
-A CNN classifies 64 images in far less than 64 times the time of one, so a
-server that runs each request on its own wastes most of the machine under
-load. :class:`DynamicBatcher` queues the images of every request; one worker
-takes whatever is waiting (up to ``max_batch`` images), runs the model once in
-a worker thread, so the event loop keeps serving, and hands each request its
-rows back. While the model is busy, new requests queue up and form the next
-batch by themselves. When it is idle, the worker waits up to ``max_wait``
-seconds for requests already on their way (marked with
-:meth:`DynamicBatcher.arriving`, e.g. while their images are decoded) to join
-the batch, and not at all for a request that comes alone.
-
-The queue is bounded: when more than ``max_queue`` images are already
-waiting, :meth:`DynamicBatcher.submit` raises :class:`QueueFull` at once
-(the server answers 503 with Retry-After) instead of letting latency and
-memory grow without bound.
+A CNN classifies 64 images in far less than 64 times the time of one. :class:`DynamicBatcher` queues every
+request's images; one worker runs the model on whatever is waiting (up to ``max_batch``) in a thread and hands
+each request its rows. An idle worker waits up to ``max_wait`` seconds for requests on their way
+(:meth:`DynamicBatcher.arriving`), not at all for one alone. Beyond ``max_queue`` waiting images,
+:class:`QueueFull` (503) rather than unbounded latency and memory.
 """
 
 from __future__ import annotations
@@ -44,10 +34,7 @@ class DynamicBatcher:
         max_wait: float = 0.002,
         max_queue: int = 256,
     ) -> None:
-        self.predict = predict
-        self.max_batch = max_batch
-        self.max_wait = max_wait
-        self.max_queue = max_queue
+        self.predict, self.max_batch, self.max_wait, self.max_queue = predict, max_batch, max_wait, max_queue
         self.waiting = 0  # images queued, not yet taken into a batch
         self._arriving = 0  # requests on their way to submit()
         self._queue: asyncio.Queue[Job] | None = None

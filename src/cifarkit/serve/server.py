@@ -41,9 +41,7 @@ def serve(
 ) -> None:
     """Serve a run until interrupted (Ctrl-C shuts down cleanly, finishing requests in flight).
 
-    The API key is ``settings.api_key``, else ``$CIFARKIT_API_KEY``; without
-    one the server binds to loopback addresses only. More than
-    ``max_connections`` open connections are answered 503 by uvicorn.
+    The API key is ``settings.api_key``, else ``$CIFARKIT_API_KEY``; without one only loopback addresses serve.
     """
     settings = settings or ServeSettings()
     settings = replace(settings, api_key=settings.api_key or os.environ.get(API_KEY_ENV) or None)
@@ -58,30 +56,16 @@ def serve(
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         classifier = load_classifier(run_dir, backend=backend, device=device, tta=tta, model_file=model_file)
         info = classifier.info
-        log.info(
-            "serving %s (%s): %s backend on %s, %s, TTA %s; test accuracy %s",
-            info["run"],
-            info["recipe"],
-            info["backend"],
-            info["device"],
-            info["precision"],
-            info["tta"],
-            _accuracy(info),
-        )
+        fields = [info[key] for key in ("run", "recipe", "backend", "device", "precision", "tta")]
+        log.info("serving %s (%s): %s backend on %s, %s, TTA %s; test accuracy %s", *fields, _accuracy(info))
         log.info(
             "page at http://%s:%d/ , API docs at /docs%s",
             _url_host(host),
             port,
             "; /v1/ requests need 'Authorization: Bearer KEY'" if settings.api_key else "",
         )
-        config = uvicorn.Config(
-            create_app(classifier, settings),
-            access_log=False,
-            log_level="info",
-            limit_concurrency=max_connections,
-            server_header=False,
-        )
-        server = uvicorn.Server(config)
+        options = dict(access_log=False, log_level="info", limit_concurrency=max_connections, server_header=False)
+        server = uvicorn.Server(uvicorn.Config(create_app(classifier, settings), **options))
         with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C has shut the server down cleanly
             server.run(sockets=sockets)
     if not server.started:  # the application failed to start; uvicorn logged why
@@ -91,9 +75,7 @@ def serve(
 def listen(host: str, port: int) -> list[socket.socket]:
     """Sockets listening on ``host`` (every address it resolves to) and ``port``, for uvicorn to serve on.
 
-    Binding here, before the model is loaded, turns a port in use or an
-    address this machine does not have into a one-line :class:`CifarkitError`
-    instead of uvicorn's log line and exit status.
+    Bound before the model is loaded, so a port in use is a one-line :class:`CifarkitError`.
     """
     where = f"{_url_host(host)}:{port}"
     addresses = _addresses(host, port)

@@ -1,21 +1,8 @@
 """Search spaces: which recipe fields a study varies and over what, read from a small TOML file.
 
-One entry per recipe field (keys of the dict fields ``model_kwargs`` and
-``lr_scale`` go in a table of that name)::
-
-    epochs = 6                                        # a plain value: fixed for every trial
-    lr = {low = 1e-4, high = 1e-2, log = true}        # a range: log-uniform
-    label_smoothing = {low = 0.0, high = 0.3}         # uniform; step = 0.05 makes it discrete
-    translate = {low = 0, high = 4}                   # an integer field: whole numbers
-    optimizer = {choices = ["adamw", "sgd"]}          # one of these
-
-    [model_kwargs]
-    dropout = {low = 0.0, high = 0.6}                 # searched as "model_kwargs.dropout"
-
-The whole file is checked against the recipe before any trial runs: unknown
-fields, ranges that are empty or outside what the field allows, log scales
-that reach zero, empty choice lists and values of the wrong type are one-line
-errors naming the field.
+One entry per recipe field: a fixed value, a range ``{low, high, log, step}`` or ``{choices = [...]}``; keys of
+``model_kwargs`` and ``lr_scale`` go in a table of that name (the format: ``cifarkit tune --help``,
+docs/tuning.md). The whole file is checked against the recipe before any trial runs.
 """
 
 from __future__ import annotations
@@ -177,6 +164,4 @@ def _distribution(name: str, spec: Mapping[str, Any], kind: str | None) -> BaseD
 
 def _edges(dist: BaseDistribution) -> list[Any]:
     """The values worth checking before a study: every choice, or both ends of a range."""
-    if isinstance(dist, CategoricalDistribution):
-        return list(dist.choices)
-    return [dist.low, dist.high]
+    return list(dist.choices) if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high]

@@ -8,12 +8,8 @@ A study lives in a directory::
     STUDY/best_config.json     the best trial's recipe changes: `cifarkit train --recipe R --config` takes it
     STUDY/final-NNNN/          with --final: trial NNNN retrained on all training images, evaluated once
 
-The study itself (trials, parameters, per-epoch validation accuracy, states)
-is kept by Optuna in a SQL database: a SQLite file by default, so a killed
-study resumes where it stopped when the same command runs again; or any
-SQLAlchemy URL, such as PostgreSQL, that many workers on many machines share
-(each runs the same command with the same ``--storage`` and ``--study``).
-Trials are selected on validation accuracy only; the test set is used once,
+Optuna keeps the study in a SQL database (SQLite by default; any SQLAlchemy URL that many workers share), so the
+same command resumes it or adds a worker. Trials are selected on validation accuracy; the test set is used once,
 by :func:`retrain_best`.
 """
 
@@ -57,9 +53,7 @@ STORAGE_HINT = (
 class StopAfterFailures:
     """An Optuna study callback: stop this worker after ``limit`` failed trials in a row.
 
-    Failed trials (recipes cifarkit refuses) do not count towards ``--trials``;
-    a space that proposes almost nothing but refused recipes would otherwise
-    run for ever.
+    Failed trials do not count towards ``--trials``, so a space of refused recipes would otherwise run for ever.
     """
 
     def __init__(self, limit: int) -> None:
@@ -88,21 +82,13 @@ class Pruning(Callback):
 
 
 def make_pruner(pruner: str | optuna.pruners.BasePruner) -> optuna.pruners.BasePruner:
-    """The Optuna pruner named ``pruner`` (an Optuna pruner is returned as it is).
-
-    ``median`` stops a trial whose accuracy is below the median of earlier
-    trials at the same epoch (from the sixth trial on); ``halving`` is
-    asynchronous successive halving (only the best part of the trials goes on
-    at each rung); ``none`` never prunes.
-    """
+    """The Optuna pruner named ``pruner``: ``median``, ``halving`` (successive halving) or ``none``; an Optuna pruner
+    is returned as it is."""
     if isinstance(pruner, optuna.pruners.BasePruner):
         return pruner
-    if pruner == "median":
-        return optuna.pruners.MedianPruner()
-    if pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    if pruner == "none":
-        return optuna.pruners.NopPruner()
+    pruners = {"median": "MedianPruner", "halving": "SuccessiveHalvingPruner", "none": "NopPruner"}
+    if pruner in pruners:
+        return getattr(optuna.pruners, pruners[pruner])()
     raise CifarkitError(f"unknown pruner {pruner!r}; choose one of {', '.join(PRUNERS)}")
 
 
@@ -131,11 +117,8 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
 def check_storage(storage: str | None) -> None:
     """Refuse, before anything is created, a ``--storage`` that cannot hold the study; one line naming the fix.
 
-    The URL must parse (:func:`sqlalchemy.engine.make_url`), name a database
-    kind SQLAlchemy knows, with its driver installed, and answer one connection.
-    A SQLite file is not created by this check: its folder must exist and be
-    writable, and an existing file must be a database. None (the study
-    directory's own SQLite file) needs no check.
+    The URL must parse, name a dialect whose driver is installed, and answer one connection; a SQLite file is not
+    created here (its folder must be writable). None, the study directory's own SQLite file, needs no check.
     """
     if storage is None:
         return
@@ -290,18 +273,9 @@ def tune(
 ) -> optuna.Study:
     """Run trials of ``base`` over ``space`` until the study holds ``n_trials`` finished ones; returns the study.
 
-    Finished means completed or pruned; trials that fail (a combination of
-    values the recipe refuses: :func:`cifarkit.recipes.validate`, run before
-    the trial trains, raises) are recorded as failed, with the reason in their
-    ``error`` attribute, and do not count. A
-    study that already holds ``n_trials`` runs none; several workers sharing
-    ``storage`` stop together once it does (each finishes the trial it is
-    running). Each trial trains into ``out/trials/NNNN`` on ``data`` (or a
-    class-balanced ``subset``), reports validation accuracy after every epoch
-    to ``pruner`` (see :func:`make_pruner`), and scores its best validation
-    accuracy. ``track_with`` (``tensorboard`` or ``mlflow``) mirrors every
-    trial to that tracker. The best configuration so far is written to
-    ``out/best_config.json``.
+    Finished means completed or pruned; a trial whose recipe is refused fails (the reason in its ``error``
+    attribute) and does not count. Each trial trains into ``out/trials/NNNN``, reports validation accuracy after
+    every epoch to ``pruner`` and scores its best; the best configuration is written to ``out/best_config.json``.
     """
     out = Path(out)
     if n_trials < 1:
@@ -352,10 +326,7 @@ def tune(
 
 
 def _failed(trial: optuna.Trial, error: CifarkitError) -> float:
-    """Record why ``trial`` failed (a one-line log and its ``error`` attribute); NaN makes Optuna mark it failed.
-
-    Raising would do the same, but Optuna logs a raised error with its traceback.
-    """
+    """Record why ``trial`` failed (a one-line log and its ``error`` attribute); NaN makes Optuna mark it failed."""
     trial.set_user_attr("error", str(error))
     optuna.logging.get_logger("optuna").warning(f"Trial {trial.number} failed: {error}")
     return math.nan
@@ -366,9 +337,7 @@ def best_trial(
 ) -> optuna.trial.FrozenTrial:
     """The completed trial with the highest validation accuracy; an error while none has completed.
 
-    Given the study's ``base`` recipe and ``space``, a completed trial whose
-    recipe :func:`cifarkit.recipes.validate` refuses now (one a study recorded
-    before a check was added, say) is passed over for the next best.
+    Given ``base`` and ``space``, a trial whose recipe is refused now is passed over for the next best.
     """
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not completed:
@@ -392,11 +361,8 @@ def best_trial(
 def write_best_config(study: optuna.Study, base: Recipe, space: SearchSpace, out: Path) -> Path | None:
     """``out/best_config.json``: the best trial's recipe as `cifarkit train --recipe NAME --config` reads it.
 
-    It holds the fields that differ from the built-in recipe of that name (all
-    fields for a recipe that is not built in); it is written only from a
-    completed trial whose recipe passes :func:`cifarkit.recipes.validate`, and
-    only once the recipe `cifarkit train` would build from it passes too. While
-    there is no such trial nothing is written, and an earlier file is removed.
+    The fields that differ from the built-in recipe of that name, written only once the recipe `cifarkit train`
+    would build from them is valid; without such a trial an earlier file is removed.
     """
     try:
         best = best_trial(study, base, space)
@@ -423,8 +389,7 @@ def retrain_best(
 ) -> tuple[Path, dict[str, Any]]:
     """Retrain the best trial's recipe on all training images (no validation split) and evaluate it on the test set.
 
-    Trains into ``out/final-NNNN`` (NNNN = the best trial's number; running
-    again resumes or reuses it) and returns that directory and the test metrics.
+    Trains into ``out/final-NNNN`` (resumed or reused when run again); returns it and the test metrics.
     """
     best = best_trial(study, base, space)
     recipe = space.recipe(base, best.params).replace(val_fraction=0.0)
@@ -460,9 +425,7 @@ def _train_tracked(
 ) -> dict[str, Any] | None:
     """Train ``recipe`` into ``run_dir``, mirrored to tracker ``track_with`` (if any) as run ``name``.
 
-    The one path by which trials and the final retraining train. With
-    ``test`` the run is then evaluated on the test set, inside the tracking so
-    that the tracker logs the test accuracy, and its metrics are returned.
+    With ``test``, evaluated on the test set inside the tracking (which logs it); its metrics are returned.
     """
     with track(track_with, run_dir, name) as trackers:
         train(
@@ -479,11 +442,7 @@ def _train_tracked(
 
 
 def load_study(study_dir: str | Path, storage: str | None = None) -> optuna.Study:
-    """The study a ``cifarkit tune`` directory holds, read from its storage.
-
-    ``storage`` overrides the URL ``study.json`` recorded, e.g. to give the
-    password it does not keep.
-    """
+    """The study a ``cifarkit tune`` directory holds; ``storage`` overrides the URL (which keeps no password)."""
     study_dir = Path(study_dir)
     if not (study_dir / STUDY_FILE).is_file():
         raise CifarkitError(f"{study_dir} is not a study directory (no {STUDY_FILE}); `cifarkit tune` writes one")
