@@ -1,18 +1,7 @@
 """cifarkit: train, evaluate, explain and serve CIFAR-10 image classifiers.
 
-One import gives the whole workflow (docs/python-api.md)::
-
-    import cifarkit
-
-    data = cifarkit.load_data()
-    run = cifarkit.train("seed_cnn3", data=data, out="runs/cnn3", epochs=5)
-    run.history, run.evaluation                    # shown as curves and tables in Jupyter
-    run.predict(data.x_test[:8], top_k=3)
-    cifarkit.Run("runs/cnn3").export("onnx")
-
-The names come from :mod:`cifarkit.api` when first used (the module
-``__getattr__`` below), so ``import cifarkit`` imports neither torch nor
-matplotlib nor scikit-learn, and ``cifarkit --help`` answers at once.
+One import gives the whole workflow (docs/python-api.md). The names come from :mod:`cifarkit.api` when first used
+(``__getattr__`` below), so ``import cifarkit`` imports neither torch nor matplotlib nor scikit-learn.
 """
 
 import sys
@@ -30,11 +19,8 @@ __all__ = ["CifarkitError", "__version__", "train", *_API]
 class _CallableTrainModule(types.ModuleType):
     """The training module :mod:`cifarkit.train`, which, called, is :func:`cifarkit.api.train`.
 
-    ``cifarkit.train(...)`` is the API's one call that trains and returns a
-    :class:`~cifarkit.api.Run`, yet ``cifarkit.train`` has to stay the module
-    (``cifarkit.train.train``, ``from cifarkit.train import ...``, patching
-    it in tests): Python sets the package attribute ``train`` to the submodule
-    whenever that is imported, so a function of that name would not last.
+    It has to stay the module: Python sets the package attribute ``train`` to the submodule whenever that is
+    imported, so a function of that name would not last.
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -43,10 +43,7 @@ def load_data(
     cache_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
 ) -> CIFAR10:
-    """CIFAR-10 as uint8 arrays: from ``path``, else ``$CIFARKIT_DATA``, else the download cache (downloaded once).
-
-    Any layout :func:`cifarkit.data.load_cifar10` reads; the CLI's ``--data`` and ``--cache-dir``.
-    """
+    """CIFAR-10 as uint8 arrays: from ``path`` (any layout), else ``$CIFARKIT_DATA``, else the download cache."""
     from cifarkit.data import load_cifar10
 
     for flag, value in (("--data", path), ("--cache-dir", cache_dir)):
@@ -158,10 +155,8 @@ def plan_training(
     subset: int | None = None,
     resume: bool = False,
 ) -> TrainingPlan:
-    """The recipe (with ``changes``, validated) and run directory of a training call, checked before any data is loaded.
-
-    Resuming, the recipe, subset and data place come from the run in ``out``.
-    """
+    """The recipe (with ``changes``, validated) and run directory of a training call, checked before any data is loaded;
+    resuming, the recipe, subset and data place come from the run in ``out``."""
     from cifarkit.recipes import DEFAULT_RECIPE, get_recipe, recipe_from_config, validate
 
     changes = dict(changes or {})
@@ -217,10 +212,7 @@ def train_planned(
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
 ) -> tuple[Run, EvalResult | None]:
-    """Train a planned run on ``data`` (mirrored to ``track``: tensorboard or mlflow), then evaluate it on the test set.
-
-    Returns the run and the evaluation made now (None without ``evaluate``, or for a finished run resumed).
-    """
+    """Train a planned run on ``data`` (mirrored to ``track``), then evaluate it: the run and evaluation (or None)."""
     from cifarkit.distributed import is_main
     from cifarkit.tracking import track as tracking
     from cifarkit.train import train as train_run
@@ -279,17 +271,9 @@ def train(
     given = data is not None
     with explain_moved_data(plan, given):
         loaded = _loaded(data if given else plan.data_source, cache_dir)
+    options = dict(device=device, threads=threads, evaluate=evaluate, track=track, progress=progress)
     try:
-        run, _ = train_planned(
-            plan,
-            loaded,
-            device=device,
-            threads=threads,
-            evaluate=evaluate,
-            track=track,
-            progress=progress,
-            callbacks=callbacks,
-        )
+        run, _ = train_planned(plan, loaded, callbacks=callbacks, **options)
     except KeyboardInterrupt:
         done = "continues from the last finished epoch" if (plan.out / "resume.pt").is_file() else "starts it again"
         raise KeyboardInterrupt(f"cifarkit.train(out={str(plan.out)!r}, resume=True) {done}") from None
@@ -311,8 +295,7 @@ class History(Sequence[dict[str, Any]]):
     """A run's epochs (``history.json``): one dict per epoch, a column by name (``history["val_acc"]``), curves."""
 
     def __init__(self, rows: list[dict[str, Any]], name: str = "run") -> None:
-        self.rows = rows
-        self.name = name
+        self.rows, self.name = rows, name
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -371,14 +354,10 @@ def evaluation_lines(metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]
 
 
 class EvalResult:
-    """A run's test-set evaluation, as :func:`cifarkit.evaluate.evaluate` wrote it into ``RUN/eval/``.
-
-    ``metrics`` is its metrics.json with the report's text (``report``) and its folder (``eval_dir``).
-    """
+    """A run's test-set evaluation: ``metrics`` is the metrics.json evaluate wrote, with ``report`` and ``eval_dir``."""
 
     def __init__(self, metrics: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> None:
-        self.metrics = dict(metrics)
-        self.run_dir = Path(run_dir)
+        self.metrics, self.run_dir = dict(metrics), Path(run_dir)
 
     @classmethod
     def read(cls, run_dir: str | os.PathLike[str]) -> EvalResult | None:
@@ -504,10 +483,7 @@ def export_run(
     int8: bool = False,
     say: Callable[[str], None] = lambda line: None,
 ) -> Exported:
-    """Export a checked run (see :func:`check_export`) with the run locked; ``say`` hears each file as it is written.
-
-    Checked against PyTorch on ``check_images`` test images of ``data``; ``int8`` adds an int8 ONNX model.
-    """
+    """Export a checked run (see :func:`check_export`) with the run locked; ``say`` hears each file as it is written."""
     from cifarkit.export import export_model, quantize_int8, sample
     from cifarkit.runs import locked
 
@@ -521,10 +497,7 @@ def export_run(
 
 
 class Run:
-    """A run directory, opened from Python: its records, and the commands that use its trained model.
-
-    Records are read from the folder each time, so they follow a run that is still training.
-    """
+    """A run directory, opened from Python: its records (read afresh each time), and the commands that use its model."""
 
     def __init__(self, path: str | os.PathLike[str], *, data: CIFAR10 | None = None) -> None:
         from cifarkit.distributed import on_main
@@ -595,10 +568,7 @@ class Run:
         threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> EvalResult:
-        """Evaluate the best weights on the test set, as ``cifarkit evaluate``: into RUN/eval/ (other data: beside it).
-
-        ``data`` defaults to what the run trained on; ``tta`` to the recipe's.
-        """
+        """Evaluate the best weights on ``data`` (default: what the run trained on), as ``cifarkit evaluate``."""
         from cifarkit.evaluate import evaluate
 
         _compute(threads)
@@ -613,10 +583,7 @@ class Run:
         device: str = "auto",
         threads: int | None = None,
     ) -> Predictions:
-        """The ``top_k`` classes of each image: image files (any Pillow format and size), or uint8 RGB arrays.
-
-        A file that cannot be read gets an ``error``; the others are still predicted (``cifarkit predict``).
-        """
+        """The ``top_k`` classes of each image file (one unreadable gets an ``error``) or uint8 RGB array."""
         from cifarkit.predict import predict
 
         _compute(threads)
@@ -666,10 +633,7 @@ class Run:
         threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> Exported:
-        """Write the model as one file (``onnx`` or ``torch-export``), uint8 images in, probabilities out.
-
-        ``cifarkit export``: written only if it matches PyTorch on ``check_images`` test images of ``data``.
-        """
+        """Write the model as one ``onnx`` or ``torch-export`` file, checked against PyTorch (``cifarkit export``)."""
         check_export(self.path, format, output, int8)
         _compute(threads)
         data = self._data_for(data, cache_dir)

@@ -1,14 +1,9 @@
 """Knowledge distillation (Hinton, Vinyals & Dean, 2015): a small net learns from a trained run's outputs.
 
-A fast net trained on labels alone sees one hard answer per image; a strong
-teacher (e.g. a fine-tuned pretrained network) also says how much an image of
-a cat looks like a dog. The student's loss mixes the two
-(:func:`training_loss`). The teacher runs once over the training images
-and their mirror images, and its logits are cached on disk, keyed like the
-feature cache (the teacher's weights, its precision and the pixels), so a
-student's run costs what a fast recipe costs. The student's random
-translation is not replayed for the teacher: a 2-pixel shift barely moves a
-good teacher's answer, and caching every shift would multiply its cost by 25.
+A teacher also says how much a cat looks like a dog; the student's loss mixes that with the labels
+(:func:`training_loss`). The teacher runs once over the training images and their mirrors, its logits cached
+like features, so a student costs what a fast recipe costs. Random translations are not replayed for the teacher:
+a 2-pixel shift barely moves a good teacher's answer, and caching every shift would cost 25 times as much.
 """
 
 from __future__ import annotations
@@ -61,10 +56,8 @@ def teacher_logits(
 ) -> np.ndarray:
     """The teacher run's logits (N, 2, C) float32 for uint8 images (N, H, W, 3), from disk if cached.
 
-    ``[:, 0]`` are the logits of the images as they are, ``[:, 1]`` of their
-    mirror images. The teacher's best weights run in its own precision where
-    that is native here (float32 otherwise). ``classes`` are the student's:
-    a teacher trained on other classes is refused.
+    ``[:, 0]`` of the images as they are, ``[:, 1]`` of their mirrors; ``classes`` are the student's, which the
+    teacher must share.
     """
     run_dir = Path(run_dir)
     config = check_teacher(run_dir, classes)
@@ -98,19 +91,12 @@ def training_loss(
 ) -> torch.Tensor:
     """Summed loss of a batch: (1 - weight) x cross-entropy with the labels + weight x the teacher's term.
 
-    The teacher's term is T^2 x KL(softmax(teacher / T) || softmax(logits / T)),
-    T the temperature: softening both sides shows the student the teacher's
-    small probabilities, and T^2 keeps that term's gradients the size of the
-    labels' at any T (Hinton et al., 2015). Without a teacher (None) it is
-    the labels' cross-entropy alone.
+    The teacher's term is T^2 x KL(softmax(teacher / T) || softmax(logits / T)): softening shows the student the
+    teacher's small probabilities, and T^2 keeps its gradients the labels' size at any T. No teacher: labels alone.
     """
     hard = F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum")
     if teacher is None:
         return hard
-    soft = F.kl_div(
-        F.log_softmax(logits / temperature, dim=1),
-        F.log_softmax(teacher / temperature, dim=1),
-        log_target=True,
-        reduction="sum",
-    )
+    student, target = F.log_softmax(logits / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1)
+    soft = F.kl_div(student, target, log_target=True, reduction="sum")
     return (1 - weight) * hard + weight * temperature**2 * soft

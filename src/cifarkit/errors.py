@@ -1,8 +1,5 @@
-"""The one exception type users see: it names the problem and the fix.
-
-The CLI prints ``CifarkitError`` messages without a traceback and exits with
-status 2; anything else is a bug and keeps its traceback.
-"""
+"""The one exception type users see: it names the problem and the fix (the CLI prints it without a traceback;
+anything else is a bug and keeps its traceback)."""
 
 
 class CifarkitError(Exception):

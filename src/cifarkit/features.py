@@ -29,12 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def extract_features(
-    backbone: Backbone,
-    images_uint8: np.ndarray,
-    *,
-    batch_size: int = 64,
-    progress: bool = True,
-    bf16: bool = False,
+    backbone: Backbone, images_uint8: np.ndarray, *, batch_size: int = 64, progress: bool = True, bf16: bool = False
 ) -> np.ndarray:
     """Pooled features (N, feature_dim) as float16 of uint8 RGB images (N, H, W, 3).
 

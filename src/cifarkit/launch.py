@@ -1,14 +1,8 @@
 """``python -m cifarkit.launch``: torchrun, with a failed launch told in one line per failed rank.
 
-It takes torchrun's own arguments (``python -m cifarkit.launch --standalone
---nproc_per_node=2 -m cifarkit train ...``) and runs torchrun's launcher in
-this process. When a worker fails or is killed, torchrun itself ends with a
-Python traceback of its own code and a 20-line summary; this prints instead
-``cifarkit: error: rank R (local rank L on HOST) ...`` for each failed rank,
-first the one that failed first, and exits with status 1.
-
-It also tells its workers its process id, so that each knows for sure which
-process it must not outlive (see :func:`cifarkit.distributed.stop_with_launcher`).
+It takes torchrun's own arguments and prints, instead of torchrun's traceback and summary, one
+``cifarkit: error: rank R ...`` line per failed rank, the first failure first; exit status 1. It tells its workers
+its process id, the process they must not outlive (:func:`cifarkit.distributed.stop_with_launcher`).
 """
 
 from __future__ import annotations

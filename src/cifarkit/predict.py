@@ -20,13 +20,8 @@ def predict(
 ) -> list[Prediction]:
     """Top-k predictions for each image file; unreadable files get an error, the rest are still predicted.
 
-    ``images`` may instead be uint8 RGB pixels, (N, 32, 32, 3) or one
-    (32, 32, 3) image (e.g. ``data.x_test[:8]``), named ``images[i]``.
-
-    Predictions use the run's TTA mode and its precision where native here (see
-    :func:`cifarkit.runs.native_run_bf16`). A ``top_k`` outside
-    1..number of classes, a run whose weights do not match its class list, and a run whose outputs are
-    not finite (it diverged) raise :class:`CifarkitError`.
+    ``images`` may instead be uint8 RGB pixels, (N, 32, 32, 3) or one (32, 32, 3), named ``images[i]``.
+    Predictions use the run's TTA mode and its precision where native here.
     """
     config = read_config(run_dir)
     classes = config["classes"]

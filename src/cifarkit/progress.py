@@ -1,11 +1,7 @@
 """Progress bars as cifarkit shows them: live on a terminal, a line every few seconds in a log, a widget in Jupyter.
 
-tqdm refreshes a bar up to ten times a second; written to a file (``cifarkit
-train ... 2> log``, a batch job, CI) that is thousands of lines for nothing.
-Every bar of cifarkit comes from :func:`progress_bar`, which refreshes at most
-every :data:`LOG_INTERVAL_S` seconds when standard error is not a terminal.
-In a Jupyter kernel (``tqdm.auto`` finds one, and ipywidgets to draw with) the
-bar is a notebook widget instead of terminal text in the cell's output.
+tqdm refreshes up to ten times a second, thousands of lines in a log; :func:`progress_bar` refreshes every
+:data:`LOG_INTERVAL_S` seconds when standard error is not a terminal.
 """
 
 from __future__ import annotations

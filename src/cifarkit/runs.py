@@ -1,24 +1,16 @@
 """The run directory: what training and evaluation leave behind, written atomically, read back with clear errors.
 
     RUN/config.json            resolved recipe + data provenance: source and fingerprints (repeat the run from it)
-    RUN/history.json|.csv      per-epoch train/validation loss and accuracy
-    RUN/metrics.json           training summary: parameters, best validation accuracy, time
-    RUN/curves.png             training curves
-    RUN/best.safetensors       weights of the epoch with the best validation accuracy
-    RUN/last.safetensors       weights after the last finished epoch
+    RUN/history.json|.csv, metrics.json, curves.png    per-epoch figures, the training summary and its curves
+    RUN/best.safetensors       weights of the epoch with the best validation accuracy (last.safetensors: the last)
     RUN/resume.pt              everything needed to continue (weights, optimiser, history)
     RUN/.cifarkit.lock         locked (flock) by the command writing the run; empty
-    RUN/eval/                  written by `cifarkit evaluate` on the run's own test set (eval-NAME-HASH/ on others):
-        predictions.npz        labels, probs (plain forward pass), probs_tta (test-time augmentation), tta (its mode)
-        metrics.json           accuracies, test data, confusion matrix, classification report of the analysed probs
-        *.txt, *.csv, *.png    the same for people: report, confusion matrix, gallery of predictions
-    RUN/insight/               written by `cifarkit report`
-    RUN/model.onnx, ...        written by `cifarkit export`
+    RUN/eval/                  `cifarkit evaluate` on the run's own test set (eval-NAME-HASH/ on others):
+                               predictions.npz, metrics.json, and the same for people (*.txt, *.csv, *.png)
+    RUN/insight/, model.onnx   written by `cifarkit report`, `cifarkit export`
 
-Only these commands write into a run, each only its own files (:func:`check_output_file`
-refuses any other output there).
-
-Every reader here raises :class:`CifarkitError` naming the file and a fix, never a traceback.
+Only these commands write into a run, each only its own files; every reader here raises a one-line
+:class:`CifarkitError` naming the file and a fix.
 """
 
 from __future__ import annotations
@@ -66,11 +58,7 @@ def save_torch(obj: Any, path: Path) -> None:
 
 
 def load_torch(path: Path) -> Any:
-    """Training state saved by :func:`save_torch`, loaded with ``weights_only=True``: no code in it ever runs.
-
-    A damaged file, or one holding anything but tensors and plain data (a
-    crafted pickle), is a one-line :class:`CifarkitError`.
-    """
+    """Training state saved by :func:`save_torch`, loaded with ``weights_only=True``: no code in it ever runs."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -105,11 +93,8 @@ def run_directory_of(path: str | Path) -> Path | None:
 def check_output_file(path: str | Path, flag: str, *, run: str | Path | None = None, own: tuple[str, ...] = ()) -> Path:
     """An output file a command may write, refused before any work when it would damage a run or cannot be written.
 
-    Nothing is written into a run directory but by the commands that own its
-    files: an output there is refused, except directly in ``run`` (the run
-    being exported) with a name ending in one of ``own`` (the exporter's
-    suffixes). A directory, a path under a file or a read-only place is
-    refused too.
+    An output in a run directory is refused, except directly in ``run`` with a name ending in one of ``own`` (the
+    exporter's suffixes).
     """
     path = Path(path)
     if path.is_dir():
@@ -132,10 +117,7 @@ def check_output_file(path: str | Path, flag: str, *, run: str | Path | None = N
 
 
 def locked(run_dir: str | Path) -> AbstractContextManager[Path]:
-    """Hold the run directory's lock while writing into it: a second command writing the same run is refused.
-
-    Re-entrant within a process (a report that evaluates a run first); see :func:`cifarkit.files.exclusive`.
-    """
+    """Hold the run directory's lock while writing into it: a second command writing the same run is refused."""
     busy = f"{run_dir} is being written by another cifarkit command; wait for it to finish, or choose another run"
     return exclusive(run_dir, busy)
 
@@ -171,32 +153,20 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 def native_run_bf16(config: dict[str, Any], device: torch.device | str) -> bool:
     """Whether a trained run's model runs under bfloat16 autocast on ``device`` (evaluated, predicting, served...).
 
-    Only where the run trained in bf16 and bf16 is native on ``device`` (a GPU,
-    or a CPU with AVX512-BF16/AMX); float32 otherwise, since emulated bfloat16
-    is about 20x slower and no more accurate: a run trained on one machine is
-    used at full speed on another. A ``device`` string is resolved as
-    ``--device`` is (``auto``: CUDA, then MPS, then CPU).
+    Only where it trained in bf16 and bf16 is native on ``device``: emulated bfloat16 is far slower and no more
+    accurate, so a run trained on one machine is used at full speed on another.
     """
     return bool(config.get("bf16", False)) and native_bf16(pick_device(str(device)))
 
 
 def build_model(config: dict[str, Any], *, pretrained: bool = True) -> nn.Module:
-    """The untrained model a run's configuration describes.
-
-    ``pretrained=False`` skips loading ImageNet weights, and so needs no weights
-    package: for a model whose every weight comes from a checkpoint next.
-    """
+    """The untrained model a run's configuration describes (``pretrained=False``: no ImageNet weights package)."""
     return create_model(config["model"], pretrained=pretrained, **config.get("model_kwargs", {}))
 
 
 def _missing_weights(run_dir: Path, weights: Path) -> str:
-    """What to do about a missing weights file.
-
-    Training writes the weights with its first checkpoint (``resume.pt``), so
-    without one the run never finished an epoch, and ``--resume`` on a run
-    without a checkpoint starts it afresh from its recorded recipe and data.
-    With a checkpoint the file was removed: resuming would not rewrite it.
-    """
+    """What to do about a missing weights file: without a checkpoint no epoch finished, and ``--resume`` starts
+    afresh; with one the file was removed, and resuming would not rewrite it."""
     if (run_dir / "resume.pt").is_file():
         return f"{weights} is missing although the run has a checkpoint; restore the file from a copy, or {RETRAIN}"
     return (
@@ -206,11 +176,7 @@ def _missing_weights(run_dir: Path, weights: Path) -> str:
 
 
 def load_model(run_dir: str | Path, which: str = "best") -> nn.Module:
-    """The trained model of a run (``best`` or ``last`` weights), in eval mode on the CPU.
-
-    The model is built without pretrained weights (the checkpoint holds every
-    weight), so a transfer-learning run loads without its weights package.
-    """
+    """The trained model of a run (``best`` or ``last`` weights), in eval mode on the CPU, no weights package needed."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     config_path, name = run_dir / "config.json", config["model"]
@@ -282,10 +248,7 @@ EVAL_METRICS_KEYS = ("test_acc", "tta", "test_data", "confusion_matrix", "classi
 class Evaluation:
     """What `cifarkit evaluate` wrote into ``RUN/eval/``: test-set predictions and the metrics computed from them.
 
-    ``probs`` come from the plain forward pass, ``probs_tta`` from test-time
-    augmentation (mode ``tta``; None without it). The classification report,
-    confusion matrix and gallery describe :attr:`analysed`: the model as it is
-    best used, with its TTA.
+    ``probs`` from the plain forward pass, ``probs_tta`` with TTA (or None); the metrics describe :attr:`analysed`.
     """
 
     path: Path
@@ -322,10 +285,8 @@ def save_predictions(
 def eval_dir(run_dir: str | Path, config: dict[str, Any], data: CIFAR10) -> Path:
     """Where `cifarkit evaluate` writes an evaluation of the run on ``data``'s test set.
 
-    RUN/eval/ for the run's own test set: the one whose fingerprint its
-    config.json records (wherever it lies now; older runs: the same source
-    path). Any other test set gets its own folder, RUN/eval-NAME-HASH/, named
-    after the data and its fingerprint, so it never replaces the run's results.
+    RUN/eval/ for the run's own test set (the fingerprint its config.json records); any other gets its own
+    RUN/eval-NAME-HASH/, so it never replaces the run's results.
     """
     recorded = config.get("data_fingerprints", {}).get("test")
     if recorded is not None:

@@ -1,24 +1,7 @@
 """The machine a run is on: device, precision, CPU features, and process-wide CPU settings.
 
-Everything here is decided by the hardware, once, and said out loud: the
-device ``auto`` picks, whether bfloat16 is fast here, what the CPU can do.
-The rest of cifarkit asks this module instead of guessing.
-
-This module imports torch only inside its functions, so ``cifarkit --help``
-stays fast.
-
-``keep_freed_memory``: PyTorch allocates every CPU tensor with ``malloc``. glibc
-serves blocks above its mmap threshold (128 KiB, growing adaptively to at most
-32 MiB) with fresh ``mmap`` calls and gives them back to the kernel when they
-are freed, so a training step that allocates hundreds of megabytes of
-activations page-faults and zero-fills all of it again on every step. On the
-2-core machine a quarter of the CPU time went to the kernel, and
-EfficientNet-Lite0 at 160 px trained at about 70 instead of 105 images/s
-(``python benchmarks/train_step.py --models efficientnet_lite0 --input-size 160
---batch-sizes 64 --formats channels_last`` with and without
-``--default-malloc``). Raising the thresholds keeps freed memory in the process
-for the next step; the price is that peak memory is not returned to the system
-until the process ends. The CLI applies it; API users call it explicitly.
+Decided by the hardware, once, and said out loud, so the rest of cifarkit asks here instead of guessing. torch is
+imported only inside the functions, so ``cifarkit --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -44,15 +27,16 @@ _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 1 << 30  # blocks up to 1 GiB are reused instead of mapped afresh
 
-# Measured on a 2-core AMD EPYC with AVX2 only (benchmarks/train_step.py, fastnet_xs and
-# fastnet_s, batch 500): bfloat16 autocast ran 19-21x slower than float32 there.
+# bfloat16 autocast against float32 on a CPU without native bf16 (benchmarks/train_step.py).
 EMULATED_BF16_SLOWDOWN = "about 20x"
 
 
 def keep_freed_memory() -> bool:
-    """Tell glibc to reuse freed tensor memory instead of unmapping it; True if applied.
+    """Tell glibc to reuse freed tensor memory instead of unmapping it; True if applied (False: not glibc).
 
-    A no-op (returning False) where the C library is not glibc, e.g. macOS or Windows.
+    Above its mmap threshold glibc returns freed blocks to the kernel, so every training step page-faults and
+    zero-fills its activations afresh (``benchmarks/train_step.py --default-malloc`` shows the cost); the price
+    is that peak memory stays with the process. The CLI applies it; the API's computing functions too.
     """
     name = ctypes.util.find_library("c")
     try:
@@ -71,11 +55,7 @@ def _mps_available() -> bool:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """The torch device ``name`` means here: ``auto`` is CUDA, then Apple's MPS, then the CPU.
-
-    An explicit device that this machine lacks (``cuda`` without a GPU, a
-    misspelt name) is a :class:`CifarkitError` naming what is available.
-    """
+    """The torch device ``name`` means here (``auto``: CUDA, then MPS, then CPU); one missing here is refused."""
     import torch
 
     if name == "auto":
@@ -105,11 +85,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def cpu_has_native_bf16() -> bool:
     """True when PyTorch reports native bfloat16 arithmetic on this CPU (AVX512-BF16 or AMX)."""
-    import torch
-
-    cpu = torch.cpu
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
+    features = cpu_features()
+    return features["avx512_bf16"] or features["amx"]
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -126,8 +103,7 @@ def native_bf16(device: torch.device) -> bool:
 def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
     """The precision a recipe's ``bf16`` field means on ``device``: ``auto`` is bf16 where it is native.
 
-    An explicit ``True`` where bf16 is only emulated is kept (the user asked
-    for it) with a warning that says how much slower it is likely to be.
+    An explicit ``True`` where bf16 is only emulated is kept, with a warning of how much slower it is likely to be.
     """
     if setting == "auto":
         return native_bf16(device)
@@ -191,12 +167,8 @@ def cpu_kind() -> str:
 def cpu_budget(cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[int, str]:
     """How many CPUs this process may use, and why: its CPU affinity, capped by a cgroup CPU quota.
 
-    A container limited to 2 CPUs on a 64-core host still sees 64 cores
-    (``os.cpu_count()``), and PyTorch would start a thread per physical core:
-    dozens of threads time-sliced onto 2 CPUs' worth of quota, each operation
-    waiting for the slowest. The affinity mask (``taskset``, cpusets) and the
-    quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``) say what is really
-    there. A fractional quota rounds down (1.5 CPUs: 1 thread), never below 1.
+    A container limited to 2 CPUs on a 64-core host sees 64 cores, and a thread per core would be time-sliced
+    onto 2 CPUs' quota. A fractional quota rounds down, never below 1.
     """
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -233,10 +205,8 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
 def default_threads() -> int:
     """PyTorch's own rule, one thread per physical core, within this process's share of the CPU budget.
 
-    Under torchrun the processes on one machine share its budget
-    (``LOCAL_WORLD_SIZE``): 2 processes on 2 CPUs get a thread each, not two.
-    Read afresh each time (never from the current count, which a run may have
-    lowered), so a process that ran one run under load starts the next with all.
+    Under torchrun the processes on one machine share it (``LOCAL_WORLD_SIZE``). Read afresh each time, never from
+    the current count, which a run under load may have lowered.
     """
     try:
         local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -247,10 +217,7 @@ def default_threads() -> int:
 
 
 def use_threads(count: int | None) -> int:
-    """Set PyTorch's thread count to ``count``, or (None) :func:`default_threads`; returns it.
-
-    For commands that do not train; a training run owns a :class:`Threads`.
-    """
+    """Set PyTorch's thread count to ``count``, or (None) :func:`default_threads`; returns it."""
     import torch
 
     torch.set_num_threads(count or default_threads())
@@ -260,8 +227,7 @@ def use_threads(count: int | None) -> int:
 def threads_for(free_cpus: float, budget: int) -> int:
     """The thread count for ``free_cpus`` CPUs left free by other programs: rounded up from .6, within 1..budget.
 
-    1.6 free CPUs get 2 threads, 1.5 get 1: a thread that has to share its
-    core half the time holds up every operation of the others.
+    A thread that shares its core half the time holds up every operation of the others.
     """
     return max(1, min(budget, int(free_cpus + 0.4)))
 
@@ -269,15 +235,9 @@ def threads_for(free_cpus: float, budget: int) -> int:
 class Threads:
     """The thread count of one training run: ``fixed`` (``--threads N``), or following other programs' load.
 
-    Why follow the load: OpenMP threads wait for each other at the end of
-    every operation. When another program takes one of the cores, the thread
-    that shares it holds up the others at every step, and two threads ran 2-3x
-    slower than one (``python benchmarks/under_load.py``). So once a second,
-    between steps, the count is set to the CPUs other programs leave free:
-    this process's CPU time plus the idle time of the CPUs it may run on, per
-    second of wall time (psutil: Linux, macOS and Windows alike). A fixed
-    count is never changed: the thread count changes the order of float
-    additions, so only a fixed count repeats a run's numbers to the last bit.
+    OpenMP threads wait for each other after every operation, so a thread sharing its core with another program
+    holds up all of them (``benchmarks/under_load.py``). Once a second, between steps, the count follows the CPUs
+    other programs leave free. A fixed count never changes: only it repeats a run's numbers to the last bit.
     """
 
     WINDOW_S = 1.0
@@ -333,11 +293,7 @@ class Threads:
 
 
 def matmul_gflops(bf16: bool, size: int = 2048, seconds: float = 0.5) -> float:
-    """This machine's measured throughput in GFLOP/s: ``size`` x ``size`` matmuls for about ``seconds``.
-
-    A figure in minutes holds for one machine only; printed beside this one,
-    it tells a reader how that machine compares with theirs.
-    """
+    """This machine's throughput in GFLOP/s, ``size`` x ``size`` matmuls for ``seconds``: to set beside timings."""
     import torch
 
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -351,11 +307,7 @@ def matmul_gflops(bf16: bool, size: int = 2048, seconds: float = 0.5) -> float:
 
 
 def machine_record(threads: int | None = None) -> dict[str, Any]:
-    """The machine a figure was measured on: CPU model and kind, cores, threads, torch, matmul throughput.
-
-    ``threads``: the count the figure ran with (default: the current one);
-    the matmuls run with it too.
-    """
+    """The machine a figure was measured on: CPU, cores, threads (``threads``, default the current), torch, matmuls."""
     import torch
 
     before = torch.get_num_threads()

@@ -56,10 +56,7 @@ from cifarkit.tracking import Callback
 
 @dataclass
 class Split:
-    """Training and validation inputs: uint8 images (N, 3, H, W, channels-last), or frozen-backbone features.
-
-    ``teacher``: when distilling, the teacher's logits (N, 2, C) for each training image as it is and mirrored.
-    """
+    """Training and validation inputs (uint8 images, channels-last, or features), and a teacher's logits (N, 2, C)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -83,10 +80,7 @@ def prepare_split(data: CIFAR10, val_fraction: float, seed: int, subset: int | N
 def evaluate_loss_acc(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 500, bf16: bool = False
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on (x, y), in eval mode, in the training precision.
-
-    With several processes each evaluates its share and every process gets the figures of the whole set.
-    """
+    """Mean cross-entropy and accuracy of ``model`` on (x, y), eval mode, training precision, over all processes."""
     model.eval()
     loss_sum, correct = 0.0, 0
     part = distributed.shard(len(x))
@@ -441,10 +435,7 @@ def _for_training(net: nn.Module, recipe: Recipe, dev: torch.device) -> nn.Modul
 def _resumed(
     state: dict[str, Any] | None, model: nn.Module, optimizer: OptimizerChain, ema: AveragedModel | None, out: Path
 ) -> tuple[list[dict[str, Any]], float | None, int, int]:
-    """The history, best accuracy, best epoch and next epoch: from the checkpoint ``state``, or a fresh start.
-
-    The learning rates stay the recipe's: ``--resume --set lr=...`` continues a diverged run with a lower one.
-    """
+    """History, best accuracy, best epoch, next epoch from ``state`` (or afresh); learning rates stay the recipe's."""
     if state is None:
         return [], None, -1, 0
     recipe_lrs = [group["initial_lr"] for group in optimizer.param_groups]

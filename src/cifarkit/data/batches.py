@@ -62,13 +62,7 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def batches(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    *,
-    shuffle_seed: int | None = None,
-    rank: int = 0,
-    world: int = 1,
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle_seed: int | None = None, rank: int = 0, world: int = 1
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) batches in order, or shuffled by ``shuffle_seed``; the last batch may be short.
 

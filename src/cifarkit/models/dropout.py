@@ -1,13 +1,8 @@
 """Dropout whose mask is cheap to draw on a CPU.
 
-PyTorch's CPU dropout draws one random float per element with a scalar
-Mersenne-Twister generator, then divides and multiplies: in the notebook's
-CNN 3 at batch 32 that was the largest cost after the convolutions and the
-dense layer (a ``torch.profiler`` trace on a 2-core AMD EPYC, AVX2, float32;
-``benchmarks/epoch_time.py`` measures what replacing it gives). Here one 64-bit
-draw gives the masks of four elements (16 random bits each), and the mask is
-built with float operations that vectorise. On other devices (CUDA's dropout
-is a fused kernel) nn.Dropout's own forward runs.
+PyTorch's CPU dropout draws one float per element from a scalar Mersenne Twister, the notebook CNNs' largest cost
+after convolutions and dense layers (``benchmarks/epoch_time.py``). Here one 64-bit draw masks four elements with
+vectorised float operations; other devices run nn.Dropout's own forward.
 """
 
 from __future__ import annotations
@@ -21,11 +16,8 @@ _LEVELS = 1 << 16  # the drop probability is a whole number of 1/65,536ths
 class Dropout(nn.Dropout):
     """nn.Dropout (zero each element with probability ``p``, scale the rest by 1/(1-p)), cheaper on the CPU.
 
-    On the CPU ``p`` is rounded to the nearest multiple of 1/65,536 (0.2
-    becomes 0.199997), and the kept elements are scaled by the reciprocal
-    of the probability actually used, so the expected output is the input,
-    exactly as with nn.Dropout. The mask comes from torch's default
-    generator, so ``torch.manual_seed`` repeats it.
+    On the CPU ``p`` is rounded to a multiple of 1/65,536, the kept elements scaled by that probability's
+    reciprocal; the mask comes from torch's default generator, so ``torch.manual_seed`` repeats it.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -43,3 +35,8 @@ class Dropout(nn.Dropout):
         # In float32 whatever x's dtype: bfloat16 cannot hold every 16-bit integer.
         keep = bits.float().sub_(dropped - _LEVELS // 2 - 1).clamp_(0, 1)
         return x * keep.mul_(_LEVELS / (_LEVELS - dropped)).to(x.dtype)
+
+
+def dropouts(p: float) -> list[nn.Module]:
+    """A :class:`Dropout` of ``p`` to splice into a layer list, or nothing for 0."""
+    return [Dropout(p)] if p > 0 else []

@@ -1,14 +1,8 @@
 """Classifier heads on a feature vector (N, in_features) -> logits (N, num_classes).
 
-* ``linear``: one linear layer (the linear probe), optional dropout before it.
-* ``mlp``: one hidden ReLU layer of configurable width, with dropout.
-* ``notebook``: the teaching notebook's head on VGG16 features, layer for
-  layer: Dense 256 relu, Dense 128 relu, Dropout 0.3, Dense 64 relu,
-  BatchNormalization, Dense num_classes (logits; the softmax belongs to the
-  loss). Keras' ``Flatten`` in front of it is the caller's job, and so is
-  pooling. It uses Keras' initialisation (Glorot-uniform weights, zero biases)
-  and BatchNormalization defaults (epsilon 1e-3, momentum 0.99), so that it
-  trains like the notebook's.
+``linear`` (the linear probe), ``mlp`` (one hidden ReLU layer) and ``notebook``: the teaching notebook's head on
+VGG16 features layer for layer, with Keras' initialisation and BatchNormalization defaults, so that it trains like
+the notebook's.
 """
 
 from __future__ import annotations
@@ -19,27 +13,32 @@ from collections.abc import Callable
 from torch import nn
 
 from cifarkit.errors import CifarkitError
-from cifarkit.models.dropout import Dropout
+from cifarkit.models.dropout import Dropout, dropouts
 
 
-def _dropout(p: float) -> list[nn.Module]:
-    return [Dropout(p)] if p > 0 else []
+def keras_init(model: nn.Module) -> nn.Module:
+    """Glorot-uniform weights and zero biases, as Keras initialises Conv2D and Dense."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
 
 
 def linear_head(in_features: int, num_classes: int = 10, dropout: float = 0.0) -> nn.Sequential:
     """Dropout (if any) then a linear layer."""
-    return nn.Sequential(*_dropout(dropout), nn.Linear(in_features, num_classes))
+    return nn.Sequential(*dropouts(dropout), nn.Linear(in_features, num_classes))
 
 
 def mlp_head(in_features: int, num_classes: int = 10, hidden: int = 512, dropout: float = 0.2) -> nn.Sequential:
     """Linear(hidden) - ReLU - Dropout - Linear(num_classes)."""
     return nn.Sequential(
-        nn.Linear(in_features, hidden), nn.ReLU(inplace=True), *_dropout(dropout), nn.Linear(hidden, num_classes)
+        nn.Linear(in_features, hidden), nn.ReLU(inplace=True), *dropouts(dropout), nn.Linear(hidden, num_classes)
     )
 
 
 def notebook_head(in_features: int, num_classes: int = 10) -> nn.Sequential:
-    """The notebook's VGG16 transfer head (see the module docstring)."""
+    """The notebook's VGG16 transfer head: Dense 256, 128, Dropout 0.3, Dense 64, BatchNormalization, logits."""
     head = nn.Sequential(
         nn.Linear(in_features, 256),
         nn.ReLU(inplace=True),
@@ -51,18 +50,10 @@ def notebook_head(in_features: int, num_classes: int = 10) -> nn.Sequential:
         nn.BatchNorm1d(64, eps=1e-3, momentum=0.01),
         nn.Linear(64, num_classes),
     )
-    for m in head.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-    return head
+    return keras_init(head)
 
 
-HEADS: dict[str, Callable[..., nn.Module]] = {
-    "linear": linear_head,
-    "mlp": mlp_head,
-    "notebook": notebook_head,
-}
+HEADS: dict[str, Callable[..., nn.Module]] = {"linear": linear_head, "mlp": mlp_head, "notebook": notebook_head}
 
 
 def create_head(name: str, in_features: int, num_classes: int = 10, **kw) -> nn.Module:

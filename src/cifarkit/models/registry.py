@@ -1,10 +1,7 @@
 """A registry of models by name, in the timm style.
 
-Every registered builder returns an ``nn.Module`` that takes a float batch of
-images in [0, 1], shape (N, 3, H, W) (32x32 for CIFAR-10), and returns logits
-(N, num_classes). Normalisation and any resizing a model needs live *inside*
-the model, so training, evaluation, prediction and export never need to know
-which model they hold.
+Every builder returns an ``nn.Module`` from [0, 1] images (N, 3, H, W) to logits (N, num_classes), with any
+normalisation and resizing *inside*, so nothing else needs to know which model it holds.
 """
 
 from __future__ import annotations
@@ -58,12 +55,7 @@ def get_model_info(name: str) -> ModelInfo:
 
 
 def create_model(name: str, num_classes: int = 10, *, pretrained: bool = True, **kwargs) -> nn.Module:
-    """Build the model registered as ``name``.
-
-    ``pretrained=False`` skips loading pretrained weights (and so needs no
-    weights package): for models whose every weight is about to come from a
-    checkpoint, or that are only counted or summarised.
-    """
+    """Build the model registered as ``name``; ``pretrained=False`` loads no pretrained weights (no package needed)."""
     info = get_model_info(name)
     if info.pretrained and not pretrained:
         kwargs["pretrained"] = False
@@ -81,20 +73,12 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def working_side(model: nn.Module, side: int = 32) -> int:
-    """The side in pixels ``model`` computes at when given ``side``-pixel images.
-
-    A transfer model's backbone resizes its input to its ``input_size``
-    (160 px in ``lite0_finetune``); every other model works at the images' side.
-    """
+    """The side in pixels ``model`` computes at when given ``side``-pixel images (a backbone's ``input_size``)."""
     return getattr(getattr(model, "backbone", None), "input_size", None) or side
 
 
 def forward_flops(model: nn.Module, side: int = 32) -> int:
-    """FLOPs of one forward pass of ``model`` on one ``side``-pixel image (a multiply-add counts 2), as torch counts.
-
-    Counted by :class:`torch.utils.flop_counter.FlopCounterMode`: convolutions
-    and matrix products, the work that decides a model's cost.
-    """
+    """FLOPs of one forward pass of ``model`` on one ``side``-pixel image (a multiply-add counts 2), as torch counts."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -105,9 +89,5 @@ def forward_flops(model: nn.Module, side: int = 32) -> int:
 
 
 def parameter_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """The model's parameters by role (``parameter_roles()``: filters / norm / head, backbone / head...), or one role.
-
-    Recipes scale the learning rate per role (``lr_scale``); a model without
-    roles has one, ``all``.
-    """
+    """The model's parameters by role (filters / norm / head, backbone / head...) for ``lr_scale``, else ``all``."""
     return model.parameter_roles() if hasattr(model, "parameter_roles") else {"all": list(model.parameters())}

@@ -1,22 +1,16 @@
 """The teaching notebook's three Keras CNNs, reproduced layer for layer.
 
-All three use 3x3 'same' convolutions, LeakyReLU(0.1), 2x2 max-pooling and
-dropout (:class:`cifarkit.models.dropout.Dropout`: nn.Dropout's, with a mask
-cheaper to draw on a CPU), with Keras' default initialisation (Glorot-uniform weights, zero
-biases) so that training behaves like the notebook's. Parameter counts match
-the notebook's model summaries: 2,105,066 / 2,105,066 / 1,084,234.
-
-The notebook stated the dropout rates of ``seed_cnn2`` (0.2 / 0.2 / 0.5) and
-``seed_cnn3`` (0.25 / 0.25 / 0.5); ``seed_cnn1`` is the same network as
-``seed_cnn2`` with the classic Keras rates (0.25 after pooling, 0.5 after the
-dense layer) and no dropout between its convolutions.
+3x3 'same' convolutions, LeakyReLU(0.1), 2x2 max-pooling and dropout, with Keras' initialisation so that they
+train like the notebook's; parameter counts match its summaries (2,105,066 / 2,105,066 / 1,084,234).
+``seed_cnn1`` is ``seed_cnn2`` with the classic Keras dropout rates, which the notebook did not state.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from cifarkit.models.dropout import Dropout
+from cifarkit.models.dropout import Dropout, dropouts
+from cifarkit.models.heads import keras_init
 from cifarkit.models.registry import register_model
 
 
@@ -26,34 +20,21 @@ def _conv(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding="same"), nn.LeakyReLU(0.1, inplace=True)]
 
 
-def _dropout(p: float) -> list[nn.Module]:
-    return [Dropout(p)] if p > 0 else []
-
-
-def _keras_init(model: nn.Module) -> nn.Module:
-    """Glorot-uniform weights and zero biases, as Keras initialises Conv2D and Dense."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-    return model
-
-
 def _one_stage_cnn(num_classes: int, drop_conv: float, drop_pool: float, drop_dense: float) -> nn.Sequential:
     """conv16 - conv32 - pool - flatten(16*16*32) - dense256 - dense10."""
     layers = [
         *_conv(3, 16),
-        *_dropout(drop_conv),
+        *dropouts(drop_conv),
         *_conv(16, 32),
         nn.MaxPool2d(2),
-        *_dropout(drop_pool),
+        *dropouts(drop_pool),
         nn.Flatten(),
         nn.Linear(16 * 16 * 32, 256),
         nn.LeakyReLU(0.1, inplace=True),
-        *_dropout(drop_dense),
+        *dropouts(drop_dense),
         nn.Linear(256, num_classes),
     ]
-    return _keras_init(nn.Sequential(*layers))
+    return keras_init(nn.Sequential(*layers))
 
 
 @register_model("seed_cnn1", "notebook CNN 1: conv16-conv32-pool-dense256 (dropout 0.25/0.5)")
@@ -83,4 +64,4 @@ def seed_cnn3(num_classes: int = 10) -> nn.Module:
         Dropout(0.5),
         nn.Linear(256, num_classes),
     ]
-    return _keras_init(nn.Sequential(*layers))
+    return keras_init(nn.Sequential(*layers))

@@ -1,11 +1,7 @@
 """A layer-by-layer summary of a model, like Keras' ``model.summary()`` in the notebook.
 
-Each layer (every module without children, and any module that holds
-parameters of its own) is listed in definition order with the shape of its
-output on one 32x32 image and the number of parameters it owns, followed by
-the total, trainable and non-trainable counts. Counts are of parameters only:
-BatchNorm's running statistics are buffers in PyTorch, where Keras would count
-them as non-trainable parameters.
+Each leaf module, and any module with parameters of its own, with its output shape on one 32x32 image and its
+parameters. BatchNorm's running statistics are buffers, not parameters (Keras counts them as non-trainable).
 """
 
 from __future__ import annotations
@@ -45,18 +41,9 @@ class ModelSummary:
             return f"{layer:<{w[0]}}  {shape:<{w[1]}}  {params:>{w[2]}}"
 
         rule = "-" * (sum(w) + 4)
-        return "\n".join(
-            [
-                rule,
-                line(*header),
-                rule,
-                *(line(*c) for c in cells),
-                rule,
-                f"total params: {self.total:,}",
-                f"trainable params: {self.trainable:,}",
-                f"non-trainable params: {self.non_trainable:,}",
-            ]
-        )
+        counts = {"total": self.total, "trainable": self.trainable, "non-trainable": self.non_trainable}
+        lines = [rule, line(*header), rule, *(line(*c) for c in cells), rule]
+        return "\n".join(lines + [f"{kind} params: {n:,}" for kind, n in counts.items()])
 
 
 def _shape_text(output: object) -> str:
@@ -69,10 +56,7 @@ def _shape_text(output: object) -> str:
 
 
 def summarize(model: nn.Module, input_size: int = 32) -> ModelSummary:
-    """Run one ``input_size`` x ``input_size`` image through ``model`` (in eval mode) and describe every layer.
-
-    The model's training mode is restored afterwards.
-    """
+    """Run one ``input_size`` x ``input_size`` image through ``model`` (in eval mode, restored) and describe it."""
     layers = {
         name or type(model).__name__: module
         for name, module in model.named_modules()

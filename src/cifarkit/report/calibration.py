@@ -1,14 +1,7 @@
 """Temperature scaling: making a model's confidences match how often it is right.
 
-How miscalibrated a model is (the expected calibration error and its
-reliability bins) is measured in :mod:`cifarkit.analysis`; this module fixes
-it. :func:`fit_temperature` -- temperature scaling (Guo et al. 2017): one
-scalar T > 0 divides the logits; it is fitted on *validation* logits by
-minimising the negative log-likelihood with L-BFGS over log T (so T stays
-positive). It changes confidences, never the arg-max, so accuracy is unchanged.
-
-Probabilities can be turned back into valid logits with :func:`logits_from_probs`
-(log p differs from the logits by a per-row constant, which softmax ignores).
+:mod:`cifarkit.analysis` measures miscalibration; :func:`fit_temperature` fixes it (Guo et al. 2017): one scalar
+T > 0 divides the logits, fitted on *validation* logits by L-BFGS over log T. It never changes the arg-max.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """The ``cifarkit report`` verb's arguments, so the CLI only wires in the data.
 
-Usage in ``cli.py``::
-
-    parser = subparsers.add_parser("report", help="HTML report comparing runs")
-    add_report_arguments(parser)
-    ...
-    run_report(args, data=data, device=args.device)
-
-Importing this module is cheap (no torch, matplotlib or scikit-learn), so
-``cifarkit --help`` stays fast; :func:`run_report` imports the report itself.
+Importing this module is cheap (no torch, matplotlib or scikit-learn), so ``cifarkit --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -73,10 +65,7 @@ def report_options(args: argparse.Namespace) -> ReportOptions:
 
 
 def check_runs(run_dirs: Sequence[Path], *, device: str | None = None) -> None:
-    """Each RUN is a run directory whose config reads cleanly, and ``device`` (where a model will run) is here.
-
-    A one-line error before any data is loaded.
-    """
+    """Each RUN is a run directory whose config reads cleanly, and ``device`` is here: said before the data loads."""
     from cifarkit.errors import CifarkitError
     from cifarkit.runs import read_config
 
@@ -99,10 +88,7 @@ def write_report(
     device: str = "auto",
     options: ReportOptions = ReportOptions(),
 ) -> Path:
-    """Build the report with every run locked (it writes RUN/insight/, and RUN/eval/ of a run not evaluated yet).
-
-    The command line and :meth:`cifarkit.Run.report` both write it here. Returns the HTML path.
-    """
+    """Build the report with every run locked (it writes RUN/insight/, and RUN/eval/ of a run not evaluated yet)."""
     from cifarkit.runs import locked
 
     from .html import build_report

@@ -1,13 +1,8 @@
 """Common image corruptions, generated on the fly from uint8 test images (after CIFAR-10-C).
 
-Hendrycks & Dietterich (2019) measure robustness as accuracy on corrupted copies
-of the test set. Generating them here needs no download and keeps every
-parameter visible. Images are uint8 (N, H, W, 3); arithmetic is done on floats
-in [0, 1], then clipped to [0, 1] and rounded back to uint8.
-
-Parameter per severity (noise, blur, JPEG and contrast use the CIFAR-10-C
-values; brightness is an additive RGB shift rather than CIFAR-10-C's HSV-value
-shift, so its effect on the mean is exactly the delta wherever nothing clips):
+Generated here (Hendrycks & Dietterich, 2019), they need no download and keep every parameter visible; arithmetic
+is on floats in [0, 1], clipped and rounded back to uint8. CIFAR-10-C's values, but brightness is an additive RGB
+shift (not HSV), so it moves the mean by exactly the delta wherever nothing clips:
 
 ================  ===============================================  =====  =====  =====  =====  =====
 corruption        parameter                                        1      2      3      4      5
@@ -20,8 +15,7 @@ brightness        delta added to every value, [0, 1]               0.05   0.10  
 contrast          factor c: x -> m + c (x - m), m = image mean     0.75   0.50   0.40   0.30   0.15
 ================  ===============================================  =====  =====  =====  =====  =====
 
-Only gaussian_noise is random; it draws from ``numpy.random.default_rng(seed)``,
-so a seed gives the same images every time.
+Only gaussian_noise is random, drawn from ``numpy.random.default_rng(seed)``.
 """
 
 from __future__ import annotations
@@ -68,12 +62,8 @@ def _gaussian_noise(x: np.ndarray, std: float, rng: np.random.Generator) -> np.n
 
 
 def _gaussian_blur(x: np.ndarray, sigma: float, _rng: np.random.Generator) -> np.ndarray:
-    """Gaussian blur over height and width, the border extended by repeating edge pixels ("nearest").
-
-    The kernel reaches ceil(4 sigma) pixels each way. SciPy's default radius,
-    int(4 sigma + 0.5), is one pixel shorter for sigma 0.6 and 0.8, so the
-    radius is given explicitly to keep the kernel the table documents.
-    """
+    """Gaussian blur over height and width, edge pixels repeated; the kernel reaches ceil(4 sigma) pixels each way
+    (SciPy's default radius is one pixel shorter for sigma 0.6 and 0.8)."""
     return gaussian_filter(x, sigma, mode="nearest", radius=math.ceil(4 * sigma), axes=(1, 2))
 
 

@@ -1,14 +1,8 @@
 """Grad-CAM (Selvaraju et al. 2017): where in the image did a conv layer see evidence for a class?
 
-For a target conv layer with activations A (N, C, h, w) and the class score y_c,
-the channel weights are the spatially averaged gradients
-``alpha_k = mean_ij dy_c / dA_k[i, j]`` and the map is ``ReLU(sum_k alpha_k A_k)``,
-upsampled bilinearly to the input size and scaled to [0, 1] per image.
-
-The activations are captured with a forward hook on the layer, the gradients
-with a backward hook on its output tensor; gradients are taken with
-``torch.autograd.grad`` so the model's parameter ``.grad`` are left untouched.
-If the layer runs more than once per forward pass, the last call is explained.
+The map is ``ReLU(sum_k alpha_k A_k)`` over a conv layer's activations A, with ``alpha_k`` the spatial mean of
+dy_c / dA_k, upsampled to the input and scaled to [0, 1] per image. Hooks capture both; ``torch.autograd.grad``
+leaves the parameters' ``.grad`` untouched.
 """
 
 from __future__ import annotations
@@ -20,12 +14,7 @@ from torch import nn
 
 
 def find_target_layer(model: nn.Module, example: torch.Tensor) -> str | None:
-    """Name of the last ``nn.Conv2d`` (in execution order) whose output has more than one pixel, or None.
-
-    Execution order, not definition order, because that is what "last" means to
-    the prediction; 1x1-output convs (squeeze-and-excitation gates) carry no
-    spatial information and are skipped.
-    """
+    """Name of the last ``nn.Conv2d`` in execution order whose output has more than one pixel, or None."""
     spatial: list[str] = []
     hooks = [
         module.register_forward_hook(
@@ -51,10 +40,8 @@ def grad_cam(
 ) -> np.ndarray:
     """Grad-CAM maps (N, H, W) float32 in [0, 1] for float images (N, 3, H, W) in [0, 1].
 
-    ``target_layer``: a module of ``model``, its name, or None for
-    :func:`find_target_layer`. ``class_idx``: the class to explain (one for all
-    images or one per image); None explains each image's predicted class.
-    The model should be in eval mode.
+    ``target_layer``: a module, its name, or None for :func:`find_target_layer`; ``class_idx``: the class to
+    explain (one, or one per image), None for each image's prediction. The model should be in eval mode.
     """
     layer = _resolve_layer(model, images, target_layer)
     captured: dict[str, torch.Tensor] = {}

@@ -1,10 +1,7 @@
 """Assemble the analyses of one or more runs into a single self-contained HTML page.
 
-:func:`build_report` reads each run directory (evaluating a run first when it
-has no ``RUN/eval/`` yet and data is given), runs every section of
-:mod:`cifarkit.report.sections` (each also writes its files to
-``RUN/insight/``) and writes one HTML file with all images embedded, so it can
-be mailed or archived and opened offline.
+Every image is embedded, so the page can be mailed or archived and opened offline; each section also writes its
+files to ``RUN/insight/``.
 """
 
 from __future__ import annotations
@@ -36,14 +33,9 @@ def build_report(
 ) -> Path:
     """Write the HTML report comparing ``run_dirs`` to ``out_path`` and return its path.
 
-    Every run is rendered from what :func:`cifarkit.evaluate.evaluate` wrote
-    into ``RUN/eval/``; a run without it is evaluated on ``data`` first.
-    ``data`` (the data set the runs were trained and evaluated on) also gives
-    the test images for top losses, Grad-CAM and robustness and the run's
-    validation split for temperature scaling; without it those sections only
-    write CSV files or say what they need. ``use_model=False`` loads no model:
-    Grad-CAM, robustness and temperature scaling are skipped. Models run on
-    ``device`` in the precision each run was trained in.
+    Runs are rendered from what :func:`cifarkit.evaluate.evaluate` wrote (a run without it is evaluated on
+    ``data`` first). ``data`` also gives the test images and validation splits the further analyses need;
+    ``use_model=False`` loads no model (no Grad-CAM, robustness or temperature scaling).
     """
     if not run_dirs:
         raise CifarkitError("no run directories given; pass at least one RUN")
@@ -61,13 +53,8 @@ def build_report(
             device=device,
         )
         parts.append(_run_section(context))
-    nav = markup.link_list(
-        [
-            ("comparison", "Comparison"),
-            ("curves", "Curves"),
-            *((f"run{i}", run.name) for i, run in enumerate(runs, start=1)),
-        ]
-    )
+    links = [("comparison", "Comparison"), ("curves", "Curves")]
+    nav = markup.link_list([*links, *((f"run{i}", run.name) for i, run in enumerate(runs, start=1))])
     out = Path(out_path)
     write_text(out, markup.page("cifarkit report", nav + "".join(parts)))
     return out

@@ -11,12 +11,7 @@ from .corruptions import CORRUPTIONS, SEVERITIES
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """Sizes of the samples the report draws; all sampling is reproducible from ``seed``.
-
-    ``robustness_images`` bounds the test images that are corrupted 25 times and
-    re-classified, the slowest part of a report (it needs the model). The
-    gallery is the one `cifarkit evaluate` drew.
-    """
+    """Sizes of the samples the report draws, reproducibly from ``seed``; ``robustness_images`` is the slow part."""
 
     top_losses: int = 16
     confused_pairs: int = 10
@@ -29,15 +24,8 @@ class ReportOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, low in (
-            ("top_losses", 1),
-            ("confused_pairs", 1),
-            ("gradcam_images", 1),
-            ("robustness_images", 1),
-            ("calibration_bins", 1),
-            ("batch_size", 1),
-            ("seed", 0),
-        ):
+        lows = dict.fromkeys(("top_losses", "confused_pairs", "gradcam_images", "robustness_images"), 1)
+        for name, low in {**lows, "calibration_bins": 1, "batch_size": 1, "seed": 0}.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise CifarkitError(f"{name.replace('_', '-')} must be a whole number >= {low}, got {value!r}")

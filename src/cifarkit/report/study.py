@@ -1,10 +1,7 @@
 """The report of a hyperparameter study (``cifarkit report STUDY``): its trials and Optuna's own plots.
 
-One self-contained HTML page, like the run report: the best trial, a table of
-every trial (state, best validation accuracy, epochs run before any pruning,
-time, parameters), the optimisation history, each trial's validation accuracy
-per epoch, parameter importances (fANOVA) and parallel coordinates. Figures
-and the table are also written to ``STUDY/insight/`` as PNG and CSV.
+One self-contained HTML page: the best trial, a table of every trial, and the figures of :data:`FIGURES`, also
+written to ``STUDY/insight/`` as CSV and PNG.
 """
 
 from __future__ import annotations
@@ -92,27 +89,16 @@ def study_report(study: optuna.Study, study_dir: str | Path, out_path: str | Pat
     rows = trial_rows(study)
     write_csv(insight / "trials.csv", rows)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    parts = [
-        markup.section("summary", "Summary", _summary(study, complete)),
-        markup.section(
-            "trials",
-            "Trials",
-            markup.table(list(rows[0]) if rows else ["trial"], [[_cell(v) for v in row.values()] for row in rows]),
-        ),
-    ]
+    table = markup.table(list(rows[0]) if rows else ["trial"], [[_cell(v) for v in row.values()] for row in rows])
+    parts = [markup.section("summary", "Summary", _summary(study, complete)), markup.section("trials", "Trials", table)]
     for section_id, title, function, needs in FIGURES:
         if len(complete) < needs:
             body = markup.note(f"needs {needs} completed trials")
         else:
             body = _figure(study, function, insight / f"{section_id}.png")
         parts.append(markup.section(section_id, title, body))
-    nav = markup.link_list(
-        [
-            ("summary", "Summary"),
-            ("trials", "Trials"),
-            *((section_id, title.split(" (")[0]) for section_id, title, *_ in FIGURES),
-        ]
-    )
+    links = [("summary", "Summary"), ("trials", "Trials")]
+    nav = markup.link_list([*links, *((section_id, title.split(" (")[0]) for section_id, title, *_ in FIGURES)])
     out = Path(out_path)
     write_text(out, markup.page(f"cifarkit study {study.study_name}", nav + "".join(parts)))
     return out

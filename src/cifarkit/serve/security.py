@@ -1,12 +1,8 @@
 """Who may reach the server: loopback by default, a bearer API key for anything wider.
 
-A server bound to loopback is reachable from this machine only. Binding to
-any other address needs an API key (``--api-key`` or ``$CIFARKIT_API_KEY``),
-after which every request to the model (``/v1/...``) must carry
-``Authorization: Bearer KEY`` or gets 401. ``/health`` stays open for load
-balancers, and so do the page and the API docs: a browser cannot add the
-header to the request that opens them, and they hold no model data; the page
-asks for the key and sends it with its own requests.
+Any other address needs an API key, which every ``/v1/`` request must then carry (401 without). ``/health``, the
+page and the API docs stay open: a browser cannot add the header to the request that opens them, and they hold no
+model data (the page asks for the key and sends it with its own requests).
 """
 
 from __future__ import annotations
@@ -55,10 +51,7 @@ BEARER = HTTPBearer(auto_error=False, description="the server's API key, when it
 
 
 def api_key_dependency(api_key: str | None):
-    """A FastAPI dependency that lets a request through only with ``Authorization: Bearer api_key``.
-
-    With no key configured it lets everything through.
-    """
+    """A FastAPI dependency that lets a request through only with ``Authorization: Bearer api_key`` (if set)."""
 
     async def require_api_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> None:
         if api_key is None:

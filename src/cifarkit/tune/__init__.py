@@ -1,10 +1,7 @@
 """Hyperparameter search with Optuna: a TOML search space over any recipe's fields, each trial a run directory.
 
-* ``space``  :class:`SearchSpace` and :func:`load_space`: the TOML file, checked before any trial runs
-* ``study``  :func:`tune` runs (or resumes) a study, :func:`retrain_best` retrains the winner on all
-  training images and tests it once, :func:`load_study` opens a study directory for the report
-
-Needs the ``tune`` extra (``pip install 'cifarkit[tune]'``: Optuna, SQLAlchemy, the PostgreSQL driver).
+``space`` reads and checks the TOML file; ``study`` runs, resumes, retrains and loads studies. Needs the ``tune``
+extra (``pip install 'cifarkit[tune]'``).
 """
 
 from cifarkit.errors import CifarkitError

@@ -51,10 +51,7 @@ STORAGE_HINT = (
 
 
 class StopAfterFailures:
-    """An Optuna study callback: stop this worker after ``limit`` failed trials in a row.
-
-    Failed trials do not count towards ``--trials``, so a space of refused recipes would otherwise run for ever.
-    """
+    """An Optuna study callback: stop this worker after ``limit`` failed trials in a row (they do not count)."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.in_a_row = limit, 0
@@ -224,10 +221,7 @@ def open_study(
     study_name: str | None,
     pruner: str | optuna.pruners.BasePruner,
 ) -> optuna.Study:
-    """The study in ``out`` (created, or loaded to resume), checked to be the same search as ``identity``.
-
-    The directory and the storage are checked before either is created.
-    """
+    """The study in ``out`` (created, or loaded to resume), checked to be the same search as ``identity``."""
     check_study_dir(out)
     check_storage(storage)
     out.mkdir(parents=True, exist_ok=True)
@@ -282,6 +276,7 @@ def tune(
         raise CifarkitError(f"--trials must be at least 1, got {n_trials}")
     check_split(data.y_train, space.recipe(base, {}), subset)
     study = open_study(out, {"recipe": base.name, "space": space.table, "subset": subset}, storage, study_name, pruner)
+    options = dict(track_with=track_with, subset=subset, progress=progress, device=device)
 
     def objective(trial: optuna.Trial) -> float:
         try:
@@ -290,19 +285,9 @@ def tune(
             return _failed(trial, e)
         run_dir = out / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", run_dir.relative_to(out).as_posix())
-        pruning = Pruning(trial)
+        pruning, name = Pruning(trial), f"{study.study_name}/{trial.number:04d}"
         try:
-            _train_tracked(
-                recipe,
-                data,
-                run_dir,
-                track_with=track_with,
-                name=f"{study.study_name}/{trial.number:04d}",
-                subset=subset,
-                progress=progress,
-                device=device,
-                callbacks=[pruning],
-            )
+            _train_tracked(recipe, data, run_dir, name=name, callbacks=[pruning], **options)
         except CifarkitError as e:
             return _failed(trial, e)
         metrics = read_json(run_dir / "metrics.json", dict)
@@ -335,10 +320,7 @@ def _failed(trial: optuna.Trial, error: CifarkitError) -> float:
 def best_trial(
     study: optuna.Study, base: Recipe | None = None, space: SearchSpace | None = None
 ) -> optuna.trial.FrozenTrial:
-    """The completed trial with the highest validation accuracy; an error while none has completed.
-
-    Given ``base`` and ``space``, a trial whose recipe is refused now is passed over for the next best.
-    """
+    """The completed trial of best validation accuracy (with a valid recipe, given ``base``, ``space``), or an error."""
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not completed:
         raise CifarkitError(f"study {study.study_name!r} has no completed trial yet; run more trials")
@@ -387,26 +369,13 @@ def retrain_best(
     device: str = "auto",
     progress: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
-    """Retrain the best trial's recipe on all training images (no validation split) and evaluate it on the test set.
-
-    Trains into ``out/final-NNNN`` (resumed or reused when run again); returns it and the test metrics.
-    """
+    """Retrain the best trial's recipe on all training images into ``out/final-NNNN``, then test it; returns both."""
     best = best_trial(study, base, space)
     recipe = space.recipe(base, best.params).replace(val_fraction=0.0)
     run_dir = Path(out) / f"final-{best.number:04d}"
-    metrics = _train_tracked(
-        recipe,
-        data,
-        run_dir,
-        track_with=track_with,
-        name=f"{study.study_name}/final-{best.number:04d}",
-        subset=subset,
-        resume=(run_dir / "resume.pt").is_file(),
-        progress=progress,
-        device=device,
-        test=True,
-    )
-    return run_dir, metrics
+    name, resume = f"{study.study_name}/final-{best.number:04d}", (run_dir / "resume.pt").is_file()
+    options = dict(track_with=track_with, subset=subset, progress=progress, device=device)
+    return run_dir, _train_tracked(recipe, data, run_dir, name=name, resume=resume, test=True, **options)
 
 
 def _train_tracked(
@@ -423,10 +392,7 @@ def _train_tracked(
     callbacks: Sequence[Callback] = (),
     test: bool = False,
 ) -> dict[str, Any] | None:
-    """Train ``recipe`` into ``run_dir``, mirrored to tracker ``track_with`` (if any) as run ``name``.
-
-    With ``test``, evaluated on the test set inside the tracking (which logs it); its metrics are returned.
-    """
+    """Train ``recipe`` into ``run_dir``, mirrored to ``track_with`` as ``name``; with ``test``, its test metrics."""
     with track(track_with, run_dir, name) as trackers:
         train(
             recipe,
