@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cifarkit.runtime import machine_record
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,27 +41,6 @@ def git_commit() -> tuple[str | None, bool | None]:
     return head.stdout.strip(), bool(status.stdout.strip())
 
 
-def machine(threads: int | None = None) -> dict[str, Any]:
-    """This machine as figures need it, its matmul throughput measured (``cifarkit.runtime.machine_record``)."""
-    try:
-        from cifarkit.runtime import machine_record
-    except ImportError:  # a cifarkit without it: the same fields, throughput not measured
-        import torch
-
-        from cifarkit.runtime import machine_info
-
-        info = machine_info("cpu")
-        return {
-            "cpu_model": info["cpu_model"],
-            "cpu_kind": info["cpu_kind"],
-            "cores": info["cores"],
-            "threads": threads or torch.get_num_threads(),
-            "torch": info["torch"],
-            "matmul_gflops": {"float32": None, "bfloat16": None},
-        }
-    return machine_record(threads)
-
-
 def record(threads: int | None = None) -> dict[str, Any]:
     """The keys every results file carries: command, commit (and whether the tree was dirty), date, machine."""
     commit, dirty = git_commit()
@@ -68,5 +49,5 @@ def record(threads: int | None = None) -> dict[str, Any]:
         "commit": commit,
         "dirty": dirty,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(threads),
+        "machine": machine_record(threads),
     }

@@ -72,6 +72,25 @@ def real_data_path() -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def _real_cifar10_once() -> CIFAR10 | None:
+    """The real CIFAR-10 at $CIFARKIT_DATA, loaded (through the user's cache) once per session; None if unset."""
+    path = os.environ.get("CIFARKIT_DATA")
+    if not path:
+        return None
+    from cifarkit.data import load_cifar10
+
+    return load_cifar10(path)
+
+
+@pytest.fixture
+def real_cifar10(real_data_path: str, _real_cifar10_once: CIFAR10 | None) -> CIFAR10:
+    """``load_cifar10(real_data_path)``, loaded once per session and shared: tests train and evaluate on it, and
+    training and evaluation never write into the data they are given; a test that would must load its own."""
+    assert _real_cifar10_once is not None
+    return _real_cifar10_once
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """With CIFARKIT_REQUIRE_ALL=1 (set by .ci/run) a skip is a failure: CI runs every promised test.

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from cifarkit.data import CIFAR10
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NOTEBOOK = EXAMPLES / "walkthrough.ipynb"
 TRAIN_PER_CLASS, TEST_PER_CLASS = 60, 50  # the sample of CIFAR-10 the notebook loads
@@ -26,14 +28,11 @@ def _files(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if p.is_file()}
 
 
-def _sample_tree(source: str, root: Path) -> Path:
-    """The first images of each class of the CIFAR-10 at ``source``, as a ``train/`` + ``test/`` tree of PNGs."""
+def _sample_tree(data: CIFAR10, root: Path) -> Path:
+    """The first images of each class of ``data``, as a ``train/`` + ``test/`` tree of PNGs."""
     import numpy as np
     from PIL import Image
 
-    from cifarkit.data import load_cifar10
-
-    data = load_cifar10(source)
     for split, images, labels, count in (
         ("train", data.x_train, data.y_train, TRAIN_PER_CLASS),
         ("test", data.x_test, data.y_test, TEST_PER_CLASS),
@@ -47,7 +46,7 @@ def _sample_tree(source: str, root: Path) -> Path:
 
 
 @pytest.mark.integration
-def test_walkthrough_notebook_runs_top_to_bottom(real_data_path, tmp_path, monkeypatch):
+def test_walkthrough_notebook_runs_top_to_bottom(real_cifar10, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="the dev extra installs nbformat")
     nbclient = pytest.importorskip("nbclient", reason="the dev extra installs nbclient")
     pytest.importorskip("ipykernel", reason="the dev extra installs ipykernel")
@@ -56,7 +55,7 @@ def test_walkthrough_notebook_runs_top_to_bottom(real_data_path, tmp_path, monke
     assert all(not cell.outputs and cell.execution_count is None for cell in code), "store the notebook without outputs"
 
     # The kernel inherits the environment.
-    monkeypatch.setenv("CIFARKIT_DATA", str(_sample_tree(real_data_path, tmp_path / "cifar10")))
+    monkeypatch.setenv("CIFARKIT_DATA", str(_sample_tree(real_cifar10, tmp_path / "cifar10")))
     monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CIFARKIT_EXAMPLE_SUBSET", str(SUBSET))
     before = _files(EXAMPLES)

@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import load_file
 
 import cifarkit.features as features
-from cifarkit.data import load_cifar10
 from cifarkit.evaluate import evaluate
 from cifarkit.models import create_model
 from cifarkit.recipes import get_recipe
@@ -104,8 +103,8 @@ def test_gpu_recipe_runs_anywhere_at_224_px(tiny_data, tmp_path):
 
 
 @pytest.mark.integration
-def test_frozen_features_on_real_images_beat_chance(real_data_path, tmp_path, extractions):
-    data = load_cifar10(real_data_path)
+def test_frozen_features_on_real_images_beat_chance(real_cifar10, tmp_path, extractions):
+    data = real_cifar10
     recipe = frozen(epochs=15, model_kwargs={"input_size": 64, "head": "linear", "trainable_blocks": 0, "hidden": None})
     run = train(recipe, data, tmp_path / "run", subset=2000, progress=False)
     # Chance is 10%; ImageNet features of 1,800 images at 64 px gave 71% here.
