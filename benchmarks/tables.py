@@ -238,9 +238,9 @@ def differences(name: str, recorded: dict[str, Any]) -> str:
     defaults = recipe_defaults()
     changed = []
     for key, now in current.items():
-        if key in ("name", "description", "seed", "bf16") or key not in defaults:
+        if key in ("name", "description", "seed", "bf16") or (key not in recorded and key not in defaults):
             continue
-        then = recorded.get(key, defaults[key])
+        then = recorded.get(key, defaults.get(key))
         if then != now:
             changed.append(f"{key}={json.dumps(then) if isinstance(then, (dict, list, str)) else then}")
     return ", ".join(changed)
