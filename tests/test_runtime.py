@@ -237,6 +237,7 @@ def test_other_programs_on_every_cpu_take_the_threads_down(restore_threads):
     test's: on the real machine it depends on what else it runs.)"""
     threads = runtime.Threads()
     threads.budget = 2
+    threads.WINDOW_S = 0.25  # a quarter of a second of busy CPUs is 25 clock ticks of each: plenty to measure
     torch.set_num_threads(2)
     loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in threads.cpus]
     try:
