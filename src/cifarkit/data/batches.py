@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from cifarkit.errors import CifarkitError
 
@@ -39,6 +38,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     everything = np.arange(len(labels))
     if fraction == 0:
         return everything, everything[:0]
+    from sklearn.model_selection import train_test_split  # here: a second of import for every process otherwise
+
     try:
         keep, held_out = train_test_split(everything, test_size=fraction, stratify=labels, random_state=seed)
     except ValueError as e:  # too few images to give every class a place on both sides
