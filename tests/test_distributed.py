@@ -371,29 +371,8 @@ def _worker_pid(launcher: int, rank: int) -> int:
 def test_killing_a_worker_ends_the_launch_naming_its_rank(tmp_path):
     folder = write_python_batches(synthetic_cifar(N_TRAIN, N_TEST), tmp_path / "cifar-10-batches-py")
     run, log = tmp_path / "run", tmp_path / "torchrun.log"
-    command = [
-        sys.executable,
-        "-m",
-        "cifarkit.launch",  # torchrun, told in one line per failed rank
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "cifarkit",
-        "train",
-        "--recipe",
-        "seed_cnn3",
-        "--epochs",
-        "1000",
-        "--set",
-        "val_fraction=0.25",
-        "--data",
-        str(folder),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--out",
-        str(run),
-        "--no-eval",
-    ]
+    # cifarkit's launcher: torchrun, with each failed rank told in one line
+    command = _launch_command(run, folder, tmp_path / "cache", epochs=1000, launcher="cifarkit.launch")
     with log.open("w") as output:
         launch = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
@@ -430,12 +409,15 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] in "ZX" else fields[19]
 
 
-def _launch_command(run: Path, data: Path, cache: Path, epochs: int) -> list[str]:
-    """Plain torchrun (which tells its workers nothing of itself) training seed_cnn3 on two processes."""
+def _launch_command(
+    run: Path, data: Path, cache: Path, epochs: int, launcher: str = "torch.distributed.run"
+) -> list[str]:
+    """A launcher training seed_cnn3 on two processes: by default plain torchrun (the module the `torchrun` command
+    runs, which tells its workers nothing of itself)."""
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",  # what the `torchrun` command runs
+        launcher,
         "--standalone",
         "--nproc_per_node=2",
         "-m",

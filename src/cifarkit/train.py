@@ -210,6 +210,11 @@ def train(
         state = distributed.on_main(lambda: _start_or_resume(out, config, resume))
         recipe = for_processes(recipe, distributed.world_size())  # batch_size: the global batch of this launch
         _check_global_batch(state, recipe, out)
+        finished = state is not None and _finished(recipe, state.get("epoch", 0), state.get("best_epoch", -1))
+        if finished and distributed.on_main(lambda: (out / "metrics.json").is_file()):  # before any work is done
+            if progress:
+                print(f"{out} finished training already (epoch {state['epoch']}); nothing to do", file=sys.stderr)
+            return out
         cpu = Threads(threads if threads is not None or state is None else state.get("threads"))
         if progress:
             where = cpu_kind() if dev.type == "cpu" else str(dev)
@@ -224,11 +229,6 @@ def train(
         lr_at = lr_multiplier(recipe.schedule, recipe.epochs * steps, round(recipe.warmup_epochs * steps))
         ema = weight_ema(net, recipe.ema) if recipe.ema else None
         history, best_acc, best_epoch, start = _resumed(state, model, optimizer, ema, out)
-        finished = state is not None and _finished(recipe, start, best_epoch)
-        if finished and distributed.on_main(lambda: (out / "metrics.json").is_file()):
-            if progress:
-                print(f"{out} finished training already (epoch {start}); nothing to do", file=sys.stderr)
-            return out
         images = split.x_train.dim() == 4  # else frozen-backbone features
         full = split.x_train.shape[-1]
         clock = RunClock(recipe, len(split.x_train), len(split.x_val), len(data.x_test), full) if images else None
