@@ -159,20 +159,6 @@ def test_hidden_files_are_ignored(data: CIFAR10, tmp_path: Path) -> None:
     assert_same_data(_load(root), data)
 
 
-def test_decoding_uses_a_pool_of_cpu_count_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sizes = []
-
-    class RecordingPool(sources.ThreadPoolExecutor):
-        def __init__(self, max_workers: int) -> None:
-            sizes.append(max_workers)
-            super().__init__(max_workers)
-
-    monkeypatch.setattr(sources, "ThreadPoolExecutor", RecordingPool)
-    monkeypatch.setattr(sources.os, "cpu_count", lambda: 3)
-    _load(write_image_folders(make_dataset(), tmp_path / "tree"))
-    assert sizes == [3, 3]  # train, test
-
-
 # --- detection errors ---
 
 

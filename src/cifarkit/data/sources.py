@@ -16,7 +16,6 @@ import tarfile
 import warnings
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -48,7 +47,6 @@ IMAGE_SIZE = 32
 PIXELS_PER_IMAGE = 3 * IMAGE_SIZE * IMAGE_SIZE  # 3072 bytes, as R, G and B planes
 BINARY_RECORD = 1 + PIXELS_PER_IMAGE  # one label byte, then the pixels
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
-DECODE_CHUNK = 500  # images one pool task decodes: large enough to amortise the hand-off
 
 # Source kinds; each is also part of the cache key.
 ARCHIVE = "archive"
@@ -363,36 +361,20 @@ def _list_images(class_dir: Path) -> list[Path]:
 
 
 def _decode_images(files: list[Path], split: str) -> np.ndarray:
-    """Decode ``files`` into one (N, 32, 32, 3) array on a thread pool of os.cpu_count() threads.
+    """Decode ``files`` into one (N, 32, 32, 3) array, one after another, warning of each image it resized.
 
-    Pillow releases the GIL while it decodes; resize warnings are issued here, on the calling thread.
+    On one thread: Pillow holds the GIL for most of a 32x32 PNG's 0.1 ms (opening, checks, conversion), so
+    decoding threads mostly wait for each other; two on 2 cores ran at 0.54x the speed of one here
+    (``benchmarks/decode.py``, benchmarks/results/issue25/decode_threads.json).
     """
     images = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    chunks = [files[start : start + DECODE_CHUNK] for start in range(0, len(files), DECODE_CHUNK)]
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-    try:
-        with progress_bar(total=len(files), desc=f"decoding {split} images", unit="img") as progress:
-            start = 0
-            for pixels, resized in pool.map(_decode_chunk, chunks):
-                images[start : start + len(pixels)] = pixels
-                start += len(pixels)
-                progress.update(len(pixels))
-                for path, (width, height) in resized:
-                    warnings.warn(f"{path} is {width}x{height}, not 32x32: resized it to 32x32", stacklevel=2)
-    finally:
-        pool.shutdown(cancel_futures=True)
+    with progress_bar(files, desc=f"decoding {split} images", unit="img") as progress:
+        for index, path in enumerate(progress):
+            images[index], size = _decode_image(path)
+            if size != (IMAGE_SIZE, IMAGE_SIZE):
+                width, height = size
+                warnings.warn(f"{path} is {width}x{height}, not 32x32: resized it to 32x32", stacklevel=2)
     return images
-
-
-def _decode_chunk(files: list[Path]) -> tuple[np.ndarray, list[tuple[Path, tuple[int, int]]]]:
-    """Decode some images; also return (file, original size) for each one that was resized."""
-    pixels = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    resized = []
-    for index, path in enumerate(files):
-        pixels[index], size = _decode_image(path)
-        if size != (IMAGE_SIZE, IMAGE_SIZE):
-            resized.append((path, size))
-    return pixels, resized
 
 
 def _decode_image(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
