@@ -66,20 +66,25 @@ class Picture:
 def _grid(images: np.ndarray, titles: Sequence[str], colors: Sequence[str], cols: int) -> Figure:
     """Images in rows of ``cols``, each under its coloured title.
 
-    Each image gets a bare axes placed by hand and its title is figure text: a subplot grid with a layout engine
-    costs 2.5x as much to draw (24 images: 0.6 s against 0.24 s), and a gallery is drawn at every evaluation.
+    One mosaic image in one axes, the titles figure text: an axes per image costs several times as much to
+    build and draw, and a gallery is drawn at every evaluation.
     """
     cols = min(cols, max(1, len(images)))
     rows = max(1, math.ceil(len(images) / cols))
-    fig = Figure(figsize=(1.6 * cols, 1.9 * rows))
-    width, height = 1 / cols, 1 / rows
+    side = images.shape[1] if len(images) else 32
+    gap, head = max(1, side // 8), side * 3 // 8 + 2  # pixels between images, and above each for three lines
+    cell_w, cell_h = side + gap, side + head
+    mosaic = np.full((rows * cell_h, cols * cell_w, 3), 255, dtype=np.uint8)
+    inch = 1.45 / side  # per mosaic pixel: each image 1.45 inches wide, pixels square
+    fig = Figure(figsize=(cols * cell_w * inch, rows * cell_h * inch))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
     for i, (image, title, color) in enumerate(zip(images, titles, colors)):
         row, col = divmod(i, cols)
-        bottom = 1 - (row + 1) * height
-        ax = fig.add_axes((col * width + 0.05 * width, bottom + 0.02 * height, 0.9 * width, 0.72 * height))
-        ax.set_axis_off()
-        ax.imshow(image, interpolation="nearest")
-        fig.text((col + 0.5) * width, bottom + 0.76 * height, title, fontsize=7, color=color, ha="center")
+        top, left = row * cell_h + head, col * cell_w + gap // 2
+        mosaic[top : top + side, left : left + side] = image
+        ax.text(left + side / 2, top - 1, title, fontsize=7, color=color, ha="center", va="bottom")
+    ax.imshow(mosaic, interpolation="nearest", aspect="auto")
     return fig
 
 
