@@ -257,6 +257,7 @@ class Measured:
     precision: str
     as_measured: str
     meta: dict[str, Any] = field(default_factory=dict)
+    recorded: dict[str, Any] | None = None  # the recipe as the file recorded it, where it did
 
     @property
     def in_recipes_table(self) -> bool:
@@ -291,7 +292,7 @@ def from_time_to_accuracy(rel: str, data: dict[str, Any], entry: dict[str, Any])
     ]
     precision = precision_of(data["runs"][0].get("bf16", recipe.get("bf16")), entry)
     return Measured(
-        recipe["name"], rel, runs, "train + test", precision, note_or_diff(entry, recipe["name"], recipe), entry
+        recipe["name"], rel, runs, "train + test", precision, note_or_diff(entry, recipe["name"], recipe), entry, recipe
     )
 
 
@@ -307,7 +308,7 @@ def from_run_folder(rel: str, config: dict[str, Any], entry: dict[str, Any]) -> 
     }
     precision = precision_of(config.get("bf16"), entry)
     return Measured(
-        config["name"], rel, [run], "training", precision, note_or_diff(entry, config["name"], config), entry
+        config["name"], rel, [run], "training", precision, note_or_diff(entry, config["name"], config), entry, config
     )
 
 
@@ -509,6 +510,39 @@ def time_to_accuracy_table() -> str:
             ]
         )
     return table(header, rows, "lllrrlrr")
+
+
+# airbench94_muon's published figure (Jordan 2024, cifar10-airbench README): 94.01% with TTA, mean of 200 runs,
+# 8 epochs of the same network at 32 px = 8.0 airbench94-epochs by definition.
+AIRBENCH94_MUON = ("airbench94_muon (published)", 8.0, "94.01 (mean of 200 runs)")
+
+
+def measured_compute(m: Measured) -> float | None:
+    """Training compute of the recipe as ``m`` measured it, in airbench94-epochs (None where it is not recorded)."""
+    from cifarkit.errors import CifarkitError
+    from cifarkit.estimate import training_compute
+    from cifarkit.recipes import recipe_from_config, validate
+
+    if m.recorded is None:
+        return current_recipes().get(m.recipe, {}).get("compute") if not m.as_measured else None
+    try:  # a field whose meaning has changed since (resize_until once counted epochs) fails today's checks
+        return training_compute(validate(recipe_from_config(m.recorded)))
+    except (CifarkitError, TypeError, ValueError):
+        return None
+
+
+def compute_table() -> str:
+    """Accuracy against training compute for the from-scratch recipes as measured, beside airbench94_muon's."""
+    rows = [(AIRBENCH94_MUON[1], [f"{AIRBENCH94_MUON[0]}", "—", f"{AIRBENCH94_MUON[1]:.2f}", AIRBENCH94_MUON[2], "—"])]
+    for m in measurements():
+        compute = measured_compute(m)
+        if compute is None or not m.recipe.startswith(("fast", "distill_fast")):
+            continue
+        rows.append(
+            (compute, [f"`{m.recipe}`", m.as_measured or "—", f"{compute:.2f}", accuracy_cell(m), file_cell(m.file)])
+        )
+    header = ["recipe", "as measured", "compute (airbench94-epochs)", "test accuracy % with TTA", "file"]
+    return table(header, [row for _, row in sorted(rows, key=lambda r: r[0])], "llr")
 
 
 # ---------------------------------------------------------------- the other benchmarks' tables
@@ -846,6 +880,7 @@ def files_table() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "recipes": recipes_table,
     "time-to-accuracy": time_to_accuracy_table,
+    "compute": compute_table,
     "train-step": train_step_table,
     "keras": keras_table,
     "under-load": under_load_table,
