@@ -113,3 +113,24 @@ def test_role_settings_the_model_lacks_are_refused_by_validation_before_any_work
     with pytest.raises(CifarkitError, match=r"lr_scale names roles \['head'\] that seed_cnn3 lacks"):
         validate(get_recipe("seed_cnn3").replace(lr_scale={"head": 2}))
     validate(get_recipe("fast93").replace(lr_scale={"head": 2}))  # fastnet has the role
+
+
+@pytest.mark.parametrize("recipe", ["seed_cnn3", "fast90", "lite0_frozen"])
+def test_multi_tensor_updates_match_the_per_parameter_loop_bit_for_bit(recipe):
+    # Adamax, SGD (with Muon beside it) and AdamW's multi-tensor path: the same numbers as torch's CPU default.
+    def trained(foreach: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+        chain = build_optimizer(model, get_recipe(recipe))
+        assert all(opt.defaults.get("foreach", True) for opt in chain.optimizers)  # Muon has no such option
+        for opt in chain.optimizers:
+            for group in opt.param_groups:
+                group["foreach"] = foreach if "foreach" in opt.defaults else None
+        x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))
+        for _ in range(5):
+            chain.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            chain.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(trained(True), trained(False), strict=True))

@@ -51,12 +51,15 @@ def _either(names: tuple[str, ...]) -> str:
 
 
 def _make(name: str, groups: list[dict], recipe: Recipe) -> torch.optim.Optimizer:
+    # foreach: one multi-tensor call per update term instead of a Python loop over the parameters. torch picks it
+    # only for CUDA tensors; on a CPU it is the same arithmetic, bit for bit (tests/test_optim.py), in fewer calls
+    # (a seed_cnn3 epoch at batch 32 did not change measurably: benchmarks/results/issue26/epoch_time_*).
     if name == "adamax":  # Keras' epsilon, so the notebook recipes train as they did there
-        return torch.optim.Adamax(groups, lr=recipe.lr, eps=1e-7)
+        return torch.optim.Adamax(groups, lr=recipe.lr, eps=1e-7, foreach=True)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr)
+        return torch.optim.AdamW(groups, lr=recipe.lr, foreach=True)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True)
     raise CifarkitError(f"unknown optimizer {name!r}; choose {_either(CHOICES['optimizer'])}")
 
 
