@@ -1,4 +1,5 @@
-"""Learning-rate schedules, weight EMA and the whitening-bias freeze, against hand-computed values."""
+"""Learning-rate schedules, weight EMA and the whitening-bias freeze, against hand-computed values; optimiser
+steps against torch's defaults."""
 
 from __future__ import annotations
 
@@ -124,8 +125,8 @@ def test_multi_tensor_updates_match_the_per_parameter_loop_bit_for_bit(recipe):
         chain = build_optimizer(model, get_recipe(recipe))
         assert all(opt.defaults.get("foreach", True) for opt in chain.optimizers)  # Muon has no such option
         for opt in chain.optimizers:
-            for group in opt.param_groups:
-                group["foreach"] = foreach if "foreach" in opt.defaults else None
+            for group in opt.param_groups if "foreach" in opt.defaults else ():
+                group["foreach"] = foreach
         x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))
         for _ in range(5):
             chain.zero_grad()

@@ -71,19 +71,19 @@ def _grid(images: np.ndarray, titles: Sequence[str], colors: Sequence[str], cols
     """
     cols = min(cols, max(1, len(images)))
     rows = max(1, math.ceil(len(images) / cols))
-    side = images.shape[1] if len(images) else 32
-    gap, head = max(1, side // 8), side * 3 // 8 + 2  # pixels between images, and above each for three lines
-    cell_w, cell_h = side + gap, side + head
+    height, width = images.shape[1:3] if len(images) else (32, 32)
+    gap, head = max(1, width // 8), height * 3 // 8 + 2  # pixels between images, and above each for three lines
+    cell_w, cell_h = width + gap, height + head
     mosaic = np.full((rows * cell_h, cols * cell_w, 3), 255, dtype=np.uint8)
-    inch = 1.45 / side  # per mosaic pixel: each image 1.45 inches wide, pixels square
+    inch = 1.45 / width  # per mosaic pixel: each image 1.45 inches wide, pixels square
     fig = Figure(figsize=(cols * cell_w * inch, rows * cell_h * inch))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_axis_off()
     for i, (image, title, color) in enumerate(zip(images, titles, colors)):
         row, col = divmod(i, cols)
         top, left = row * cell_h + head, col * cell_w + gap // 2
-        mosaic[top : top + side, left : left + side] = image
-        ax.text(left + side / 2, top - 1, title, fontsize=7, color=color, ha="center", va="bottom")
+        mosaic[top : top + height, left : left + width] = image
+        ax.text(left + width / 2, top - 1, title, fontsize=7, color=color, ha="center", va="bottom")
     ax.imshow(mosaic, interpolation="nearest", aspect="auto")
     return fig
 
