@@ -533,7 +533,7 @@ def measured_compute(m: Measured) -> float | None:
 
 def compute_table() -> str:
     """Accuracy against training compute for the from-scratch recipes as measured, beside airbench94_muon's."""
-    rows = [(AIRBENCH94_MUON[1], [f"{AIRBENCH94_MUON[0]}", "—", f"{AIRBENCH94_MUON[1]:.2f}", AIRBENCH94_MUON[2], "—"])]
+    rows = [(AIRBENCH94_MUON[1], [AIRBENCH94_MUON[0], "—", f"{AIRBENCH94_MUON[1]:.2f}", AIRBENCH94_MUON[2], "—"])]
     for m in measurements():
         compute = measured_compute(m)
         if compute is None or not m.recipe.startswith(("fast", "distill_fast")):

@@ -119,6 +119,8 @@ def test_role_settings_the_model_lacks_are_refused_by_validation_before_any_work
 @pytest.mark.parametrize("recipe", ["seed_cnn3", "fast90", "lite0_frozen"])
 def test_multi_tensor_updates_match_the_per_parameter_loop_bit_for_bit(recipe):
     # Adamax, SGD (with Muon beside it) and AdamW's multi-tensor path: the same numbers as torch's CPU default.
+    # Exact equality, not a tolerance: on a CPU both paths run the same elementwise kernels in the same order on
+    # each tensor (the multi-tensor call loops over them), so no CPU kind or torch version can round them apart.
     def trained(foreach: bool) -> list[torch.Tensor]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
