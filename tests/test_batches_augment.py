@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,26 @@ def test_stratified_split_holds_out_each_class_equally():
     assert sorted(np.concatenate([keep, held]).tolist()) == list(range(1000))
     assert np.array_equal(held, stratified_split(y, 0.1, seed=42)[1])
     assert not np.array_equal(held, stratified_split(y, 0.1, seed=1)[1])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stratified_split_draws_what_scikit_learn_drew(seed):
+    """Runs split by scikit-learn's train_test_split before keep their split: the same images, every time.
+
+    Uneven classes and fractions whose shares do not divide evenly, so that ties are drawn at random too.
+    """
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(10, size=int(rng.integers(60, 400)), p=rng.dirichlet(np.ones(10) * 3))
+    labels = np.concatenate([labels, np.arange(10), np.arange(10)])  # every class at least twice
+    for fraction in (0.02, 0.1, 0.25, 1 / 3, 0.5, 0.9):
+        if math.ceil(fraction * len(labels)) < 10 or len(labels) - math.ceil(fraction * len(labels)) < 10:
+            continue
+        everything = np.arange(len(labels))
+        keep, held = train_test_split(everything, test_size=fraction, stratify=labels, random_state=seed)
+        ours = stratified_split(labels, fraction, seed)
+        assert np.array_equal(ours[0], np.sort(keep)) and np.array_equal(ours[1], np.sort(held)), fraction
 
 
 def test_stratified_split_of_nothing_and_of_too_little():

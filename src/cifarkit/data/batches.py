@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -31,23 +32,52 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted indices (keep, held_out), ``fraction`` of every class held out at random (seeded).
 
-    Not Keras' last 10%: a folder source is sorted by class, so that would hold out only trucks.
+    Not Keras' last 10%: a folder source is sorted by class, so that would hold out only trucks. The draws are
+    scikit-learn's ``train_test_split(..., stratify=labels, random_state=seed)``, made here with NumPy alone, so
+    that runs split before keep their split (tests/test_batches_augment.py checks both agree) and a training
+    process does not import scikit-learn for it (0.8 s).
     """
     if not 0 <= fraction < 1:
         raise CifarkitError(f"validation fraction must be in [0, 1), got {fraction}")
     everything = np.arange(len(labels))
     if fraction == 0:
         return everything, everything[:0]
-    from sklearn.model_selection import train_test_split  # here: a second of import for every process otherwise
-
-    try:
-        keep, held_out = train_test_split(everything, test_size=fraction, stratify=labels, random_state=seed)
-    except ValueError as e:  # too few images to give every class a place on both sides
+    n_held = math.ceil(fraction * len(labels))
+    _, classes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    fewest = int(counts.min()) if len(counts) else 0
+    if fewest < 2 or min(len(labels) - n_held, n_held) < len(counts):
         raise CifarkitError(
-            f"cannot hold out {fraction:g} of {len(labels)} images with every class on both sides ({e}); "
+            f"cannot hold out {fraction:g} of {len(labels)} images with every class on both sides (the rarest class "
+            f"has {fewest}, and {n_held} held-out images are to cover {len(counts)} classes); "
             "train on more images (a larger --subset) or set val_fraction=0"
-        ) from None
-    return np.sort(keep), np.sort(held_out)
+        )
+    rng = np.random.RandomState(seed)
+    n_keep = _share_out(counts, len(labels) - n_held, rng)
+    n_out = _share_out(counts - n_keep, n_held, rng)
+    by_class = np.split(np.argsort(classes, kind="stable"), np.cumsum(counts)[:-1])
+    keep, held_out = [], []
+    for members, k, h in zip(by_class, n_keep, n_out):
+        members = members[rng.permutation(len(members))]
+        keep.append(members[:k])
+        held_out.append(members[k : k + h])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held_out))
+
+
+def _share_out(counts: np.ndarray, n: int, rng: np.random.RandomState) -> np.ndarray:
+    """``n`` places shared among classes in proportion to ``counts``: each class its share rounded down, the
+    places left over to the largest remainders, ties drawn at random (scikit-learn's draws, in their order)."""
+    exact = counts / counts.sum() * n
+    shares = np.floor(exact)
+    left = int(n - shares.sum())
+    remainders = exact - shares
+    for value in np.unique(remainders)[::-1]:
+        if left <= 0:
+            break
+        tied = np.flatnonzero(remainders == value)
+        chosen = rng.choice(tied, size=min(len(tied), left), replace=False)
+        shares[chosen] += 1
+        left -= len(chosen)
+    return shares.astype(int)
 
 
 def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
