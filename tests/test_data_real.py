@@ -1,9 +1,9 @@
 """The real CIFAR-10 class-folder tree at $CIFARKIT_DATA (skipped when it is unset).
 
-The tree is the session's (tests/conftest.py loads it once, through $CIFARKIT_CACHE): with an empty cache, as in
-CI's first suite (.ci/run on a clean clone) or with CIFARKIT_CACHE=$(mktemp -d), that load decodes its 60,000
-PNGs and this test checks what they decoded to; with a filled one, what the cache kept of them. Decoding the tree
-a second time here would cost 9 s of every suite and prove nothing more.
+The tree is the session's (tests/conftest.py loads it once, through $CIFARKIT_CACHE): with an empty cache (say
+CIFARKIT_CACHE=$(mktemp -d)) that load decodes its 60,000 PNGs and this test checks what they decoded to; with a
+filled one, what the cache kept of a decode (.ci/run decodes the tree into an empty cache before its suites).
+Decoding the tree a second time here would cost 9 s of every suite and prove nothing more.
 """
 
 from __future__ import annotations
