@@ -443,9 +443,10 @@ def _launch_command(
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers in /proc (Linux)")
 def test_workers_stop_when_their_launcher_is_killed_and_the_run_resumes(tmp_path, capsys):
-    # 600 images: epochs of about half a second on two processes here, so that the workers are still training
-    # when the launcher is killed after their first epoch, and the resumed run is short.
-    epochs = 6
+    # 600 images: epochs of about half a second on two processes here. The launcher is killed within about 0.3 s of
+    # the first epoch's checkpoint (a poll every 0.2 s, then /proc read), so the workers are still training with
+    # three epochs, 1.5 s, to go (a slower machine's epochs are slower too), and the resumed run is short.
+    epochs = 4
     folder = write_python_batches(synthetic_cifar(600, N_TEST), tmp_path / "cifar-10-batches-py")
     run, log = tmp_path / "run", tmp_path / "torchrun.log"
     command = _launch_command(run, folder, tmp_path / "cache", epochs)
