@@ -14,13 +14,13 @@ each timing the faster of ``--repeats`` passes, files already in the page cache.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cifarkit.data.sources import _decode_image, _list_split
+from cifarkit.files import write_json
 from provenance import record
 
 CHUNK = 500
@@ -63,8 +63,7 @@ def main() -> None:
         print(f"{threads} thread{'s' if threads > 1 else ''}: {rate:,.0f} images/s ({rate / rates[1]:.2f}x one)")
     if args.json:
         result = {**record(threads=1), "images": len(files), "images_per_second": {str(t): r for t, r in rates.items()}}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

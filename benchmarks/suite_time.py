@@ -17,7 +17,6 @@ them is a drift of the host. Run it alone on the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -25,6 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from cifarkit.files import write_json
 from cifarkit.runtime import machine_record
 from provenance import REPO, record
 
@@ -80,8 +80,7 @@ def main() -> None:
     result = {**record(threads=2), "base": base_commit, "suites": results, "matmul_gflops_before": before}
     print(f"matmul GFLOP/s on 2 threads: before {before}, after {result['machine']['matmul_gflops']}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":
