@@ -84,6 +84,10 @@ def keras_pipeline(
     """
     os.environ["KERAS_BACKEND"] = "tensorflow"  # the notebook's backend, whatever the environment says
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # torch's optimizers import torch._dynamo, which loads Triton where it is installed (the CUDA builds): Triton
+    # loaded after TensorFlow crashes the process (a segmentation fault, torch 2.14.1 with TensorFlow 2.21), so it
+    # is loaded first.
+    import torch._dynamo  # noqa: F401
     try:
         import keras
         import tensorflow as tf
