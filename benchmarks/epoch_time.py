@@ -40,6 +40,7 @@ from torch import nn
 
 from cifarkit.data import load_cifar10
 from cifarkit.data.batches import unit_range
+from cifarkit.files import write_json
 from cifarkit.models import count_parameters
 from cifarkit.models.dropout import Dropout
 from cifarkit.recipes import Recipe, get_recipe
@@ -88,6 +89,7 @@ def keras_pipeline(
     # loaded after TensorFlow crashes the process (a segmentation fault, torch 2.14.1 with TensorFlow 2.21), so it
     # is loaded first.
     import torch._dynamo  # noqa: F401
+
     try:
         import keras
         import tensorflow as tf
@@ -223,7 +225,7 @@ def main() -> None:
         print(f"  cifarkit {result['speedup_vs_keras']:.2f}x as fast as the notebook's Keras pipeline (same run)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ Run it alone on the machine: its seconds are printed too, and mean nothing besid
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from pathlib import Path
 
+from cifarkit.files import write_json
 from cifarkit.recipes import RECIPES
 from cifarkit.runtime import machine_info
 from provenance import record
@@ -49,7 +48,7 @@ def main() -> None:
         print(f"{recipe:<22} {rows[recipe]['peak_rss_mb']:6,} MB  {rows[recipe]['seconds']:7.1f} s", flush=True)
     if args.json:
         result = {**provenance, "runtime": machine, "subset": args.subset, "set": args.set, "recipes": rows}
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarkit.data import load_cifar10
+from cifarkit.files import write_json
 from cifarkit.recipes import get_recipe
 from cifarkit.runs import split_indices
 from cifarkit.runtime import machine_info
@@ -139,7 +140,7 @@ def main() -> None:
             "runtime": machine,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import signal
 import socket
@@ -45,6 +44,7 @@ from PIL import Image
 
 from cifarkit.data import load_cifar10
 from cifarkit.export import export_model, sample
+from cifarkit.files import write_json
 from cifarkit.runs import read_config
 from cifarkit.runtime import keep_freed_memory, machine_info
 from cifarkit.serve.backends import load_classifier
@@ -239,7 +239,7 @@ def main() -> None:
                     print_row(rows[-1])
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     if args.output:
-        Path(args.output).write_text(json.dumps({**provenance, "runtime": info, "results": rows}, indent=2))
+        write_json(args.output, {**provenance, "runtime": info, "results": rows})
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import torch
 
 from cifarkit.data import load_cifar10
 from cifarkit.evaluate import evaluate
+from cifarkit.files import write_json
 from cifarkit.recipes import get_recipe
 from cifarkit.runtime import keep_freed_memory, machine_info
 from cifarkit.train import teacher_split_logits, train
@@ -118,7 +119,7 @@ def main() -> None:
             print(f"{key}: mean {s['mean']:.4f}  std {s['std']:.4f}  range {s['min']:.4f}-{s['max']:.4f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

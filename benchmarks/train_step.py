@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cifarkit.files import write_json
 from cifarkit.models import create_model, list_models
 from cifarkit.runtime import autocast, keep_freed_memory, machine_info, resolve_bf16
 from provenance import record
@@ -194,7 +195,7 @@ def main() -> None:
     if args.json:
         result = {**provenance, "runtime": machine_info("cpu"), "malloc": malloc, "input_size": args.input_size}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({**result, "rows": rows}, indent=2) + "\n")
+        write_json(args.json, {**result, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from cifarkit.files import write_json
 from cifarkit.runtime import machine_info
 from provenance import record
 
@@ -146,7 +147,7 @@ def main() -> None:
             f"{keras['keras_seconds']:.1f} s: cifarkit {speed:.2f}x as fast"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ with the time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from cifarkit.files import write_json
 from cifarkit.runtime import machine_info
 from provenance import record
 
@@ -59,7 +59,7 @@ def main() -> None:
     for name in ("config.json", "metrics.json", "eval/metrics.json") if args.copy_run else ():
         if (Path(args.copy_run) / name).is_file():
             shutil.copy(Path(args.copy_run) / name, out.with_name(f"{out.stem}_{name.replace('/', '_')}"))
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"{seconds / 60:.1f} min, peak {result['peak_rss_mb']:,} MB, exit {result['exit_status']}")
     sys.exit(result["exit_status"])
 
