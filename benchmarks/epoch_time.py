@@ -7,8 +7,9 @@ recipe's learning rate, and validate on the held-out 10% after each epoch, as
 ``cifarkit train`` and the notebook's ``model.fit(..., validation_split=0.1)``
 do. The Keras model is translated layer for layer from the registered PyTorch
 one (same layers and parameter count, Keras' default initialisation, which the
-PyTorch one copies). Epochs alternate, cifarkit then Keras, so on a shared
-machine both see the same load; the median epoch of each is compared.
+PyTorch one copies), and trains in a process of its own. Epochs alternate,
+cifarkit then Keras, so on a shared machine both see the same load; the median
+epoch of each is compared.
 
 Keras is timed when TensorFlow is installed (``pip install -e '.[peers]'``,
 which brings tensorflow-cpu and Keras 3); without it the script says the
@@ -26,11 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +45,15 @@ from cifarkit.data.batches import unit_range
 from cifarkit.files import write_json
 from cifarkit.models import count_parameters
 from cifarkit.models.dropout import Dropout
-from cifarkit.recipes import Recipe, get_recipe
+from cifarkit.recipes import get_recipe
 from cifarkit.runs import build_model
 from cifarkit.runtime import machine_info, precision_name, resolve_bf16, use_threads
 from cifarkit.tracking import Callback
-from cifarkit.train import Split, prepare_split, train
+from cifarkit.train import prepare_split, train
 from provenance import record
 
 NOTEBOOK_MODELS = ("seed_cnn1", "seed_cnn2", "seed_cnn3")
 BF16_SETTINGS = {"auto": "auto", "true": True, "false": False}
-EpochRunner = Callable[[int], float]  # epoch index -> seconds it took
 
 
 def keras_twin(model: nn.Sequential) -> Any:
@@ -75,35 +76,29 @@ def keras_twin(model: nn.Sequential) -> Any:
     return twin
 
 
-def keras_pipeline(
-    model: nn.Sequential, split: Split, recipe: Recipe, threads: int | None
-) -> tuple[EpochRunner | None, dict]:
-    """(a function that trains the Keras twin of ``model`` for one epoch and returns its seconds, versions),
-    or (None, {"skipped": why}) where TensorFlow is not installed.
+def keras_worker(conn: Connection, config: dict[str, Any], data: str | None, threads: int | None) -> None:
+    """In a process of its own: the Keras twin of ``config``'s model on the images ``train()`` takes, trained one
+    epoch per index received on ``conn``, each answered with its seconds (None ends it).
 
-    An epoch is Keras' own: the training pass over ``split``'s training images, shuffled, then validation.
+    First sent: the versions, or {"skipped": why} where TensorFlow is not installed. An epoch is Keras' own: the
+    training pass over the split's training images, shuffled, then validation.
     """
     os.environ["KERAS_BACKEND"] = "tensorflow"  # the notebook's backend, whatever the environment says
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # torch's optimizers import torch._dynamo, which loads Triton where it is installed (the CUDA builds): Triton
-    # loaded after TensorFlow crashes the process (a segmentation fault, torch 2.14.1 with TensorFlow 2.21), so it
-    # is loaded first.
-    import torch._dynamo  # noqa: F401
-
     try:
         import keras
         import tensorflow as tf
     except ImportError as exc:
-        return None, {
-            "skipped": f"TensorFlow is not installed ({exc}); "
-            "pip install -e '.[peers]' to time the notebook's Keras pipeline"
-        }
+        why = f"TensorFlow is not installed ({exc}); pip install -e '.[peers]' to time the notebook's Keras pipeline"
+        conn.send({"skipped": why})
+        return
     if threads:  # otherwise TensorFlow's own default, as a notebook user gets it
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    twin = keras_twin(model)
+    split = prepare_split(load_cifar10(data), config["val_fraction"], config["seed"], subset=None)
+    twin = keras_twin(build_model(config))
     twin.compile(
-        optimizer=keras.optimizers.Adamax(recipe.lr),
+        optimizer=keras.optimizers.Adamax(config["lr"]),
         metrics=["accuracy"],
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
@@ -114,21 +109,19 @@ def keras_pipeline(
         on_epoch_begin=lambda epoch, logs: starts.append(time.perf_counter()),
         on_epoch_end=lambda epoch, logs: seconds.append(time.perf_counter() - starts[-1]),
     )
-
-    def run_epoch(epoch: int) -> float:
+    conn.send({"precision": "float32", "keras": keras.__version__, "tensorflow": tf.__version__})
+    while (epoch := conn.recv()) is not None:
         twin.fit(
             x_train,
             split.y_train.numpy(),
-            batch_size=recipe.batch_size,
+            batch_size=config["batch_size"],
             verbose=0,
             validation_data=(x_val, split.y_val.numpy()),
             initial_epoch=epoch,
             epochs=epoch + 1,
             callbacks=[timer],
         )
-        return seconds[-1]
-
-    return run_epoch, {"precision": "float32", "keras": keras.__version__, "tensorflow": tf.__version__}
+        conn.send(seconds[-1])
 
 
 def _nhwc(images: torch.Tensor) -> np.ndarray:
@@ -168,20 +161,29 @@ def main() -> None:
     recipe = recipe.replace(epochs=args.epochs, bf16=resolve_bf16(BF16_SETTINGS.get(args.bf16, recipe.bf16), device))
     data = load_cifar10(args.data)
     split = prepare_split(data, recipe.val_fraction, recipe.seed, subset=None)  # the images train() takes
-    keras_epoch, keras_info = keras_pipeline(build_model(recipe.to_dict()), split, recipe, args.threads)
-    if keras_epoch is None:
+    # Keras trains in a process of its own, as a notebook user runs it: in this one, TensorFlow's epochs slowed
+    # the PyTorch epochs between them (36, 41, 43 s in float32 on a 2-core AMD EPYC, where cifarkit alone held
+    # 37 s), which says nothing about either tool.
+    keras, conn = multiprocessing.get_context("spawn").Pipe()
+    worker = multiprocessing.get_context("spawn").Process(
+        target=keras_worker, args=(conn, recipe.to_dict(), args.data, args.threads), daemon=True
+    )
+    worker.start()
+    keras_info = keras.recv()
+    if "skipped" in keras_info:
         print(f"Keras comparison skipped: {keras_info['skipped']}", flush=True)
 
     # cifarkit trains through `train()` itself; after each of its epochs (training pass, validation,
-    # checkpoint) a callback runs Keras' epoch, so both sides share the machine's load.
+    # checkpoint) a callback has Keras train one epoch, so both sides share the machine's load, one at a time.
     seconds, keras_seconds, ended = [], [], [time.perf_counter()]
 
     class Alternate(Callback):
         def on_epoch_end(self, row: dict) -> bool:
             seconds.append(time.perf_counter() - ended[-1])
             line = f"epoch {row['epoch']}: cifarkit {seconds[-1]:.1f} s"
-            if keras_epoch is not None:
-                keras_seconds.append(keras_epoch(row["epoch"] - 1))
+            if "skipped" not in keras_info:
+                keras.send(row["epoch"] - 1)
+                keras_seconds.append(keras.recv())
                 line += f", Keras {keras_seconds[-1]:.1f} s"
             print(line, flush=True)
             ended.append(time.perf_counter())
@@ -189,6 +191,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         train(recipe, data, Path(folder) / "run", progress=False, callbacks=[Alternate()], threads=args.threads)
+    if worker.is_alive():
+        keras.send(None)
+    worker.join()
     # The first epoch of each side sets up (cifarkit: the split and model; Keras: tracing): medians from the second.
     seconds, keras_seconds = seconds[1:], keras_seconds[1:]
 
