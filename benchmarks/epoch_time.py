@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--bf16", choices=list(BF16_SETTINGS), help="cifarkit's precision (default: the recipe's)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch of each side sets up, and only later ones count")
     use_threads(args.threads)
     provenance = record(args.threads)  # before the timing: it measures the matmul throughput
     machine = machine_info("cpu")
@@ -161,9 +163,10 @@ def main() -> None:
     recipe = recipe.replace(epochs=args.epochs, bf16=resolve_bf16(BF16_SETTINGS.get(args.bf16, recipe.bf16), device))
     data = load_cifar10(args.data)
     split = prepare_split(data, recipe.val_fraction, recipe.seed, subset=None)  # the images train() takes
-    # Keras trains in a process of its own, as a notebook user runs it: in this one, TensorFlow's epochs slowed
-    # the PyTorch epochs between them (36, 41, 43 s in float32 on a 2-core AMD EPYC, where cifarkit alone held
-    # 37 s), which says nothing about either tool.
+    # Keras trains in a process of its own, as a notebook user runs it. In this one, cifarkit's float32 epochs
+    # grew from one to the next between TensorFlow's (36, 41, 43 s on a 2-core AMD EPYC, while Keras' held at 40
+    # and cifarkit's alone at 37): a cost of sharing a process that neither tool has on its own. Apart, neither
+    # grew (issue26/epoch_time_seed_cnn3_*_keras_apart_epyc.json).
     keras, conn = multiprocessing.get_context("spawn").Pipe()
     worker = multiprocessing.get_context("spawn").Process(
         target=keras_worker, args=(conn, recipe.to_dict(), args.data, args.threads), daemon=True

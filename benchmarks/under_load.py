@@ -25,6 +25,7 @@ after each timed run. Never run two benchmarks at once on the same machine.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -81,14 +82,13 @@ def busy_core(busy: bool) -> Iterator[None]:
 
 
 def keras_beside_cifarkit(busy: bool, args: argparse.Namespace) -> dict | None:
-    """The notebook's Keras pipeline and cifarkit, one full seed_cnn3 epoch each, alternating (epoch_time.py)."""
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
+    """The notebook's Keras pipeline and cifarkit, one timed seed_cnn3 epoch each after an untimed one,
+    alternating (epoch_time.py, which trains Keras in a process of its own)."""
+    if importlib.util.find_spec("tensorflow") is None:
         return None
     with tempfile.TemporaryDirectory(prefix="under-load-keras-") as tmp, busy_core(busy):
         command = [sys.executable, str(Path(__file__).with_name("epoch_time.py")), "--model", "seed_cnn3"]
-        command += ["--epochs", "1", "--data", args.data, "--json", f"{tmp}/k.json"]  # each tool's default threads
+        command += ["--epochs", "2", "--data", args.data, "--json", f"{tmp}/k.json"]  # each tool's default threads
         subprocess.run(command, check=True, capture_output=True)
         result = json.loads(Path(f"{tmp}/k.json").read_text())
     return {
