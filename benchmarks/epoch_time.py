@@ -165,14 +165,25 @@ def main() -> None:
     split = prepare_split(data, recipe.val_fraction, recipe.seed, subset=None)  # the images train() takes
     # Keras trains in a process of its own, as a notebook user runs it. In this one, cifarkit's float32 epochs
     # grew from one to the next between TensorFlow's (36, 41, 43 s on a 2-core AMD EPYC, while Keras' held at 40
-    # and cifarkit's alone at 37): a cost of sharing a process that neither tool has on its own. Apart, neither
-    # grew (issue26/epoch_time_seed_cnn3_*_keras_apart_epyc.json).
-    keras, conn = multiprocessing.get_context("spawn").Pipe()
-    worker = multiprocessing.get_context("spawn").Process(
-        target=keras_worker, args=(conn, recipe.to_dict(), args.data, args.threads), daemon=True
-    )
+    # and cifarkit's, in a run without Keras, at 37): a cost of sharing a process that neither tool has on its
+    # own. Apart they took 34, 30, 32 s beside Keras' 32, 33, 34 (issue26/epoch_time_seed_cnn3_*_keras_apart_epyc).
+    spawn = multiprocessing.get_context("spawn")
+    keras, its_end = spawn.Pipe()
+    worker = spawn.Process(target=keras_worker, args=(its_end, recipe.to_dict(), args.data, args.threads), daemon=True)
     worker.start()
-    keras_info = keras.recv()
+    its_end.close()  # the worker's end is the worker's alone: its exit then ends our reads instead of blocking them
+
+    def ask_keras(epoch: int | None = None) -> Any:
+        """The Keras process's next message: its versions first, then, asked to train ``epoch``, its seconds."""
+        try:
+            if epoch is not None:
+                keras.send(epoch)
+            return keras.recv()
+        except (EOFError, BrokenPipeError):
+            worker.join()
+            raise SystemExit(f"the Keras process ended (exit code {worker.exitcode}) before it answered") from None
+
+    keras_info = ask_keras()
     if "skipped" in keras_info:
         print(f"Keras comparison skipped: {keras_info['skipped']}", flush=True)
 
@@ -185,8 +196,7 @@ def main() -> None:
             seconds.append(time.perf_counter() - ended[-1])
             line = f"epoch {row['epoch']}: cifarkit {seconds[-1]:.1f} s"
             if "skipped" not in keras_info:
-                keras.send(row["epoch"] - 1)
-                keras_seconds.append(keras.recv())
+                keras_seconds.append(ask_keras(row["epoch"] - 1))
                 line += f", Keras {keras_seconds[-1]:.1f} s"
             print(line, flush=True)
             ended.append(time.perf_counter())
@@ -232,7 +242,6 @@ def main() -> None:
         )
         print(f"  cifarkit {result['speedup_vs_keras']:.2f}x as fast as the notebook's Keras pipeline (same run)")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, result)
 
 
