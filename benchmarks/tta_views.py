@@ -11,7 +11,8 @@ mirror image; the view sets below are then weighted averages of those logits:
     diagonals     half the image and its mirror, half the four one-pixel diagonal shifts
     ring          half the image and its mirror, half all eight one-pixel shifts
     grid          the 3x3 one-pixel shifts, equally weighted
-    grid+2        the ring's weights, with a fifth of the whole on the four two-pixel shifts along the axes
+    grid+2        two fifths on the image and its mirror, two fifths on the eight one-pixel shifts and a fifth
+                  on the four two-pixel shifts along the axes
 
     python benchmarks/tta_views.py RUN_DIR [RUN_DIR ...] --data ../shared/data/cifar10 --threads 2 --json FILE
 """
