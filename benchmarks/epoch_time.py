@@ -164,11 +164,11 @@ def main() -> None:
     data = load_cifar10(args.data)
     split = prepare_split(data, recipe.val_fraction, recipe.seed, subset=None)  # the images train() takes
     # Keras trains in a process of its own, as a notebook user runs it. In this one, cifarkit's float32 epochs
-    # grew from one to the next between TensorFlow's (36, 41, 43 s on a 2-core AMD EPYC, while Keras' held at 40
-    # and cifarkit's, in a run without Keras, at 37): a cost of sharing a process that neither tool has on its
-    # own. Apart they took 34, 30, 32 s beside Keras' 32, 33, 34 (issue26/epoch_time_seed_cnn3_*_keras_apart_epyc).
+    # grew from one to the next between TensorFlow's (36, 41, 43 s on a 2-core AMD EPYC, while Keras' held at 40):
+    # a cost of sharing a process that neither tool has on its own. Apart they took 34, 30, 32 s beside Keras' 32,
+    # 33, 34 (issue26/epoch_time_seed_cnn3_float32_epyc.json against ..._float32_keras_apart_epyc.json).
     spawn = multiprocessing.get_context("spawn")
-    keras, its_end = spawn.Pipe()
+    to_keras, its_end = spawn.Pipe()
     worker = spawn.Process(target=keras_worker, args=(its_end, recipe.to_dict(), args.data, args.threads), daemon=True)
     worker.start()
     its_end.close()  # the worker's end is the worker's alone: its exit then ends our reads instead of blocking them
@@ -177,8 +177,8 @@ def main() -> None:
         """The Keras process's next message: its versions first, then, asked to train ``epoch``, its seconds."""
         try:
             if epoch is not None:
-                keras.send(epoch)
-            return keras.recv()
+                to_keras.send(epoch)
+            return to_keras.recv()
         except (EOFError, BrokenPipeError):
             worker.join()
             raise SystemExit(f"the Keras process ended (exit code {worker.exitcode}) before it answered") from None
@@ -205,7 +205,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         train(recipe, data, Path(folder) / "run", progress=False, callbacks=[Alternate()], threads=args.threads)
     if worker.is_alive():
-        keras.send(None)
+        to_keras.send(None)
     worker.join()
     # The first epoch of each side sets up (cifarkit: the split and model; Keras: tracing): medians from the second.
     seconds, keras_seconds = seconds[1:], keras_seconds[1:]

@@ -2,7 +2,7 @@
 
 TTA costs no training compute, so more views would be a free lever for the time-to-accuracy target (issue 26)
 if they helped. Each run's test images (and its validation images) are classified once per view, each
-view a translation by (dy, dx) pixels with the reflected border (as ``cifarkit.inference`` shifts) and its
+view a translation by (dy, dx) pixels with the reflected border (``cifarkit.inference``'s own shift) and its
 mirror image; the view sets below are then weighted averages of those logits:
 
     airbench      the recipes' ``flip_translate``: half the image and its mirror, half the mirrored pair
@@ -27,7 +27,7 @@ import torch
 
 from cifarkit.data import load_cifar10
 from cifarkit.files import write_json
-from cifarkit.inference import predict_logits
+from cifarkit.inference import _shift, predict_logits
 from cifarkit.runs import load_model, native_run_bf16, read_config, validation_set
 from provenance import record
 
@@ -53,13 +53,8 @@ VIEW_SETS = {  # shift -> weight of the shifted image and its mirror together
 
 
 def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """uint8 images (N, H, W, 3) translated by (dy, dx), the border reflected."""
-    p = max(abs(dy), abs(dx))
-    if not p:
-        return images
-    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-    h, w = images.shape[1:3]
-    return padded[:, p - dy : p - dy + h, p - dx : p - dx + w]
+    """uint8 images (N, H, W, 3) translated by (dy, dx) as the recipes' TTA translates them."""
+    return _shift(torch.from_numpy(images).permute(0, 3, 1, 2), dy, dx).permute(0, 2, 3, 1).numpy()
 
 
 def view_accuracies(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, bf16: bool) -> dict[str, float]:
