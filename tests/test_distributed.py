@@ -354,9 +354,10 @@ def test_two_process_run_is_one_run_directory_that_resumes_on_one_process(launch
 
 
 def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    """Return once ``condition()`` holds or ``seconds`` have passed; polled often, since most waits are short."""
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def _worker_pid(launcher: int, rank: int) -> int:
@@ -443,8 +444,8 @@ def _launch_command(
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers in /proc (Linux)")
 def test_workers_stop_when_their_launcher_is_killed_and_the_run_resumes(tmp_path, capsys):
-    # 600 images: epochs of about half a second on two processes here. The launcher is killed within about 0.3 s of
-    # the first epoch's checkpoint (a poll every 0.2 s, then /proc read), so the workers are still training with
+    # 600 images: epochs of about half a second on two processes here. The launcher is killed within about 0.15 s of
+    # the first epoch's checkpoint (a poll every 0.05 s, then /proc read), so the workers are still training with
     # three epochs, 1.5 s, to go (a slower machine's epochs are slower too), and the resumed run is short.
     epochs = 4
     folder = write_python_batches(synthetic_cifar(600, N_TEST), tmp_path / "cifar-10-batches-py")

@@ -69,7 +69,7 @@ def server(run, tmp_path):
         while not healthy(url):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the server did not start (exit status {process.poll()}):\n{log.read_text()}")
-            time.sleep(0.2)
+            time.sleep(0.05)
         yield url, process, log
     finally:
         if process.poll() is None:
