@@ -47,7 +47,7 @@ from cifarkit.models import count_parameters
 from cifarkit.models.dropout import Dropout
 from cifarkit.recipes import get_recipe
 from cifarkit.runs import build_model
-from cifarkit.runtime import machine_info, precision_name, resolve_bf16, use_threads
+from cifarkit.runtime import keep_freed_memory, machine_info, precision_name, resolve_bf16, use_threads
 from cifarkit.tracking import Callback
 from cifarkit.train import prepare_split, train
 from provenance import record
@@ -154,6 +154,10 @@ def main() -> None:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch of each side sets up, and only later ones count")
     use_threads(args.threads)
+    # As `cifarkit train` and cifarkit.train() do (see cifarkit.runtime); until 8c4f2dd this benchmark did not,
+    # and its float32 epochs of seed_cnn3 took about 1.1x as long on a 2-core AMD EPYC. The Keras process,
+    # spawned anew, keeps glibc's defaults, as a Keras user has them.
+    malloc_tuned = keep_freed_memory()
     provenance = record(args.threads)  # before the timing: it measures the matmul throughput
     machine = machine_info("cpu")
     print(f"machine: {json.dumps(machine)}", flush=True)
@@ -222,7 +226,7 @@ def main() -> None:
         "steps": steps,
         "threads": args.threads or "auto",
         "epoch": "training pass + validation (+ cifarkit's checkpoint), medians from the second epoch on",
-        "cifarkit": c,
+        "cifarkit": {**c, "malloc_tuned": malloc_tuned},
         "keras": k,
         "speedup_vs_keras": k["median_seconds"] / c["median_seconds"] if keras_seconds else None,
         "runtime": machine,
