@@ -154,9 +154,9 @@ def main() -> None:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch of each side sets up, and only later ones count")
     use_threads(args.threads)
-    # As `cifarkit train` and cifarkit.train() do (see cifarkit.runtime); until 8c4f2dd this benchmark did not,
-    # and its float32 epochs of seed_cnn3 took about 1.1x as long on a 2-core AMD EPYC. The Keras process,
-    # spawned anew, keeps glibc's defaults, as a Keras user has them.
+    # Freed memory kept for reuse, as `cifarkit train` and cifarkit.train() have it (see cifarkit.runtime): the
+    # benchmark times what a user runs (until 4de012d it did not; on a 2-core AMD EPYC the ratios moved within
+    # the spread between runs). The Keras process, spawned anew, keeps glibc's defaults, as a Keras user has them.
     malloc_tuned = keep_freed_memory()
     provenance = record(args.threads)  # before the timing: it measures the matmul throughput
     machine = machine_info("cpu")
