@@ -139,7 +139,6 @@ def main() -> None:
             "ring_bytes_sent_per_process_per_step": {str(p): b for p, b in ring.items()},
             "runtime": machine,
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, result)
 
 

@@ -118,7 +118,6 @@ def main() -> None:
             s = result[key]
             print(f"{key}: mean {s['mean']:.4f}  std {s['std']:.4f}  range {s['min']:.4f}-{s['max']:.4f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, result)
 
 

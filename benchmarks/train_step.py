@@ -33,7 +33,6 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -194,7 +193,6 @@ def main() -> None:
                 )
     if args.json:
         result = {**provenance, "runtime": machine_info("cpu"), "malloc": malloc, "input_size": args.input_size}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, {**result, "rows": rows})
 
 
