@@ -605,24 +605,50 @@ def train_step_table() -> str:
     return table(header, rows, "lrrlrrr") + sources(rels)
 
 
+def epoch_tflop(d: dict) -> float:
+    """The compute of one epoch_time epoch: each training image's forward and backward as three forward passes,
+    each validation image's as one (``forward_flops`` of the model at 32 px)."""
+    from cifarkit.models.registry import create_model, forward_flops
+
+    flop = forward_flops(create_model(d["model"]))
+    return (3 * d["train_images"] + d["val_images"]) * flop / 1e12
+
+
 def keras_table() -> str:
-    header = ["model", "threads", "cifarkit precision", "cifarkit s/epoch", "Keras s/epoch", "Keras / cifarkit", "file"]
+    header = [
+        "model",
+        "threads",
+        "cifarkit precision",
+        "cifarkit s/epoch",
+        "Keras s/epoch",
+        "Keras / cifarkit",
+        "GFLOP/s cifarkit / Keras",
+        "1.5x Keras: GFLOP/s, % of matmul",
+        "file",
+    ]
     rows, rels = [], []
     for rel, d in self_or_indexed(lambda rel, d: isinstance(d, dict) and "speedup_vs_keras" in d):
         rels.append(rel)
         keras = d["keras"].get("median_seconds")
+        tflop, seconds = epoch_tflop(d), d["cifarkit"]["median_seconds"]
+        # The matmul of cifarkit's precision, measured by the benchmark's own run (older files have none).
+        precision = "float32" if d["cifarkit"]["precision"] == "float32" else "bfloat16"
+        matmul = (d.get("machine") or {}).get("matmul_gflops", {}).get(precision)
+        needed = 1.5 * 1000 * tflop / keras if keras else None
         rows.append(
             [
                 d["model"],
                 str(d["threads"]),
                 d["cifarkit"]["precision"],
-                number(d["cifarkit"]["median_seconds"]),
+                number(seconds),
                 number(keras) if keras else "—",
                 f"{d['speedup_vs_keras']:.2f}x" if d["speedup_vs_keras"] else "—",
+                f"{1000 * tflop / seconds:.0f} / {1000 * tflop / keras:.0f}" if keras else "—",
+                (f"{needed:.0f}, {100 * needed / matmul:.0f}%" if matmul else f"{needed:.0f}") if needed else "—",
                 file_cell(rel),
             ]
         )
-    return table(header, rows, "lrlrrr") + sources(rels)
+    return table(header, rows, "lrlrrrrr") + sources(rels)
 
 
 def is_under_load(rel: str, d: Any) -> bool:
