@@ -354,10 +354,9 @@ def test_two_process_run_is_one_run_directory_that_resumes_on_one_process(launch
 
 
 def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
-    """Return once ``condition()`` holds or ``seconds`` have passed; polled often, since most waits are short."""
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.2)
 
 
 def _worker_pid(launcher: int, rank: int) -> int:
@@ -397,17 +396,28 @@ def test_killing_a_worker_ends_the_launch_naming_its_rank(tmp_path):
         os.kill(survivor, 0)
 
 
+def _stat_fields(path: Path) -> list[str] | None:
+    """The fields of a /proc stat file after "pid (command)" (the command may hold spaces); None once it is gone
+    (its thread ended before the open, or between the open and the read, which reports ESRCH)."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def _start_time(pid: int) -> str | None:
-    """When process ``pid`` started (in clock ticks since boot), or None once it has ended (a zombie has ended).
+    """When process ``pid`` started (in clock ticks since boot), or None once it has ended: every thread of it a
+    zombie or gone. Its main thread alone is not enough: a process killed by a signal can show its main thread a
+    zombie while other threads are still exiting, and holding its open files (the run's lock among them).
 
     Compared with the start time seen before, it tells an ended process from a new one that got its pid.
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    if fields is None:
         return None
-    fields = stat.rsplit(")", 1)[1].split()  # after "pid (command)", where the command may hold spaces
-    return None if fields[0] in "ZX" else fields[19]
+    threads = [_stat_fields(task / "stat") for task in Path(f"/proc/{pid}/task").glob("*")]
+    running = [state for state in [fields, *threads] if state is not None and state[0] not in "ZX"]
+    return fields[19] if running else None
 
 
 def _launch_command(
@@ -444,8 +454,8 @@ def _launch_command(
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers in /proc (Linux)")
 def test_workers_stop_when_their_launcher_is_killed_and_the_run_resumes(tmp_path, capsys):
-    # 600 images: epochs of about half a second on two processes here. The launcher is killed within about 0.15 s of
-    # the first epoch's checkpoint (a poll every 0.05 s, then /proc read), so the workers are still training with
+    # 600 images: epochs of about half a second on two processes here. The launcher is killed within about 0.3 s of
+    # the first epoch's checkpoint (a poll every 0.2 s, then /proc read), so the workers are still training with
     # three epochs, 1.5 s, to go (a slower machine's epochs are slower too), and the resumed run is short.
     epochs = 4
     folder = write_python_batches(synthetic_cifar(600, N_TEST), tmp_path / "cifar-10-batches-py")
