@@ -485,8 +485,9 @@ def test_workers_stop_when_their_launcher_is_killed_and_the_run_resumes(tmp_path
     assert 1 <= len(before) < epochs, "the workers trained on after their launcher was killed"
     # The lock died with its holder, so the run resumes at once, on one process (the test's own: `cifarkit train
     # --resume` run in a new one finds what this one does, and would start another Python with torch), from that
-    # epoch.
-    code, _, err = run_cli(capsys, "train", "--resume", "--out", str(run), "--no-eval", "--threads", "1")
+    # epoch, reading the launch's cache (not the user's $CIFARKIT_CACHE, which a test leaves as it found it).
+    cache = ("--cache-dir", str(tmp_path / "cache"))
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", str(run), *cache, "--no-eval", "--threads", "1")
     assert code == 0, err
     history = read_json(run / "history.json")
     assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
