@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 
-import httpx
+import httpx2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -68,7 +68,7 @@ def photo(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Im
     return Image.fromarray(pixels).convert(mode)
 
 
-def assert_error(response: httpx.Response, status: int, *words: str) -> str:
+def assert_error(response: httpx2.Response, status: int, *words: str) -> str:
     """The response is ``status`` with a JSON ``detail`` naming the problem, and no traceback."""
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
@@ -167,7 +167,7 @@ def test_upload_over_the_limit_is_413_declared_or_streamed(classifier):
     with client(classifier, max_upload_mb=0.1) as c:
         assert_error(c.post("/v1/predict", files={"file": ("big.bmp", big)}), 413, "0.1 MB")
         # Without Content-Length (chunked) the body is counted as it arrives.
-        body, content_type = httpx_multipart(big)
+        body, content_type = multipart_body(big)
         streamed = c.post(
             "/v1/predict",
             content=iter([body[i : i + 4096] for i in range(0, len(body), 4096)]),
@@ -177,8 +177,9 @@ def test_upload_over_the_limit_is_413_declared_or_streamed(classifier):
         assert c.post("/v1/predict", files={"file": ("small.png", encode(photo(8, 8), "PNG"))}).status_code == 200
 
 
-def httpx_multipart(data: bytes) -> tuple[bytes, str]:
-    request = httpx.Request("POST", "http://x/", files={"file": ("big.bmp", data)})
+def multipart_body(data: bytes) -> tuple[bytes, str]:
+    """A multipart form uploading ``data`` as one file: its bytes and its Content-Type header."""
+    request = httpx2.Request("POST", "http://x/", files={"file": ("big.bmp", data)})
     return request.read(), request.headers["Content-Type"]
 
 
@@ -282,9 +283,9 @@ def test_full_queue_is_503_with_retry_after_and_waiting_requests_share_a_batch()
     app = create_app(gated_classifier(armed, entered, release, batches), ServeSettings(max_queue=3, max_files=2))
     image = ("file", ("a.png", encode(photo(8, 8), "PNG")))
 
-    async def scenario() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)
-        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    async def scenario() -> list[httpx2.Response]:
+        transport = httpx2.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx2.AsyncClient(transport=transport, base_url="http://t") as c:
             armed.set()  # after the start-up warm-up pass
             first = asyncio.create_task(c.post("/v1/predict", files=[image]))
             await asyncio.to_thread(entered.wait, 30)  # the model is busy with the first request
