@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+import httpx2
 import numpy as np
 import torch
 from PIL import Image
@@ -93,9 +93,9 @@ def start_server(run: str, backend: str, tta: str, model_file: Path | None, thre
         if process.poll() is not None:
             raise RuntimeError(f"the server exited: {process.stderr.read()}")
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+            if httpx2.get(f"{url}/health", timeout=1).status_code == 200:
                 return process, url
-        except httpx.TransportError:
+        except httpx2.TransportError:
             time.sleep(0.2)
     process.kill()
     raise RuntimeError("the server did not start within 2 minutes")
@@ -112,7 +112,7 @@ def stop_server(process: subprocess.Popen) -> None:
 def sequential(url: str, png: bytes, calls: int) -> dict[str, float]:
     """One client, one image per request, one request at a time."""
     times = []
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx2.Client(base_url=url, timeout=30) as client:
         for i in range(calls + 5):
             start = time.perf_counter()
             client.post("/v1/predict", files={"file": ("test.png", png)}).raise_for_status()
@@ -127,19 +127,19 @@ async def load_test(url: str, png: bytes, requests: int, clients: int) -> dict[s
     errors = 0
     remaining = iter(range(requests))
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def client_loop(client: httpx2.AsyncClient) -> None:
         nonlocal errors
         for _ in remaining:
             start = time.perf_counter()
             try:
                 response = await client.post("/v1/predict", files={"file": ("test.png", png)})
                 errors += response.status_code != 200
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 errors += 1
             times.append(time.perf_counter() - start)
 
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+    limits = httpx2.Limits(max_connections=clients)
+    async with httpx2.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         start = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
         elapsed = time.perf_counter() - start

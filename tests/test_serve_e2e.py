@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from cifarkit.recipes import get_recipe
@@ -79,8 +79,8 @@ def server(run, tmp_path):
 
 def healthy(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.TransportError:
+        return httpx2.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx2.TransportError:
         return False
 
 
@@ -96,7 +96,7 @@ def test_page_shows_the_prediction_and_its_bars(server, real_data_path, tmp_path
     browser_path = chromium()
     url, _, _ = server
     image = sorted((Path(real_data_path) / "test" / "cat").glob("*.png"))[0]
-    expected = httpx.post(
+    expected = httpx2.post(
         f"{url}/v1/predict", files={"file": (image.name, image.read_bytes())}, data={"top_k": "10"}
     ).json()["results"][0]["predictions"]
 
@@ -132,8 +132,8 @@ def test_page_shows_the_prediction_and_its_bars(server, real_data_path, tmp_path
 
 def test_logs_each_request_and_stops_cleanly_on_ctrl_c(server):
     url, process, log = server
-    assert httpx.get(f"{url}/health").status_code == 200
-    assert httpx.post(f"{url}/v1/predict", files={"file": ("x.txt", b"not an image")}).status_code == 400
+    assert httpx2.get(f"{url}/health").status_code == 200
+    assert httpx2.post(f"{url}/v1/predict", files={"file": ("x.txt", b"not an image")}).status_code == 400
     process.send_signal(signal.SIGINT)
     status = process.wait(timeout=120)
     text = log.read_text()
