@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cifarkit import recipes
 from cifarkit.errors import CifarkitError
 from cifarkit.models.fastnet import FastNet, FastNetConfig
 from cifarkit.optim import build_optimizer, lr_multiplier, set_learning_rates, weight_ema
@@ -114,6 +115,29 @@ def test_role_settings_the_model_lacks_are_refused_by_validation_before_any_work
     with pytest.raises(CifarkitError, match=r"lr_scale names roles \['head'\] that seed_cnn3 lacks"):
         validate(get_recipe("seed_cnn3").replace(lr_scale={"head": 2}))
     validate(get_recipe("fast93").replace(lr_scale={"head": 2}))  # fastnet has the role
+
+
+def test_validation_builds_a_model_once_per_arguments_and_draws_no_random_numbers(monkeypatch):
+    import cifarkit.models
+
+    built: list[tuple[str, dict]] = []
+    create = cifarkit.models.create_model
+    monkeypatch.setattr(
+        cifarkit.models, "create_model", lambda name, **kw: built.append((name, kw)) or create(name, **kw)
+    )
+    monkeypatch.setattr(recipes, "_CHECKED_MODELS", {})
+    fast = get_recipe("fast90")
+    rng = torch.random.get_rng_state()
+    for recipe in (fast, fast.replace(lr=0.5, epochs=3), fast.replace(lr_scale={"head": 2})):
+        validate(recipe)
+    assert built == [("fastnet_xs", {"pretrained": False, **fast.model_kwargs})]  # other fields: no new build
+    assert torch.equal(torch.random.get_rng_state(), rng)  # so a run's numbers do not depend on what was checked
+    validate(fast.replace(model_kwargs={**fast.model_kwargs, "bn_eps": 1e-3}))  # other arguments: built again
+    assert len(built) == 2
+    for _ in range(2):  # a refused model is built again, and refused again
+        with pytest.raises(CifarkitError, match="break its forward pass"):
+            validate(fast.replace(model_kwargs={"whiten_kernel": 0}))
+    assert len(built) == 4
 
 
 @pytest.mark.parametrize("recipe", ["seed_cnn3", "fast90", "lite0_frozen"])

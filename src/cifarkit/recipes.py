@@ -248,39 +248,24 @@ def validate(recipe: Recipe) -> Recipe:
     return recipe
 
 
+# Models checked in this process: (name, model_kwargs as JSON, head only) -> the parameter roles.
+_CHECKED_MODELS: dict[tuple[str, str, bool], frozenset[str]] = {}
+
+
 def _check_model(recipe: Recipe) -> None:
     """The model exists, accepts the recipe's ``model_kwargs``, computes finite outputs and has its ``lr_scale`` roles.
 
-    One forward pass on two random images catches keyword arguments that only break it there.
+    Built once per model and arguments in a process: every training run, tuning trial and estimate validates
+    its recipe, and building a model costs more than all the other checks together.
     """
-    import torch
-
-    from cifarkit.models import create_model, get_model_info, parameter_roles
+    from cifarkit.models import get_model_info
 
     get_model_info(recipe.model)
-    kwargs = f"model_kwargs {recipe.model_kwargs} for {recipe.model}"
-    try:
-        with warnings.catch_warnings():  # e.g. "Initializing zero-element tensors": the error below says it better
-            warnings.simplefilter("ignore")
-            model = create_model(recipe.model, pretrained=False, **recipe.model_kwargs)
-    except CifarkitError as e:
-        raise CifarkitError(f"{kwargs}: {e}") from None
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise CifarkitError(
-            f"model_kwargs {recipe.model_kwargs} do not fit {recipe.model} ({e}); "
-            f"see `cifarkit recipes -v` for the keyword arguments recipes use"
-        ) from None
-    try:
-        with torch.no_grad(), torch.random.fork_rng():
-            torch.manual_seed(0)
-            outputs = model.eval()(torch.rand(2, 3, 32, 32))
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CifarkitError(f"{kwargs} break its forward pass ({reason}); change or remove them") from None
-    if outputs.dim() != 2 or outputs.shape[1] < 2 or not torch.isfinite(outputs).all():
-        raise CifarkitError(f"{kwargs} make it compute non-finite or misshapen outputs; change or remove them")
-    roles = parameter_roles(model.head if recipe.frozen_features else model)
-    unknown = sorted(set(recipe.lr_scale) - set(roles))
+    key = (recipe.model, json.dumps(recipe.model_kwargs, sort_keys=True, default=repr), recipe.frozen_features)
+    if key not in _CHECKED_MODELS:
+        _CHECKED_MODELS[key] = _model_roles(recipe)
+    roles = _CHECKED_MODELS[key]
+    unknown = sorted(set(recipe.lr_scale) - roles)
     if unknown:
         raise CifarkitError(f"lr_scale names roles {unknown} that {recipe.model} lacks; it has {sorted(roles)}")
     if recipe.whiten_bias_epochs and "whiten_bias" not in roles:
@@ -288,6 +273,41 @@ def _check_model(recipe: Recipe) -> None:
             f"whiten_bias_epochs needs a model with a whitening layer (fastnet_*), not {recipe.model}; "
             "set whiten_bias_epochs=0"
         )
+
+
+def _model_roles(recipe: Recipe) -> frozenset[str]:
+    """Build the recipe's model and run it on two random images; the parameter roles of it (or of its head).
+
+    One forward pass catches keyword arguments that only break it there. The random generators are left as
+    they were, so a check changes no run's numbers.
+    """
+    import torch
+
+    from cifarkit.models import create_model, parameter_roles
+
+    kwargs = f"model_kwargs {recipe.model_kwargs} for {recipe.model}"
+    with torch.random.fork_rng():
+        try:
+            with warnings.catch_warnings():  # e.g. "Initializing zero-element tensors": the error below says it better
+                warnings.simplefilter("ignore")
+                model = create_model(recipe.model, pretrained=False, **recipe.model_kwargs)
+        except CifarkitError as e:
+            raise CifarkitError(f"{kwargs}: {e}") from None
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise CifarkitError(
+                f"model_kwargs {recipe.model_kwargs} do not fit {recipe.model} ({e}); "
+                f"see `cifarkit recipes -v` for the keyword arguments recipes use"
+            ) from None
+        try:
+            with torch.no_grad():
+                torch.manual_seed(0)
+                outputs = model.eval()(torch.rand(2, 3, 32, 32))
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CifarkitError(f"{kwargs} break its forward pass ({reason}); change or remove them") from None
+    if outputs.dim() != 2 or outputs.shape[1] < 2 or not torch.isfinite(outputs).all():
+        raise CifarkitError(f"{kwargs} make it compute non-finite or misshapen outputs; change or remove them")
+    return frozenset(parameter_roles(model.head if recipe.frozen_features else model))
 
 
 LR_SCALING_POWER = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
