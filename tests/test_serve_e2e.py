@@ -66,10 +66,11 @@ def server(run, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180  # torch and the model load slowly on a busy machine
-        while not healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the server did not start (exit status {process.poll()}):\n{log.read_text()}")
-            time.sleep(0.05)
+        with httpx2.Client(timeout=2) as client:  # one client: each new one loads the CA certificates again
+            while not healthy(client, url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the server did not start (exit status {process.poll()}):\n{log.read_text()}")
+                time.sleep(0.05)
         yield url, process, log
     finally:
         if process.poll() is None:
@@ -77,9 +78,9 @@ def server(run, tmp_path):
             process.wait()
 
 
-def healthy(url: str) -> bool:
+def healthy(client: httpx2.Client, url: str) -> bool:
     try:
-        return httpx2.get(f"{url}/health", timeout=2).status_code == 200
+        return client.get(f"{url}/health").status_code == 200
     except httpx2.TransportError:
         return False
 
