@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from cifarkit.analysis import Prediction, ReliabilityBins, normalize_rows
 from cifarkit.files import atomic_write_bytes
@@ -120,6 +121,7 @@ def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Fig
     for ax, title in ((acc_ax, "accuracy"), (loss_ax, "cross-entropy loss")):
         ax.set_title(title, y=1.0)  # where matplotlib would place it, without measuring the axes for it each time
         ax.set(xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a run has no epoch 1.4
         ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8, loc="upper right")
     return fig
