@@ -47,14 +47,16 @@ def test_run_directory_contents_and_learning(tiny_data, tmp_path):
     assert (run / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc,val_loss,val_acc")
 
 
-@pytest.mark.parametrize(("epochs", "ticks"), [(2, [1, 2]), (3, [1, 2, 3]), (40, [0, 5, 10, 15, 20, 25, 30, 35, 40])])
-def test_curves_mark_whole_epochs(epochs, ticks):
+@pytest.mark.parametrize("epochs", [2, 3, 40])
+def test_curves_mark_whole_epochs(epochs):
     from cifarkit.plots import training_curves
 
     rows = [dict(epoch=e, train_acc=0.5, val_acc=0.5, train_loss=1.0, val_loss=1.0) for e in range(1, epochs + 1)]
     for ax in training_curves({"run": rows}).axes:
         low, high = ax.get_xlim()
-        assert [t for t in ax.get_xticks().tolist() if low <= t <= high] == ticks
+        ticks = [t for t in ax.get_xticks().tolist() if low <= t <= high]
+        assert all(t.is_integer() for t in ticks) and 2 <= len(ticks) <= 10  # a readable count at any length
+        assert epochs > 3 or ticks == list(range(1, epochs + 1))  # a short run: each of its epochs
 
 
 def test_best_weights_are_from_best_epoch(tiny_data, tmp_path, monkeypatch):
