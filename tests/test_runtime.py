@@ -61,6 +61,16 @@ def test_applies_on_this_machine_when_it_runs_glibc():
 # --- device and precision, chosen by the hardware ---------------------------------------------
 
 
+def test_launch_variables_are_whole_numbers_or_a_clear_error(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert runtime.env_int("WORLD_SIZE", 1) == 1
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert runtime.env_int("WORLD_SIZE", 1) == 4
+    monkeypatch.setenv("WORLD_SIZE", "four")
+    with pytest.raises(CifarkitError, match=r"^\$WORLD_SIZE is 'four', not a whole number; launch with torchrun"):
+        runtime.env_int("WORLD_SIZE", 1)
+
+
 def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(runtime, "_mps_available", lambda: False)

@@ -12,14 +12,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import functools
 import gc
 import os
-import signal
-import sys
-import threading
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -31,14 +25,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cifarkit.errors import CifarkitError
-from cifarkit.runtime import pick_device
+from cifarkit.runtime import env_int, pick_device, stop_with_launcher
 
 T = TypeVar("T")
 TIMEOUT_ENV = "CIFARKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600  # NCCL's own default; gloo's 30 minutes would leave a dead launch hanging for long
-LAUNCHER_ENV = "CIFARKIT_LAUNCHER_PID"
-"""The launcher's process id, which ``python -m cifarkit.launch`` gives its workers (torchrun itself gives none)."""
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def is_distributed() -> bool:
@@ -48,30 +39,22 @@ def is_distributed() -> bool:
 
 def world_size() -> int:
     """How many processes train together: the process group's size, or torchrun's ``WORLD_SIZE`` before it exists."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else _env_int("WORLD_SIZE", 1)
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else env_int("WORLD_SIZE", 1)
 
 
 def rank() -> int:
     """This process's place among them, 0 to world_size() - 1 (``RANK`` before the group exists)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else _env_int("RANK", 0)
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else env_int("RANK", 0)
 
 
 def local_rank() -> int:
     """This process's place on its own machine (torchrun's ``LOCAL_RANK``): the GPU it uses."""
-    return _env_int("LOCAL_RANK", 0)
+    return env_int("LOCAL_RANK", 0)
 
 
 def is_main() -> bool:
     """Whether this is rank 0, which alone writes files and prints progress."""
     return rank() == 0
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    try:
-        return int(value) if value else default
-    except ValueError:
-        raise CifarkitError(f"${name} is {value!r}, not a whole number; launch with torchrun, which sets it") from None
 
 
 def timeout() -> timedelta:
@@ -119,40 +102,6 @@ def setup(device: str = "auto") -> torch.device:
         )
         atexit.register(_shutdown)
     return dev
-
-
-@functools.cache  # once per process: training, then evaluation, set up
-def stop_with_launcher() -> None:
-    """Have this process, a worker that torchrun started, stop (SIGTERM) as soon as its launcher ends, however it ends.
-
-    A launcher killed outright (SIGKILL, which it cannot pass on) would leave its workers training, orphaned, with
-    the run's lock held. Linux signals at once (``PR_SET_PDEATHSIG``); elsewhere on POSIX a thread watches the
-    parent (Windows is not covered). The launcher is ``$CIFARKIT_LAUNCHER_PID``, else the parent now.
-    """
-    if "LOCAL_RANK" not in os.environ or sys.platform == "win32":
-        return
-    launcher = _env_int(LAUNCHER_ENV, os.getppid())
-    os.environ.pop(LAUNCHER_ENV, None)  # read once: no process this one starts takes it for its own launcher
-    if not (sys.platform == "linux" and _parent_death_signal(signal.SIGTERM)):
-        threading.Thread(target=_watch_parent, args=(launcher,), name="cifarkit-launcher-watch", daemon=True).start()
-    if os.getppid() != launcher:  # it ended before it could be watched: this process has a new parent already
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _parent_death_signal(sig: signal.Signals) -> bool:
-    """Ask Linux to send ``sig`` to this process when its parent ends; whether it agreed."""
-    try:
-        prctl = ctypes.CDLL(None).prctl
-    except (OSError, AttributeError):  # no C library to call, as in a static or sandboxed Python
-        return False
-    return prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-
-
-def _watch_parent(launcher: int) -> None:
-    """Send this process SIGTERM once its parent is no longer ``launcher`` (orphans get a new parent on POSIX)."""
-    while os.getppid() == launcher:
-        time.sleep(0.2)  # a system call five times a second: nothing beside training, and a stop within 0.2 s
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _shutdown() -> None:

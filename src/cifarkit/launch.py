@@ -2,7 +2,7 @@
 
 It takes torchrun's own arguments and prints, instead of torchrun's traceback and summary, one
 ``cifarkit: error: rank R ...`` line per failed rank, the first failure first; exit status 1. It tells its workers
-its process id, the process they must not outlive (:func:`cifarkit.distributed.stop_with_launcher`).
+its process id, the process they must not outlive (:func:`cifarkit.runtime.stop_with_launcher`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    from cifarkit.distributed import LAUNCHER_ENV
+    from cifarkit.runtime import LAUNCHER_ENV
 
     os.environ[LAUNCHER_ENV] = str(os.getpid())  # the workers inherit the launcher's environment
     try:

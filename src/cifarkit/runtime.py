@@ -1,4 +1,4 @@
-"""The machine a run is on: device, precision, CPU features, and process-wide CPU settings.
+"""The machine a run is on: device, precision, CPU features, and process-wide settings (CPU, memory, the launcher).
 
 Decided by the hardware, once, and said out loud, so the rest of cifarkit asks here instead of guessing. torch is
 imported only inside the functions, so ``cifarkit --help`` stays fast.
@@ -9,8 +9,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +30,10 @@ if TYPE_CHECKING:
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 1 << 30  # blocks up to 1 GiB are reused instead of mapped afresh
+
+LAUNCHER_ENV = "CIFARKIT_LAUNCHER_PID"
+"""The launcher's process id, which ``python -m cifarkit.launch`` gives its workers (torchrun itself gives none)."""
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 # bfloat16 autocast against float32 on a CPU without native bf16 (benchmarks/train_step.py).
 EMULATED_BF16_SLOWDOWN = "about 20x"
@@ -45,6 +53,52 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _THRESHOLD))
+
+
+def env_int(name: str, default: int) -> int:
+    """The whole number in ``$name`` (set by torchrun or ``python -m cifarkit.launch``), ``default`` when unset."""
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise CifarkitError(
+            f"${name} is {value!r}, not a whole number; launch with torchrun or `python -m cifarkit.launch`, which "
+            "set it"
+        ) from None
+
+
+@functools.cache  # once per process: training, then evaluation, set up
+def stop_with_launcher() -> None:
+    """Have this process, a worker that torchrun started, stop (SIGTERM) as soon as its launcher ends, however it ends.
+
+    A launcher killed outright (SIGKILL, which it cannot pass on) would leave its workers training, orphaned, with
+    the run's lock held. Linux signals at once (``PR_SET_PDEATHSIG``); elsewhere on POSIX a thread watches the
+    parent (Windows is not covered). The launcher is ``$CIFARKIT_LAUNCHER_PID``, else the parent now.
+    """
+    if "LOCAL_RANK" not in os.environ or sys.platform == "win32":
+        return
+    launcher = env_int(LAUNCHER_ENV, os.getppid())
+    os.environ.pop(LAUNCHER_ENV, None)  # read once: no process this one starts takes it for its own launcher
+    if not (sys.platform == "linux" and _parent_death_signal(signal.SIGTERM)):
+        threading.Thread(target=_watch_parent, args=(launcher,), name="cifarkit-launcher-watch", daemon=True).start()
+    if os.getppid() != launcher:  # it ended before it could be watched: this process has a new parent already
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _parent_death_signal(sig: signal.Signals) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent ends; whether it agreed."""
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):  # no C library to call, as in a static or sandboxed Python
+        return False
+    return prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def _watch_parent(launcher: int) -> None:
+    """Send this process SIGTERM once its parent is no longer ``launcher`` (orphans get a new parent on POSIX)."""
+    while os.getppid() == launcher:
+        time.sleep(0.2)  # a system call five times a second: nothing beside training, and a stop within 0.2 s
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _mps_available() -> bool:
