@@ -58,7 +58,7 @@ def test_applies_on_this_machine_when_it_runs_glibc():
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
 
 
-# --- device and precision, chosen by the hardware ---------------------------------------------
+# --- the variables torchrun sets --------------------------------------------------------------
 
 
 def test_launch_variables_are_whole_numbers_or_a_clear_error(monkeypatch):
@@ -69,6 +69,9 @@ def test_launch_variables_are_whole_numbers_or_a_clear_error(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "four")
     with pytest.raises(CifarkitError, match=r"^\$WORLD_SIZE is 'four', not a whole number; launch with torchrun"):
         runtime.env_int("WORLD_SIZE", 1)
+
+
+# --- device and precision, chosen by the hardware ---------------------------------------------
 
 
 def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
