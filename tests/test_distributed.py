@@ -155,6 +155,8 @@ def _process(rank: int, world: int, port: int, runs: Path, results: Path) -> Non
     )
     torch.set_num_threads(1)
     (results / f"rank{rank}.json").write_text(json.dumps(_two_process_work(runs)))
+    # Done, its last collective behind it: end without the interpreter's teardown, a second with torch loaded.
+    os._exit(0)
 
 
 def _free_port() -> int:
@@ -376,7 +378,9 @@ def test_killing_a_worker_ends_the_launch_naming_its_rank(tmp_path):
     with log.open("w") as output:
         launch = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: (run / "history.json").is_file() or launch.poll() is not None, 120)
+        # Both workers are in the process group once rank 0 says how they share the batch: the survivor then waits on
+        # rank 1 in its next collective, as in training (killing it later would only wait for an epoch).
+        _wait_for(lambda: "global batch" in log.read_text() or launch.poll() is not None, 120)
         assert launch.poll() is None, log.read_text()
         survivor = _worker_pid(launch.pid, 0)
         os.kill(_worker_pid(launch.pid, 1), signal.SIGKILL)

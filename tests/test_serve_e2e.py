@@ -41,10 +41,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(run, tmp_path):
-    """``cifarkit serve`` in a subprocess; yields (base URL, process, log file)."""
-    port, log = free_port(), tmp_path / "server.log"
+@pytest.fixture(scope="module")
+def server(run, tmp_path_factory):
+    """``cifarkit serve`` in a subprocess, one for the module (each start loads torch and the model, seconds); yields
+    (base URL, process, log file). The Ctrl-C test, last in the module, stops it."""
+    port, log = free_port(), tmp_path_factory.mktemp("server") / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             [
