@@ -22,6 +22,7 @@ import torch
 from cifarkit import runtime
 from cifarkit.errors import CifarkitError
 from cifarkit.runtime import keep_freed_memory
+from cli_runner import run_cli
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 
@@ -168,12 +169,16 @@ def test_the_cpu_budget_is_the_affinity_capped_by_a_cgroup_quota(tmp_path, files
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux call")
-def test_the_command_line_uses_only_the_cpus_it_may():
-    probe = (
-        "import os, sys; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
-        "from cifarkit.cli import main\nmain(['info', '--json', '--no-estimate'])"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+def test_the_command_line_uses_only_the_cpus_it_may(capsys, restore_threads):
+    """As under `taskset -c 0 cifarkit ...`: the command reads the one CPU it may use (here this process, whose CPUs
+    are restored after: another Python would spend seconds importing torch only to read them)."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        code, out, err = run_cli(capsys, "info", "--json", "--no-estimate")
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert code == 0, err
     info = json.loads(out)
     assert info["torch_threads"] == 1 and info["cpu_budget"]["cpus"] == 1
 
