@@ -8,6 +8,7 @@ be placed in :data:`LAYERS` before the test passes.
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,12 @@ def unit(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
+@functools.cache
+def syntax_tree(path: Path) -> ast.Module:
+    """A module's parsed source, parsed once for all the tests here (the package is read by about a dozen)."""
+    return ast.parse(path.read_text(), filename=str(path))
+
+
 def imports_of(path: Path, modules: set[str]) -> list[Import]:
     """Every import of a cifarkit module in ``path``, at any depth, relative ones resolved.
 
@@ -86,7 +93,7 @@ def imports_of(path: Path, modules: set[str]) -> list[Import]:
     importer = module_name(path)
     package = importer if path.name == "__init__.py" else importer.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(syntax_tree(path)):
         if isinstance(node, ast.Import):
             found += [Import(importer, alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -119,9 +126,10 @@ def broken_rules(imp: Import) -> list[str]:
     return problems
 
 
-def all_imports() -> list[Import]:
+@functools.cache
+def all_imports() -> tuple[Import, ...]:
     modules = module_names()
-    return [imp for path in modules.values() for imp in imports_of(path, set(modules))]
+    return tuple(imp for path in modules.values() for imp in imports_of(path, set(modules)))
 
 
 def test_every_module_is_placed_in_a_layer() -> None:
@@ -183,7 +191,7 @@ LOOP, MAX_LOOP_LINES = ("train.py", "train"), 200
 def test_no_function_in_the_package_is_longer_than_a_reader_can_hold():
     long = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(syntax_tree(path)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
                 if lines > (MAX_LOOP_LINES if (path.name, node.name) == LOOP else MAX_FUNCTION_LINES):
@@ -196,7 +204,7 @@ def test_one_function_holds_the_training_loop():
     back-propagated and its optimiser stepped. (report.calibration fits one temperature, not a model.)"""
     steps = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(syntax_tree(path)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 calls = {
                     n.func.attr for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
