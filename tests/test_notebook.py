@@ -64,7 +64,7 @@ def test_walkthrough_notebook_runs_top_to_bottom(real_cifar10, tmp_path, monkeyp
     monkeypatch.setenv("CIFARKIT_EXAMPLE_SUBSET", str(SUBSET))
     before = _files(EXAMPLES)
     # The kernel's working directory is tmp_path, so the runs go to tmp_path/runs/, not into the repository.
-    # The kernel is killed once the last cell has run ("immediate"): a graceful shutdown only waits, about 2 s, for
+    # The kernel is killed once the last cell has run ("immediate"): a graceful shutdown only waits, 1.5-2 s, for
     # the kernel's Python to tear itself down, after every file the notebook writes is written.
     client = nbclient.NotebookClient(
         notebook,
